@@ -1,0 +1,1 @@
+"""Models: the CLIP backbone, pixel and transformer decoders, heads, losses and meta-architectures."""
