@@ -45,7 +45,7 @@ def numpy_aliases() -> bool:
 
 def pkg_resources_standin() -> bool:
     """setuptools >= 81 dropped ``pkg_resources``; ``detectron2.model_zoo`` imports it for one call."""
-    if importlib.util.find_spec("pkg_resources") is not None:
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
         return False
     module = types.ModuleType("pkg_resources")
 
