@@ -11,6 +11,7 @@ logger = logging.getLogger(__name__)
 #: Modules whose import registers meta-architectures, heads, backbones or datasets.
 REGISTERING_MODULES = [
     "retclip.testing.clip_configs",
+    "retclip.data",
 ]
 
 for _name in REGISTERING_MODULES:

@@ -1,6 +1,6 @@
 """Datasets (COCO panoptic, ADE20k-150, synthetic), class names and training mappers."""
 from .builtin import BUILTIN_DATASET_NAMES, datasets_root, register_builtin_datasets
-from .class_names import ade20k_150_categories, coco_panoptic_categories, read_class_names
+from .categories import ade20k_150_categories, coco_panoptic_categories, read_class_names
 from .mappers import DATASET_MAPPER_REGISTRY, build_dataset_mapper
 from .panoptic import load_panoptic_json, panoptic_metadata, register_panoptic_dataset
 from .synthetic_datasets import SYNTHETIC_TEST, SYNTHETIC_TRAIN, ensure_dataset_files, register_synthetic_datasets
