@@ -1,0 +1,562 @@
+"""The on-disk feature database: segment features with class labels, built once, searched often.
+
+A database is a directory::
+
+    manifest.json            schema version, encoder fingerprint, vocabulary (with synonyms),
+                             per-class counts, source dataset, build arguments, the shard list
+    shards/<prefix>-<n>.safetensors   features (N, D) float16/float32, L2-normalised at append;
+                             labels (N,) int64; image_index (N,) int64 into the shard's image ids
+                             (JSON in the safetensors metadata); boxes (N, 4) float32 (x0, y0, x1,
+                             y1); mask_areas (N,) float32; scores (N,) float32 (detector score).
+                             Boxes, areas and scores not given at append are stored as NaN.
+
+safetensors cannot execute code on load. Every write goes to a temporary file and is renamed into
+place (os.replace); the manifest is written after the shard it lists. Shard names are
+``<prefix>-<n:06d>``: each distributed rank appends with its own prefix (``rank3``) and
+``update_manifest=False``, and rank 0 calls :meth:`FeatureDatabase.refresh_manifest` once all ranks
+are done. :meth:`FeatureDatabase.image_ids` reads every complete shard on disk, listed or not, so a
+killed build resumes where it stopped. Each listed shard's sha256 is kept in the manifest and
+checked on read, so a truncated or altered shard is an error naming it.
+
+Plain NumPy/safetensors: no detectron2 import.
+"""
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Union
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from .fingerprint import EncoderFingerprint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FeatureDatabase", "ShardData", "CorruptShardError", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_DIR = "shards"
+SHARD_SUFFIX = ".safetensors"
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_]+$")
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+_ZERO_NORM = 1e-12
+
+PathLike = Union[str, os.PathLike]
+
+
+class CorruptShardError(ValueError):
+    """A shard file is truncated, altered or unreadable."""
+
+
+@dataclass
+class ShardData:
+    """Rows of one shard (or of a whole database when concatenated).
+
+    Attributes:
+        features: (N, D) float16/float32, rows L2-normalised.
+        labels: (N,) int64 database class indices.
+        image_ids: N image ids (str), one per row.
+        boxes: (N, 4) float32, NaN when not recorded.
+        mask_areas: (N,) float32, NaN when not recorded.
+        scores: (N,) float32 detector scores, NaN when not recorded.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    image_ids: List[str]
+    boxes: np.ndarray
+    mask_areas: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and os.replace (readers never see half)."""
+    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+def _normalise_vocabulary(vocabulary: Sequence[Union[str, Sequence[str]]]) -> List[List[str]]:
+    """Each class as a list of synonyms: "a, b" strings are split on commas and stripped."""
+    out = []
+    for i, entry in enumerate(vocabulary):
+        names = entry.split(",") if isinstance(entry, str) else list(entry)
+        names = [n.strip() for n in names if n.strip()]
+        if not names:
+            raise ValueError(f"vocabulary entry {i} ({entry!r}) has no name")
+        out.append(names)
+    return out
+
+
+def _bad_rows_message(rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:10])
+    more = f" (and {len(rows) - 10} more)" if len(rows) > 10 else ""
+    return f"rows [{shown}]{more}"
+
+
+class FeatureDatabase:
+    """A feature database directory; see the module docstring for the layout.
+
+    Build with :meth:`create` then :meth:`append`; open an existing one with :meth:`open`.
+    """
+
+    def __init__(self, path: PathLike, manifest: Dict[str, Any]):
+        self.path = Path(path)
+        self._manifest = manifest
+        self.fingerprint = EncoderFingerprint.from_dict(manifest["encoder"])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        path: PathLike,
+        fingerprint: EncoderFingerprint,
+        vocabulary: Sequence[Union[str, Sequence[str]]],
+        *,
+        source: str = "",
+        build_args: Optional[Dict[str, Any]] = None,
+        dtype: str = "float16",
+        exist_ok: bool = False,
+    ) -> "FeatureDatabase":
+        """Create an empty database (a manifest, no shards).
+
+        Args:
+            path: directory to create.
+            fingerprint: the encoder whose features will be stored.
+            vocabulary: class names; each a list of synonyms or a "name, synonym" string.
+            source: the dataset the features come from (free text, e.g. "ade20k_panoptic_train").
+            build_args: JSON-serialisable arguments of the build, kept for provenance.
+            dtype: "float16" or "float32" storage of features.
+            exist_ok: open an existing database at ``path`` instead of failing, if it was built
+                with the same encoder and vocabulary (the resumable-build case).
+        """
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        path = Path(path).expanduser()
+        vocab = _normalise_vocabulary(vocabulary)
+        if (path / MANIFEST_NAME).exists():
+            if not exist_ok:
+                raise FileExistsError(f"a feature database already exists at {path}")
+            db = cls.open(path, expected_fingerprint=fingerprint)
+            if db.vocabulary != vocab:
+                raise ValueError(f"database at {path} has a different vocabulary than requested")
+            return db
+        (path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "encoder": fingerprint.to_dict(),
+            "embed_dim": fingerprint.embed_dim,
+            "dtype": dtype,
+            "vocabulary": vocab,
+            "class_counts": [0] * len(vocab),
+            "source": source,
+            "build_args": dict(build_args or {}),
+            "shards": [],
+        }
+        json.dumps(manifest)  # fail early on non-serialisable build_args
+        atomic_write_json(path / MANIFEST_NAME, manifest)
+        logger.info("created feature database %s (%d classes, %s)", path, len(vocab), fingerprint)
+        return cls(path, manifest)
+
+    @classmethod
+    def open(
+        cls, path: PathLike, expected_fingerprint: Optional[EncoderFingerprint] = None
+    ) -> "FeatureDatabase":
+        """Open a database; with ``expected_fingerprint`` a different encoder is an error."""
+        path = Path(path).expanduser()
+        manifest_path = path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no feature database at {path} (missing {MANIFEST_NAME})")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"corrupt manifest {manifest_path}: {e}") from e
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"{manifest_path} has schema version {version!r}; this code reads {SCHEMA_VERSION}"
+            )
+        db = cls(path, manifest)
+        if expected_fingerprint is not None:
+            db.check_encoder(expected_fingerprint)
+        stray = set(db._shard_files_on_disk()) - set(db.shard_names)
+        if stray:
+            logger.warning(
+                "%s: %d shard(s) on disk are not in the manifest (unfinished build? call "
+                "refresh_manifest()): %s", path, len(stray), sorted(stray)[:5]
+            )
+        return db
+
+    def check_encoder(self, fingerprint: EncoderFingerprint) -> None:
+        """Raise ValueError if this database was built with another encoder than ``fingerprint``."""
+        if fingerprint != self.fingerprint:
+            raise ValueError(
+                f"feature database {self.path} was built with encoder {self.fingerprint}, but the "
+                f"model uses {fingerprint}; rebuild the database with the model's CLIP"
+            )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def vocabulary(self) -> List[List[str]]:
+        """Classes, each a list of synonyms (first = display name)."""
+        return [list(v) for v in self._manifest["vocabulary"]]
+
+    @property
+    def class_names(self) -> List[str]:
+        return [v[0] for v in self._manifest["vocabulary"]]
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self._manifest["embed_dim"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self._manifest["dtype"])
+
+    @property
+    def class_counts(self) -> List[int]:
+        return list(self._manifest["class_counts"])
+
+    @property
+    def shard_names(self) -> List[str]:
+        """Shards listed in the manifest, in read order."""
+        return [s["name"] for s in self._manifest["shards"]]
+
+    @property
+    def manifest(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(self._manifest))
+
+    def __len__(self) -> int:
+        return sum(int(s["rows"]) for s in self._manifest["shards"])
+
+    def content_hash(self) -> str:
+        """sha256 over the encoder, vocabulary and shard hashes: changes iff the content does."""
+        key = {
+            "encoder": self._manifest["encoder"],
+            "vocabulary": self._manifest["vocabulary"],
+            "shards": [(s["name"], s["sha256"]) for s in self._manifest["shards"]],
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    # ------------------------------------------------------------------ writing
+    def _shard_files_on_disk(self, prefix: Optional[str] = None) -> List[str]:
+        shard_dir = self.path / SHARD_DIR
+        if not shard_dir.is_dir():
+            return []
+        names = sorted(p.name[: -len(SHARD_SUFFIX)] for p in shard_dir.glob("*" + SHARD_SUFFIX))
+        if prefix is not None:
+            names = [n for n in names if n.rsplit("-", 1)[0] == prefix]
+        return names
+
+    def _validate_rows(self, features: np.ndarray, labels: np.ndarray, n_ids: int) -> np.ndarray:
+        if features.ndim != 2 or features.shape[1] != self.embed_dim:
+            raise ValueError(
+                f"features must have shape (N, {self.embed_dim}) for {self.path}, "
+                f"got {features.shape}"
+            )
+        n = features.shape[0]
+        if labels.shape != (n,) or n_ids != n:
+            raise ValueError(
+                f"features ({n} rows), labels {labels.shape} and image_ids ({n_ids}) must agree"
+            )
+        feats = features.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+        if bad.size:
+            raise ValueError(f"NaN or infinite features at {_bad_rows_message(bad)}; not appended")
+        norms = np.linalg.norm(feats, axis=1)
+        bad = np.flatnonzero(norms < _ZERO_NORM)
+        if bad.size:
+            raise ValueError(f"zero-norm features at {_bad_rows_message(bad)}; not appended")
+        num_classes = len(self._manifest["vocabulary"])
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if bad.size:
+            raise ValueError(
+                f"labels outside [0, {num_classes}) at {_bad_rows_message(bad)}: "
+                f"{labels[bad[:10]].tolist()}"
+            )
+        return feats / norms[:, None]
+
+    @staticmethod
+    def _optional(values: Optional[np.ndarray], shape: tuple, name: str) -> np.ndarray:
+        if values is None:
+            return np.full(shape, np.nan, dtype=np.float32)
+        arr = np.asarray(values, dtype=np.float32)
+        if arr.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+        return arr
+
+    def append(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        image_ids: Sequence[Union[str, int]],
+        *,
+        boxes: Optional[np.ndarray] = None,
+        mask_areas: Optional[np.ndarray] = None,
+        scores: Optional[np.ndarray] = None,
+        shard_prefix: str = "shard",
+        update_manifest: bool = True,
+    ) -> str:
+        """Write one shard of rows. Features are L2-normalised before storage.
+
+        Args:
+            features: (N, D) array-like (NumPy or CPU tensor via np.asarray).
+            labels: (N,) database class indices.
+            image_ids: N ids of the source image of each row (str or int; stored as str).
+            boxes: optional (N, 4) boxes; mask_areas, scores: optional (N,).
+            shard_prefix: letters/digits/underscore; one per writer (e.g. "rank0").
+            update_manifest: list the shard in the manifest now. Writers running in parallel
+                pass False and one process calls :meth:`refresh_manifest` at the end.
+
+        Returns:
+            the new shard's name.
+
+        Raises:
+            ValueError: naming the rows with NaN/inf or zero-norm features, or bad labels.
+        """
+        if not _PREFIX_RE.match(shard_prefix):
+            raise ValueError(f"shard_prefix must match {_PREFIX_RE.pattern}, got {shard_prefix!r}")
+        features = np.asarray(features)
+        labels = np.asarray(labels).astype(np.int64, copy=False)
+        ids = [str(i) for i in image_ids]
+        feats = self._validate_rows(features, labels, len(ids))
+        n = feats.shape[0]
+        unique_ids = sorted(set(ids))
+        position = {img: j for j, img in enumerate(unique_ids)}
+        tensors = {
+            "features": np.ascontiguousarray(feats.astype(_DTYPES[self.dtype])),
+            "labels": np.ascontiguousarray(labels),
+            "image_index": np.asarray([position[i] for i in ids], dtype=np.int64).reshape(n),
+            "boxes": self._optional(boxes, (n, 4), "boxes"),
+            "mask_areas": self._optional(mask_areas, (n,), "mask_areas"),
+            "scores": self._optional(scores, (n,), "scores"),
+        }
+        existing = self._shard_files_on_disk(shard_prefix)
+        index = int(existing[-1].rsplit("-", 1)[1]) + 1 if existing else 0
+        name = f"{shard_prefix}-{index:06d}"
+        data = st_save(tensors, metadata={"image_ids": json.dumps(unique_ids)})
+        _atomic_write_bytes(self.path / SHARD_DIR / (name + SHARD_SUFFIX), data)
+        if update_manifest:
+            entry = self._shard_entry(name, data, labels)
+            self._manifest["shards"].append(entry)
+            counts = self._manifest["class_counts"]
+            for label, count in entry["class_counts"].items():
+                counts[int(label)] += count
+            atomic_write_json(self.path / MANIFEST_NAME, self._manifest)
+        logger.debug("appended %d rows to %s as %s", n, self.path, name)
+        return name
+
+    @staticmethod
+    def _shard_entry(name: str, data: bytes, labels: np.ndarray) -> Dict[str, Any]:
+        values, counts = np.unique(labels, return_counts=True)
+        return {
+            "name": name,
+            "rows": int(labels.shape[0]),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "class_counts": {str(int(v)): int(c) for v, c in zip(values, counts)},
+        }
+
+    def refresh_manifest(self) -> None:
+        """List every complete shard on disk in the manifest (after parallel writers finish)."""
+        entries = []
+        counts = [0] * len(self._manifest["vocabulary"])
+        for name in self._shard_files_on_disk():
+            data = (self.path / SHARD_DIR / (name + SHARD_SUFFIX)).read_bytes()
+            shard = self._decode(name, data)
+            entry = self._shard_entry(name, data, shard.labels)
+            for label, count in entry["class_counts"].items():
+                counts[int(label)] += count
+            entries.append(entry)
+        self._manifest["shards"] = entries
+        self._manifest["class_counts"] = counts
+        atomic_write_json(self.path / MANIFEST_NAME, self._manifest)
+        logger.info("%s: manifest lists %d shards, %d rows", self.path, len(entries), len(self))
+
+    # ------------------------------------------------------------------ reading
+    def _decode(self, name: str, data: bytes) -> ShardData:
+        where = self.path / SHARD_DIR / (name + SHARD_SUFFIX)
+        try:
+            tensors = st_load(data)
+            header_len = int.from_bytes(data[:8], "little")
+            meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+            unique_ids = json.loads(meta["image_ids"])
+            missing = {"features", "labels", "image_index", "boxes", "mask_areas", "scores"}
+            missing -= set(tensors)
+            if missing:
+                raise KeyError(f"missing tensors {sorted(missing)}")
+        except (SafetensorError, KeyError, ValueError) as e:
+            raise CorruptShardError(f"shard {where} is truncated or corrupt: {e}") from e
+        index = tensors["image_index"]
+        return ShardData(
+            features=tensors["features"],
+            labels=tensors["labels"],
+            image_ids=[unique_ids[i] for i in index.tolist()],
+            boxes=tensors["boxes"],
+            mask_areas=tensors["mask_areas"],
+            scores=tensors["scores"],
+        )
+
+    def read_shard(self, name: str, verify: bool = True) -> ShardData:
+        """Read one shard; with ``verify`` its sha256 must match the manifest's."""
+        where = self.path / SHARD_DIR / (name + SHARD_SUFFIX)
+        if not where.is_file():
+            raise FileNotFoundError(f"shard {where} listed in the manifest is missing")
+        data = where.read_bytes()
+        if verify:
+            entry = next((s for s in self._manifest["shards"] if s["name"] == name), None)
+            if entry is not None and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise CorruptShardError(
+                    f"shard {where} is truncated or altered ({len(data)} bytes, manifest says "
+                    f"{entry['bytes']}; sha256 differs)"
+                )
+        return self._decode(name, data)
+
+    def iter_shards(self, verify: bool = True) -> Iterator[ShardData]:
+        """Yield the manifest's shards in order (scan in blocks without loading everything)."""
+        for name in self.shard_names:
+            yield self.read_shard(name, verify=verify)
+
+    def load_all(self, verify: bool = True) -> ShardData:
+        """All rows of all listed shards, concatenated in shard order (row i = index id i)."""
+        parts = list(self.iter_shards(verify=verify))
+        if not parts:
+            dt = _DTYPES[self.dtype]
+            return ShardData(
+                np.zeros((0, self.embed_dim), dt), np.zeros(0, np.int64), [],
+                np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
+            )
+        return ShardData(
+            features=np.concatenate([p.features for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            image_ids=[i for p in parts for i in p.image_ids],
+            boxes=np.concatenate([p.boxes for p in parts]),
+            mask_areas=np.concatenate([p.mask_areas for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+        )
+
+    def image_ids(self) -> Set[str]:
+        """Ids of images with rows in any complete shard on disk (listed or not): for resuming."""
+        done: Set[str] = set()
+        for name in self._shard_files_on_disk():
+            where = self.path / SHARD_DIR / (name + SHARD_SUFFIX)
+            done.update(self._decode(name, where.read_bytes()).image_ids)
+        return done
+
+    def describe(self) -> Dict[str, Any]:
+        """A summary for people: counts per class, dims, encoder, source, size on disk."""
+        disk = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        names = self.class_names
+        return {
+            "path": str(self.path),
+            "schema_version": self._manifest["schema_version"],
+            "encoder": str(self.fingerprint),
+            "embed_dim": self.embed_dim,
+            "dtype": self.dtype,
+            "num_vectors": len(self),
+            "num_shards": len(self.shard_names),
+            "num_classes": len(names),
+            "class_counts": dict(zip(names, self.class_counts)),
+            "empty_classes": [n for n, c in zip(names, self.class_counts) if c == 0],
+            "source": self._manifest["source"],
+            "build_args": self._manifest["build_args"],
+            "disk_bytes": disk,
+        }
+
+    # ------------------------------------------------------------------ editing
+    def merge(self, other: "FeatureDatabase", path: PathLike) -> "FeatureDatabase":
+        """A new database at ``path`` with the rows of both; vocabularies joined by class name.
+
+        Classes are identified by their first name (case-insensitive); synonyms of a class in
+        both are joined. Both databases must come from the same encoder.
+        """
+        self.check_encoder(other.fingerprint)
+        vocab = self.vocabulary
+        key = {v[0].lower(): i for i, v in enumerate(vocab)}
+        remap_other = np.zeros(len(other.vocabulary), dtype=np.int64)
+        for j, names in enumerate(other.vocabulary):
+            i = key.get(names[0].lower())
+            if i is None:
+                i = len(vocab)
+                key[names[0].lower()] = i
+                vocab.append(list(names))
+            else:
+                vocab[i] += [n for n in names if n not in vocab[i]]
+            remap_other[j] = i
+        sources = [s for s in (self._manifest["source"], other._manifest["source"]) if s]
+        merged = FeatureDatabase.create(
+            path, self.fingerprint, vocab, source=" + ".join(sources), dtype=self.dtype,
+            build_args={"merged_from": [str(self.path), str(other.path)]},
+        )
+        for db, remap in ((self, None), (other, remap_other)):
+            for shard in db.iter_shards():
+                labels = shard.labels if remap is None else remap[shard.labels]
+                merged._append_shard(shard, labels)
+        return merged
+
+    def remove_classes(self, classes: Sequence[Union[int, str]], path: PathLike) -> "FeatureDatabase":
+        """A new database at ``path`` without the given classes (by index or first name)."""
+        names = [n.lower() for n in self.class_names]
+        drop = set()
+        for c in classes:
+            if isinstance(c, str):
+                if c.lower() not in names:
+                    raise KeyError(f"class {c!r} is not in database {self.path}; have {names}")
+                drop.add(names.index(c.lower()))
+            elif not 0 <= int(c) < len(names):
+                raise KeyError(f"class index {c} out of range [0, {len(names)}) in {self.path}")
+            else:
+                drop.add(int(c))
+        keep = [i for i in range(len(names)) if i not in drop]
+        remap = np.full(len(names), -1, dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+        vocab = self.vocabulary
+        out = FeatureDatabase.create(
+            path, self.fingerprint, [vocab[i] for i in keep], source=self._manifest["source"],
+            dtype=self.dtype,
+            build_args={**self._manifest["build_args"], "removed_classes": sorted(drop)},
+        )
+        for shard in self.iter_shards():
+            rows = remap[shard.labels] >= 0
+            if rows.any():
+                sub = ShardData(
+                    shard.features[rows], remap[shard.labels[rows]],
+                    [i for i, r in zip(shard.image_ids, rows) if r], shard.boxes[rows],
+                    shard.mask_areas[rows], shard.scores[rows],
+                )
+                out._append_shard(sub, sub.labels)
+        return out
+
+    def _append_shard(self, shard: ShardData, labels: np.ndarray) -> None:
+        self.append(
+            shard.features, labels, shard.image_ids, boxes=shard.boxes,
+            mask_areas=shard.mask_areas, scores=shard.scores,
+        )
+
+    def delete(self) -> None:
+        """Remove the database directory (used by tests and rebuilds)."""
+        shutil.rmtree(self.path)
