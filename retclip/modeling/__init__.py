@@ -1,1 +1,25 @@
-"""Models: the CLIP backbone, pixel and transformer decoders, heads, losses and meta-architectures."""
+"""Models: the CLIP backbone, pixel and transformer decoders, heads, losses and meta-architectures.
+
+Importing this package registers ``CLIP`` (BACKBONE_REGISTRY), ``MSDeformAttnPixelDecoder`` and
+``FCCLIPHead`` (SEM_SEG_HEADS_REGISTRY), ``MultiScaleMaskedTransformerDecoder`` and ``FCCLIP``
+(META_ARCH_REGISTRY) under FC-CLIP's names.
+"""
+from . import pixel_decoder, transformer_decoder  # noqa: F401  (registration)
+from .backbone import CLIP
+from .head import FCCLIPHead
+from .meta_arch import FCCLIP
+from .text_classifier import VILD_TEMPLATES, TextEmbeddingCache, encode_vocabulary
+from .vocabulary import Vocabulary, make_vocabulary, seen_class_mask, split_synonyms
+
+__all__ = [
+    "CLIP",
+    "FCCLIP",
+    "FCCLIPHead",
+    "VILD_TEMPLATES",
+    "TextEmbeddingCache",
+    "Vocabulary",
+    "encode_vocabulary",
+    "make_vocabulary",
+    "seen_class_mask",
+    "split_synonyms",
+]

@@ -1,0 +1,331 @@
+"""FC-CLIP (Yu et al., NeurIPS 2023): Mask2Former on a frozen convolutional CLIP, open vocabulary.
+
+Checkpoint-compatible with bytedance/fc-clip (same module tree and keys) and numerically the same
+at inference: the in-vocabulary classifier of the transformer decoder and the frozen CLIP's
+mask-pooled classifier are combined by the geometric ensemble (:func:`retclip.ensemble.
+geometric_ensemble`), then Mask2Former's semantic/panoptic/instance post-processing runs.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import BitMasks, ImageList
+from detectron2.utils.memory import retry_if_cuda_oom
+from torch import nn
+
+from ...ensemble import geometric_ensemble
+from ..criterion import SetCriterion
+from ..mask_pooling import MaskPooling, get_classification_logits
+from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
+from ..text_classifier import TextEmbeddingCache, append_void
+from ..vocabulary import Vocabulary, class_names_from_metadata, make_vocabulary, vocabulary_from_metadata
+from .inputs import check_batched_inputs
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class FCCLIP(nn.Module):
+    """FC-CLIP meta-architecture.
+
+    Inference is split into small overridable steps (RetCLIP adds a retrieval score by
+    overriding :meth:`_combine_scores`):
+
+    1. :meth:`_preprocess`: check and normalise the images, pad into an ``ImageList``.
+    2. :meth:`_predict_queries`: backbone, text classifier, head and the out-of-vocabulary
+       branch; returns ``pred_logits`` (B, Q, K+1) in-vocabulary logits, ``pred_masks``
+       (B, Q, H/4, W/4) mask logits, ``clip_embeddings`` (B, Q, D) mask-pooled CLIP embeddings,
+       ``clip_logits`` (B, Q, K+1) and ``valid`` (B, Q) bool (mask non-empty at CLIP resolution).
+    3. :meth:`_combine_scores`: ensemble -> ``mask_cls`` (B, Q, K+1) log-probabilities.
+    4. :meth:`_postprocess`: per-image ``sem_seg`` / ``panoptic_seg`` / ``instances``.
+
+    The vocabulary is the test dataset's (MetadataCatalog of DATASETS.TEST[0]) unless
+    :meth:`set_vocabulary` sets a custom one; text embeddings are cached per vocabulary.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        sem_seg_head: nn.Module,
+        criterion: nn.Module,
+        num_queries: int,
+        object_mask_threshold: float,
+        overlap_threshold: float,
+        train_metadata: Any,
+        test_metadata: Any,
+        size_divisibility: int,
+        sem_seg_postprocess_before_inference: bool,
+        pixel_mean: Tuple[float, float, float],
+        pixel_std: Tuple[float, float, float],
+        semantic_on: bool,
+        panoptic_on: bool,
+        instance_on: bool,
+        test_topk_per_image: int,
+        geometric_ensemble_alpha: float,
+        geometric_ensemble_beta: float,
+        ensemble_on_valid_mask: bool,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        self.num_queries = num_queries
+        self.object_mask_threshold = object_mask_threshold
+        self.overlap_threshold = overlap_threshold
+        self.train_metadata = train_metadata
+        self.test_metadata = test_metadata
+        self.size_divisibility = size_divisibility if size_divisibility >= 0 else backbone.size_divisibility
+        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        self.mask_pooling = MaskPooling()
+        self.void_embedding = nn.Embedding(1, backbone.dim_latent)
+        self.semantic_on = semantic_on
+        self.panoptic_on = panoptic_on
+        self.instance_on = instance_on
+        self.test_topk_per_image = test_topk_per_image
+        self.geometric_ensemble_alpha = geometric_ensemble_alpha
+        self.geometric_ensemble_beta = geometric_ensemble_beta
+        self.ensemble_on_valid_mask = ensemble_on_valid_mask
+        self.text_cache = TextEmbeddingCache(backbone.encode_prompts)
+        self._custom_vocabulary: Optional[Vocabulary] = None
+        self._dataset_vocabulary: Optional[Vocabulary] = None
+        # New weights make cached text embeddings stale.
+        self._register_load_state_dict_pre_hook(self._clear_text_cache)
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, Any]:
+        mf = cfg.MODEL.MASK_FORMER
+        backbone = build_backbone(cfg)
+        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+        if cfg.MODEL.FC_CLIP.EMBED_DIM != backbone.dim_latent:
+            raise ValueError(
+                f"MODEL.FC_CLIP.EMBED_DIM is {cfg.MODEL.FC_CLIP.EMBED_DIM} but CLIP "
+                f"{cfg.MODEL.FC_CLIP.CLIP_MODEL_NAME!r} embeds in {backbone.dim_latent} dims"
+            )
+        criterion = SetCriterion(cfg)
+        test = mf.TEST
+        return {
+            "backbone": backbone,
+            "sem_seg_head": sem_seg_head,
+            "criterion": criterion,
+            "num_queries": mf.NUM_OBJECT_QUERIES,
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "train_metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
+            "test_metadata": MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None,
+            "size_divisibility": mf.SIZE_DIVISIBILITY,
+            "sem_seg_postprocess_before_inference": (
+                test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
+            ),
+            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
+            "semantic_on": test.SEMANTIC_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "geometric_ensemble_alpha": cfg.MODEL.FC_CLIP.GEOMETRIC_ENSEMBLE_ALPHA,
+            "geometric_ensemble_beta": cfg.MODEL.FC_CLIP.GEOMETRIC_ENSEMBLE_BETA,
+            "ensemble_on_valid_mask": cfg.MODEL.FC_CLIP.ENSEMBLE_ON_VALID_MASK,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def _clear_text_cache(self, *args: Any, **kwargs: Any) -> None:
+        self.text_cache.clear()
+
+    # ---------------------------------------------------------------- vocabulary
+    @property
+    def train_class_names(self) -> List[str]:
+        """Training classes (DATASETS.TRAIN[0]); they define the seen classes and the loss."""
+        if self.train_metadata is None:
+            raise KeyError("DATASETS.TRAIN is empty: the training vocabulary is unknown")
+        return class_names_from_metadata(self.train_metadata)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The classes scored at inference: the custom one if set, else the test dataset's."""
+        if self._custom_vocabulary is not None:
+            return self._custom_vocabulary
+        if self._dataset_vocabulary is None:
+            if self.test_metadata is None:
+                raise KeyError("DATASETS.TEST is empty: call set_vocabulary(class_names) first")
+            self._dataset_vocabulary = vocabulary_from_metadata(self.test_metadata, self.train_metadata)
+        return self._dataset_vocabulary
+
+    def set_vocabulary(
+        self,
+        class_names: Sequence[str],
+        seen: Optional[Sequence[bool]] = None,
+        thing_classes: Optional[Sequence[str]] = None,
+    ) -> Vocabulary:
+        """Score these classes for the next images, without retraining.
+
+        Args:
+            class_names: K names, synonyms comma-separated ("sofa, couch").
+            seen: K flags for the ensemble (alpha if seen, else beta); None decides them from
+                the training classes (FC-CLIP's synonym-overlap rule).
+            thing_classes: names (from ``class_names``) that are things; None: all are things.
+        Returns:
+            The vocabulary now in use (contiguous ids follow ``class_names`` order).
+        """
+        names = list(class_names) if not isinstance(class_names, str) else class_names
+        thing_ids = None
+        if thing_classes is not None:
+            unknown = [t for t in thing_classes if t not in names]
+            if unknown:
+                raise ValueError(f"thing_classes {unknown} are not in class_names")
+            thing_ids = [names.index(t) for t in thing_classes]
+        train = self.train_class_names if seen is None else None
+        self._custom_vocabulary = make_vocabulary(names, train_classes=train, seen=seen, thing_ids=thing_ids)
+        return self._custom_vocabulary
+
+    def set_metadata(self, test_metadata: Any) -> None:
+        """Use a dataset's classes (``stuff_classes`` or ``thing_classes``) from now on."""
+        self.test_metadata = test_metadata
+        self._custom_vocabulary = None
+        self._dataset_vocabulary = None
+
+    def get_text_classifier(self, class_names: Sequence[str]) -> Tuple[torch.Tensor, List[int]]:
+        """(ΣSyn+1, D) text classifier (void row last, trainable) and synonyms per class."""
+        embeddings, num_synonyms = self.text_cache.get(class_names, self.device)
+        return append_void(embeddings, self.void_embedding.weight), num_synonyms
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, batched_inputs: List[Dict[str, Any]]) -> Any:
+        """detectron2's meta-architecture contract.
+
+        Args:
+            batched_inputs: one dict per image with "image": (3, H, W) RGB tensor, 0-255
+                (uint8 or float; other channel counts are refused, convert in the mapper);
+                optional "height"/"width": output size (default: the input size); in training,
+                "instances" with ``gt_classes`` (N,) and ``gt_masks`` (N, H, W) (tensor or
+                BitMasks).
+        Returns:
+            Training: dict of weighted losses (``loss_ce``, ``loss_mask``, ``loss_dice`` and
+            ``_0``..``_{L-2}`` copies for the auxiliary outputs).
+            Inference: one dict per image with, as configured, "sem_seg" (K, height, width)
+            float scores, "panoptic_seg" ((height, width) int32 ids, segments_info list) and
+            "instances" (``Instances`` with pred_masks, pred_boxes (zeros), scores, pred_classes).
+        """
+        check_batched_inputs(batched_inputs, training=self.training)
+        images = self._preprocess(batched_inputs)
+        if self.training:
+            return self._forward_train(batched_inputs, images)
+        outputs = self._predict_queries(images)
+        mask_cls = self._combine_scores(outputs)
+        return self._postprocess(mask_cls, outputs["pred_masks"], batched_inputs, images)
+
+    def _preprocess(self, batched_inputs: List[Dict[str, Any]]) -> ImageList:
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def _forward_train(self, batched_inputs: List[Dict[str, Any]], images: ImageList) -> Dict[str, torch.Tensor]:
+        class_names = self.train_class_names
+        if len(class_names) != self.sem_seg_head.num_classes:
+            raise ValueError(
+                f"training dataset has {len(class_names)} classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+                f"is {self.sem_seg_head.num_classes}"
+            )
+        features = self.backbone(images.tensor)
+        text_classifier, num_synonyms = self.get_text_classifier(class_names)
+        outputs = self.sem_seg_head(features, text_classifier, num_synonyms)
+        losses = self.criterion(outputs, self._prepare_targets(batched_inputs, images))
+        weights = self.criterion.weight_dict
+        return {k: v * weights[k] for k, v in losses.items() if k in weights}
+
+    def _prepare_targets(self, batched_inputs: List[Dict[str, Any]], images: ImageList) -> List[Dict]:
+        """GT masks zero-padded to the batch size: [{"labels": (N,), "masks": (N, Hp, Wp)}]."""
+        h_pad, w_pad = images.tensor.shape[-2:]
+        targets = []
+        for x in batched_inputs:
+            inst = x["instances"].to(self.device)
+            masks = inst.gt_masks.tensor if isinstance(inst.gt_masks, BitMasks) else inst.gt_masks
+            padded = torch.zeros((masks.shape[0], h_pad, w_pad), dtype=masks.dtype, device=masks.device)
+            padded[:, : masks.shape[1], : masks.shape[2]] = masks
+            targets.append({"labels": inst.gt_classes, "masks": padded})
+        return targets
+
+    def _predict_queries(self, images: ImageList) -> Dict[str, Any]:
+        """Backbone, head and out-of-vocabulary branch for the current vocabulary."""
+        features = self.backbone(images.tensor)
+        text_classifier, num_synonyms = self.get_text_classifier(self.vocabulary.class_names)
+        outputs = self.sem_seg_head(features, text_classifier, num_synonyms)
+        clip_embeddings, valid = self._clip_embeddings(features["clip_vis_dense"], outputs["pred_masks"])
+        clip_logits = get_classification_logits(
+            clip_embeddings, text_classifier, self.backbone.clip_model.logit_scale, num_synonyms
+        )
+        return {
+            "pred_logits": outputs["pred_logits"],
+            "pred_masks": outputs["pred_masks"],
+            "clip_embeddings": clip_embeddings,
+            "clip_logits": clip_logits,
+            "valid": valid,
+        }
+
+    def _clip_embeddings(self, dense: torch.Tensor, pred_masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Frozen-CLIP embeddings of each query's mask (B, Q, D), and whether the mask is non-empty
+        at CLIP resolution (B, Q)."""
+        masks = F.interpolate(pred_masks, size=dense.shape[-2:], mode="bilinear", align_corners=False)
+        valid = (masks > 0).flatten(2).any(-1)
+        if self.backbone.kind == "convnext":
+            embeddings = self.backbone.convnext_head(self.mask_pooling(dense, masks))
+        else:
+            embeddings = self.backbone.masked_attention_pool(dense, masks)
+        return embeddings, valid
+
+    def _combine_scores(self, outputs: Dict[str, Any]) -> torch.Tensor:
+        """FC-CLIP's geometric ensemble -> (B, Q, K+1) log-probabilities, void last."""
+        probs = geometric_ensemble(
+            outputs["pred_logits"],
+            outputs["clip_logits"],
+            self.vocabulary.seen.to(self.device),
+            self.geometric_ensemble_alpha,
+            self.geometric_ensemble_beta,
+            valid=outputs["valid"] if self.ensemble_on_valid_mask else None,
+        )
+        return torch.log(probs + 1e-8)
+
+    def _postprocess(
+        self, mask_cls: torch.Tensor, pred_masks: torch.Tensor, batched_inputs: List[Dict[str, Any]],
+        images: ImageList,
+    ) -> List[Dict[str, Any]]:
+        """Masks to the padded input size, then per image to (height, width) and the outputs."""
+        pred_masks = F.interpolate(pred_masks, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
+        thing_ids = self.vocabulary.thing_ids
+        results = []
+        for cls_i, masks_i, x, size in zip(mask_cls, pred_masks, batched_inputs, images.image_sizes):
+            height, width = x.get("height", size[0]), x.get("width", size[1])
+            if self.sem_seg_postprocess_before_inference:
+                masks_i = retry_if_cuda_oom(sem_seg_postprocess)(masks_i, size, height, width)
+                cls_i = cls_i.to(masks_i)
+            result: Dict[str, Any] = {}
+            if self.semantic_on:
+                sem = retry_if_cuda_oom(semantic_inference)(cls_i, masks_i)
+                if not self.sem_seg_postprocess_before_inference:
+                    sem = retry_if_cuda_oom(sem_seg_postprocess)(sem, size, height, width)
+                result["sem_seg"] = sem
+            if self.panoptic_on:
+                result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
+                    cls_i, masks_i, object_mask_threshold=self.object_mask_threshold,
+                    overlap_threshold=self.overlap_threshold, thing_ids=thing_ids,
+                )
+            if self.instance_on:
+                result["instances"] = retry_if_cuda_oom(instance_inference)(
+                    cls_i, masks_i, topk=self.test_topk_per_image, thing_ids=thing_ids,
+                    things_only=self.panoptic_on,
+                )
+            results.append(result)
+        return results

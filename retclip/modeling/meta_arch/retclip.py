@@ -1,0 +1,215 @@
+"""RetCLIP (Sadeq et al.): FC-CLIP plus a retrieval classifier and a three-way ensemble.
+
+The retrieval key of each query is the same mask-pooled CLIP embedding that FC-CLIP's
+out-of-vocabulary classifier uses (one backbone pass, no second encoder). Its neighbours in a
+feature database give s_ret (:mod:`retclip.modeling.retrieval_head`), and
+``MODEL.RETCLIP.ENSEMBLE_MODE`` chooses how s_iv, s_clip and s_ret combine:
+
+* "arithmetic", the paper's form: s_oov = γ s_ret + (1 − γ) s_clip; s = α s_oov + (1 − α) s_iv
+  for classes seen in training, β instead of α for unseen ones;
+* "geometric", FC-CLIP's form with retrieval folded into the CLIP probability; with γ = 0 the
+  outputs are FC-CLIP's exactly.
+
+Post-processing is FC-CLIP's. With ``return_ensemble_inputs`` set, every output also carries what
+the ensemble and post-processing need, so sweeps over α, β, γ need no new forward pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import ImageList
+
+from ...ensemble import arithmetic_ensemble, geometric_ensemble
+from ...retrieval import EncoderFingerprint, IndexConfig
+from ..retrieval_head import RetrievalHead, resolve_database_path
+from ..text_classifier import encode_vocabulary
+from .fcclip import FCCLIP
+
+logger = logging.getLogger(__name__)
+
+ENSEMBLE_MODES = ("arithmetic", "geometric")
+
+
+@META_ARCH_REGISTRY.register()
+class RetCLIP(FCCLIP):
+    """FC-CLIP with retrieval augmentation. Same inputs and outputs as :class:`FCCLIP`.
+
+    Without a database (``MODEL.RETCLIP.DATABASE ""``) s_ret is absent and every class uses
+    CLIP alone for its out-of-vocabulary score (γ = 0 for all), which makes the arithmetic form
+    an ablation and the geometric form FC-CLIP itself.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        retrieval_head: Optional[RetrievalHead],
+        ensemble_mode: str,
+        alpha: float,
+        beta: float,
+        gamma: float,
+        **fcclip_kwargs: Any,
+    ) -> None:
+        super().__init__(**fcclip_kwargs)
+        if ensemble_mode not in ENSEMBLE_MODES:
+            raise ValueError(f"MODEL.RETCLIP.ENSEMBLE_MODE {ensemble_mode!r}; valid: {ENSEMBLE_MODES}")
+        for name, value in (("ALPHA", alpha), ("BETA", beta), ("GAMMA", gamma)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"MODEL.RETCLIP.{name} must lie in [0, 1], got {value}")
+        self.retrieval_head = retrieval_head
+        self.ensemble_mode = ensemble_mode
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        #: Attach "ensemble_inputs" to every output (score cache for sweeps).
+        self.return_ensemble_inputs = False
+        #: Attach per-segment retrieval votes (for the demo); costs a little Python per query.
+        self.return_retrieval_votes = False
+        if retrieval_head is not None:
+            retrieval_head.embed_texts = self._embed_class_texts
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, Any]:
+        args = super().from_config(cfg)
+        rc = cfg.MODEL.RETCLIP
+        paths = [p for p in (resolve_database_path(rc.DATABASE), resolve_database_path(rc.FALLBACK_DATABASE,
+                 "MODEL.RETCLIP.FALLBACK_DATABASE")) if p is not None]
+        head = None
+        if paths:
+            backbone = args["backbone"]
+            encoder = EncoderFingerprint.from_open_clip(
+                cfg.MODEL.FC_CLIP.CLIP_MODEL_NAME, cfg.MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS, backbone.dim_latent
+            )
+            device = cfg.MODEL.DEVICE if rc.INDEX.TYPE == "exact" else "cpu"
+            head = RetrievalHead.from_paths(
+                paths, IndexConfig.from_cfg(cfg, device=device), encoder,
+                top_k=rc.TOP_K, aggregation=rc.AGGREGATION, rank_vote_offset=rc.RANK_VOTE_OFFSET,
+                embed_texts=None, match_threshold=rc.LABEL_MATCH_THRESHOLD,
+                near_miss=rc.LABEL_MATCH_NEAR_MISS, report_dir=cfg.OUTPUT_DIR or None,
+            )
+        else:
+            logger.info("MODEL.RETCLIP.DATABASE is empty: no retrieval, CLIP alone out of vocabulary")
+        args.update(
+            retrieval_head=head, ensemble_mode=rc.ENSEMBLE_MODE, alpha=rc.ALPHA, beta=rc.BETA, gamma=rc.GAMMA
+        )
+        return args
+
+    def _embed_class_texts(self, texts: List[str]) -> torch.Tensor:
+        """Template-averaged CLIP text embeddings of single names, for label matching."""
+        with torch.no_grad():
+            return encode_vocabulary(self.backbone.encode_prompts, texts)[0]
+
+    # ---------------------------------------------------------------- inference steps
+    def forward(self, batched_inputs: List[Dict[str, Any]]) -> Any:
+        """As :meth:`FCCLIP.forward`; at inference optionally adds "ensemble_inputs" and
+        "retrieval_votes" per image (see ``return_ensemble_inputs``/``return_retrieval_votes``)."""
+        if self.training:
+            return super().forward(batched_inputs)
+        from .inputs import check_batched_inputs
+
+        check_batched_inputs(batched_inputs, training=False)
+        images = self._preprocess(batched_inputs)
+        outputs = self._predict_queries(images)
+        mask_cls = self._combine_scores(outputs)
+        results = self._postprocess(mask_cls, outputs["pred_masks"], batched_inputs, images)
+        if self.return_ensemble_inputs:
+            for i, inputs in enumerate(self._ensemble_inputs(outputs, batched_inputs, images)):
+                results[i]["ensemble_inputs"] = inputs
+        if self.return_retrieval_votes and outputs.get("retrieval_votes") is not None:
+            for i, votes in enumerate(outputs["retrieval_votes"]):
+                results[i]["retrieval_votes"] = {"votes": votes, "mask_cls": mask_cls[i].cpu()}
+        return results
+
+    def _predict_queries(self, images: ImageList) -> Dict[str, Any]:
+        outputs = super()._predict_queries(images)
+        batch, queries, _ = outputs["clip_embeddings"].shape
+        num_classes = outputs["pred_logits"].shape[-1] - 1
+        outputs["retrieval_scores"] = None
+        outputs["retrieval_available"] = torch.zeros(num_classes, dtype=torch.bool, device=self.device)
+        outputs["retrieval_votes"] = None
+        if self.retrieval_head is None:
+            return outputs
+        flat = outputs["clip_embeddings"].reshape(batch * queries, -1)
+        retrieved = self.retrieval_head(
+            flat, self.vocabulary.class_names, usable=outputs["valid"].reshape(-1),
+            return_votes=self.return_retrieval_votes,
+        )
+        outputs["retrieval_scores"] = retrieved.scores.reshape(batch, queries, num_classes).to(self.device)
+        outputs["retrieval_available"] = retrieved.available.to(self.device)
+        if retrieved.votes is not None:
+            outputs["retrieval_votes"] = [retrieved.votes[b * queries : (b + 1) * queries] for b in range(batch)]
+        return outputs
+
+    def _combine_scores(self, outputs: Dict[str, Any]) -> torch.Tensor:
+        """The configured ensemble -> (B, Q, K+1) log-probabilities, void last."""
+        return torch.log(self.ensemble_probabilities(outputs, self.alpha, self.beta, self.gamma) + 1e-8)
+
+    def ensemble_probabilities(self, outputs: Dict[str, Any], alpha: float, beta: float, gamma: float) -> torch.Tensor:
+        """Class probabilities (..., K+1) at the given weights (used by inference and sweeps)."""
+        seen = self.vocabulary.seen.to(outputs["pred_logits"].device)
+        valid = outputs["valid"] if self.ensemble_on_valid_mask else None
+        scores = outputs.get("retrieval_scores")
+        available = outputs.get("retrieval_available")
+        if scores is None:
+            gamma = 0.0
+        if self.ensemble_mode == "geometric":
+            return geometric_ensemble(
+                outputs["pred_logits"], outputs["clip_logits"], seen, alpha, beta, valid=valid,
+                retrieval_scores=scores if gamma > 0 else None, gamma=gamma,
+                retrieval_available=available if gamma > 0 else None,
+            )
+        return arithmetic_ensemble(
+            outputs["pred_logits"], outputs["clip_logits"], scores if gamma > 0 else None, seen,
+            alpha, beta, gamma, valid=valid, retrieval_available=available if gamma > 0 else None,
+        )
+
+    def _ensemble_inputs(
+        self, outputs: Dict[str, Any], batched_inputs: List[Dict[str, Any]], images: ImageList
+    ) -> List[Dict[str, Any]]:
+        """Per image, CPU tensors of everything the ensemble and post-processing need."""
+        masks = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
+        num_classes = outputs["pred_logits"].shape[-1] - 1
+        seen = self.vocabulary.seen.cpu()
+        per_image = []
+        for b, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            scores = outputs["retrieval_scores"]
+            per_image.append(
+                {
+                    "in_vocab_logits": outputs["pred_logits"][b].float().cpu(),
+                    "clip_logits": outputs["clip_logits"][b].float().cpu(),
+                    "retrieval_scores": (
+                        scores[b].float().cpu() if scores is not None
+                        else torch.zeros(outputs["pred_logits"].shape[1], num_classes)
+                    ),
+                    "retrieval_available": outputs["retrieval_available"].cpu(),
+                    "seen": seen,
+                    "valid": outputs["valid"][b].cpu() if self.ensemble_on_valid_mask else None,
+                    "mask_logits": masks[b, :, : size[0], : size[1]].float().cpu(),
+                    "image_size": (int(size[0]), int(size[1])),
+                    "output_size": (int(x.get("height", size[0])), int(x.get("width", size[1]))),
+                }
+            )
+        return per_image
+
+    def ensemble_fingerprint(self) -> Dict[str, Any]:
+        """Identity of what the cached ensemble inputs depend on (model, databases, vocabulary)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            if name.startswith("backbone.clip_model.") and "visual" not in name:
+                continue  # the text tower only shapes the vocabulary, hashed below
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+            digest.update(str(tuple(tensor.shape)).encode())
+        vocabulary = json.dumps(self.vocabulary.class_names)
+        return {
+            "model": digest.hexdigest(),
+            "databases": self.retrieval_head.fingerprint() if self.retrieval_head is not None else None,
+            "vocabulary": hashlib.sha256(vocabulary.encode()).hexdigest(),
+            "ensemble_mode": self.ensemble_mode,
+            "ensemble_on_valid_mask": bool(self.ensemble_on_valid_mask),
+        }

@@ -1,0 +1,122 @@
+"""Per-image outputs of mask-classification models in detectron2's format (Mask2Former rules).
+
+Inputs are one image's class log-probabilities ``mask_cls`` (Q, K+1), void last, and mask logits
+``mask_pred`` (Q, H, W) already at the output resolution. FC-CLIP passes ``log(probs + 1e-8)``
+as ``mask_cls``; a softmax of it gives back the ensembled probabilities.
+"""
+from __future__ import annotations
+
+from typing import AbstractSet, Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import Boxes, Instances
+
+
+def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
+    """Per-class score maps: Σ_q p(class | q) · sigmoid(mask_q).
+
+    Args:
+        mask_cls: (Q, K+1) logits; mask_pred: (Q, H, W) mask logits.
+    Returns:
+        (K, H, W) float scores (detectron2's ``sem_seg``).
+    """
+    probs = F.softmax(mask_cls, dim=-1)[..., :-1]
+    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
+
+
+def panoptic_inference(
+    mask_cls: torch.Tensor,
+    mask_pred: torch.Tensor,
+    *,
+    object_mask_threshold: float,
+    overlap_threshold: float,
+    thing_ids: AbstractSet[int],
+) -> Tuple[torch.Tensor, List[Dict]]:
+    """Panoptic segments from query masks (Mask2Former's rule, FC-CLIP's thresholds 0.0 / 0.8).
+
+    Queries whose best class is not void and scores above ``object_mask_threshold`` compete per
+    pixel by score · sigmoid(mask); a query keeps the pixels it wins inside its own mask
+    (sigmoid >= 0.5) unless that is less than ``overlap_threshold`` of its mask. Segments of one
+    stuff class are merged.
+
+    Args:
+        mask_cls: (Q, K+1) logits, void last; mask_pred: (Q, H, W) mask logits.
+        thing_ids: contiguous class ids that are things.
+    Returns:
+        (H, W) int32 segment ids (0 = no segment) and ``segments_info`` dicts
+        {"id", "isthing", "category_id"} (contiguous category id).
+    """
+    num_classes = mask_cls.shape[-1] - 1
+    scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
+    masks = mask_pred.sigmoid()
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], masks[keep]
+    h, w = masks.shape[-2:]
+    panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=masks.device)
+    segments_info: List[Dict] = []
+    if cur_masks.shape[0] == 0:
+        return panoptic_seg, segments_info
+    mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+    stuff_segment: Dict[int, int] = {}
+    segment_id = 0
+    for k in range(cur_classes.shape[0]):
+        pred_class = int(cur_classes[k].item())
+        isthing = pred_class in thing_ids
+        won = mask_ids == k
+        own = cur_masks[k] >= 0.5
+        mask = won & own
+        won_area, own_area = int(won.sum().item()), int(own.sum().item())
+        if won_area == 0 or own_area == 0 or int(mask.sum().item()) == 0:
+            continue
+        if won_area / own_area < overlap_threshold:
+            continue
+        if not isthing and pred_class in stuff_segment:
+            panoptic_seg[mask] = stuff_segment[pred_class]
+            continue
+        segment_id += 1
+        if not isthing:
+            stuff_segment[pred_class] = segment_id
+        panoptic_seg[mask] = segment_id
+        segments_info.append({"id": segment_id, "isthing": bool(isthing), "category_id": pred_class})
+    return panoptic_seg, segments_info
+
+
+def instance_inference(
+    mask_cls: torch.Tensor,
+    mask_pred: torch.Tensor,
+    *,
+    topk: int,
+    thing_ids: AbstractSet[int],
+    things_only: bool,
+) -> Instances:
+    """Top-k (query, class) pairs as instances (boxes are zeros, as in FC-CLIP: no box AP).
+
+    Args:
+        mask_cls: (Q, K+1) logits; mask_pred: (Q, H, W) mask logits.
+        topk: detections kept (TEST.DETECTIONS_PER_IMAGE), at most Q·K.
+        thing_ids: contiguous ids of thing classes.
+        things_only: keep only thing classes (FC-CLIP does when panoptic output is on).
+    Returns:
+        ``Instances`` of size (H, W) with pred_masks (N, H, W) float 0/1, pred_boxes (zeros),
+        scores = class probability · mean sigmoid inside the mask, pred_classes (N,) int64.
+    """
+    num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[-1] - 1
+    scores = F.softmax(mask_cls, dim=-1)[:, :-1]
+    labels = torch.arange(num_classes, device=mask_cls.device).repeat(num_queries)
+    k = min(topk, scores.numel())
+    top_scores, top_index = scores.flatten().topk(k, sorted=False)
+    top_labels = labels[top_index]
+    masks = mask_pred[torch.div(top_index, num_classes, rounding_mode="floor")]
+    if things_only:
+        ids = torch.tensor(sorted(thing_ids), dtype=top_labels.dtype, device=top_labels.device)
+        keep = torch.isin(top_labels, ids)
+        top_scores, top_labels, masks = top_scores[keep], top_labels[keep], masks[keep]
+    result = Instances(tuple(mask_pred.shape[-2:]))
+    binary = (masks > 0).float()
+    result.pred_masks = binary
+    result.pred_boxes = Boxes(torch.zeros(masks.shape[0], 4, device=masks.device))
+    inside = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    result.scores = top_scores * inside
+    result.pred_classes = top_labels
+    return result
