@@ -12,6 +12,7 @@ logger = logging.getLogger(__name__)
 REGISTERING_MODULES = [
     "retclip.testing.clip_configs",
     "retclip.data",
+    "retclip.modeling",
 ]
 
 for _name in REGISTERING_MODULES:
