@@ -13,6 +13,7 @@ REGISTERING_MODULES = [
     "retclip.testing.clip_configs",
     "retclip.data",
     "retclip.modeling",
+    "retclip.modeling.meta_arch.retclip",
 ]
 
 for _name in REGISTERING_MODULES:
