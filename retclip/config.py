@@ -104,6 +104,8 @@ def add_retclip_keys(cfg: CN) -> None:
     cfg.MODEL.RETCLIP.INDEX.TYPE = "exact"
     cfg.MODEL.RETCLIP.INDEX.HNSW_M = 32
     cfg.MODEL.RETCLIP.INDEX.HNSW_EF_SEARCH = 128
+    # HNSW build-time candidate list (efConstruction); FAISS's 40 loses recall on clustered data.
+    cfg.MODEL.RETCLIP.INDEX.HNSW_EF_CONSTRUCTION = 80
     cfg.MODEL.RETCLIP.INDEX.IVF_NLIST = 1024
     cfg.MODEL.RETCLIP.INDEX.IVF_NPROBE = 8
     cfg.MODEL.RETCLIP.INDEX.PQ_M = 64
@@ -122,6 +124,16 @@ def add_retclip_keys(cfg: CN) -> None:
     cfg.MODEL.RETCLIP.GAMMA = 0.3
 
 
+def add_sweep_config(cfg: CN) -> None:
+    """``TEST.SCORE_CACHE_*``: the per-image score cache that ensemble sweeps read."""
+    # Directory for the score cache written during --eval-only ("" = no cache).
+    cfg.TEST.SCORE_CACHE_DIR = ""
+    # Mask logits storage: "float32" (sweeps exact) or "float16" (half the size, metrics ~1e-3).
+    cfg.TEST.SCORE_CACHE_MASK_DTYPE = "float32"
+    # A cache shard is written once its images hold this many MB.
+    cfg.TEST.SCORE_CACHE_SHARD_MB = 1024.0
+
+
 def add_retclip_config(cfg: CN) -> None:
     """Add every key RetCLIP uses (Mask2Former, FC-CLIP, RetCLIP) to a detectron2 config."""
     _add_deeplab_keys(cfg)
@@ -131,3 +143,8 @@ def add_retclip_config(cfg: CN) -> None:
         add_fcclip_config(cfg)
     if not hasattr(cfg.MODEL, "RETCLIP"):
         add_retclip_keys(cfg)
+    if not hasattr(cfg.TEST, "SCORE_CACHE_DIR"):
+        add_sweep_config(cfg)
+    from retclip.database_builder.config import add_database_build_config  # DATABASE_BUILD block
+
+    add_database_build_config(cfg)

@@ -65,7 +65,7 @@ class IndexConfig:
     type: str = "exact"
     hnsw_m: int = 32
     ef_search: int = 128
-    ef_construction: int = 40
+    ef_construction: int = 80
     nlist: int = 1024
     nprobe: int = 8
     pq_m: int = 64
@@ -80,6 +80,7 @@ class IndexConfig:
         node = cfg.MODEL.RETCLIP.INDEX
         return cls(
             type=node.TYPE, hnsw_m=node.HNSW_M, ef_search=node.HNSW_EF_SEARCH,
+            ef_construction=node.HNSW_EF_CONSTRUCTION,
             nlist=node.IVF_NLIST, nprobe=node.IVF_NPROBE, pq_m=node.PQ_M,
             rerank_factor=node.RERANK_FACTOR, use_gpu=node.USE_GPU, device=device,
         )

@@ -91,11 +91,11 @@ def retrieval_scores(
     present = torch.isfinite(similarities)
     if aggregation == "rank_vote":
         # rank among present neighbours, nearest first (ties keep index order)
-        order = torch.where(present, similarities.float(), torch.full_like(similarities.float(),
-                                                                          -float("inf")))
+        sims = similarities.float()
+        order = torch.where(present, sims, torch.full_like(sims, -float("inf")))
+        positions = torch.arange(k, device=classes.device).expand(n, k).contiguous()
         ranks = torch.empty_like(classes)
-        ranks.scatter_(1, order.argsort(1, descending=True, stable=True),
-                       torch.arange(k, device=classes.device).expand(n, k))
+        ranks.scatter_(1, order.argsort(dim=1, descending=True, stable=True), positions)
         weights = torch.where(present, 1.0 / (rank_offset + ranks.float()),
                               torch.zeros(n, k, device=classes.device))
     else:
