@@ -134,16 +134,6 @@ def add_sweep_config(cfg: CN) -> None:
     cfg.TEST.SCORE_CACHE_SHARD_MB = 1024.0
 
 
-def add_sweep_config(cfg: CN) -> None:
-    """``TEST.SCORE_CACHE_*``: the per-image score cache that ensemble sweeps read."""
-    # Directory for the score cache written during --eval-only ("" = no cache).
-    cfg.TEST.SCORE_CACHE_DIR = ""
-    # Mask logits storage: "float32" (sweeps exact) or "float16" (half the size, metrics ~1e-3).
-    cfg.TEST.SCORE_CACHE_MASK_DTYPE = "float32"
-    # A cache shard is written once its images hold this many MB.
-    cfg.TEST.SCORE_CACHE_SHARD_MB = 1024.0
-
-
 def add_retclip_config(cfg: CN) -> None:
     """Add every key RetCLIP uses (Mask2Former, FC-CLIP, RetCLIP) to a detectron2 config."""
     _add_deeplab_keys(cfg)
@@ -153,8 +143,6 @@ def add_retclip_config(cfg: CN) -> None:
         add_fcclip_config(cfg)
     if not hasattr(cfg.MODEL, "RETCLIP"):
         add_retclip_keys(cfg)
-    if not hasattr(cfg.TEST, "SCORE_CACHE_DIR"):
-        add_sweep_config(cfg)
     if not hasattr(cfg.TEST, "SCORE_CACHE_DIR"):
         add_sweep_config(cfg)
     from retclip.database_builder.config import add_database_build_config  # DATABASE_BUILD block
