@@ -134,6 +134,50 @@ def add_sweep_config(cfg: CN) -> None:
     cfg.TEST.SCORE_CACHE_SHARD_MB = 1024.0
 
 
+def add_training_free_config(cfg: CN) -> None:
+    """``MODEL.TRAINING_FREE``: proposals + dense CLIP ViT + retrieval, no training (paper §2.2).
+
+    Retrieval settings (database, k, aggregation, index, gamma) are shared with ``MODEL.RETCLIP``;
+    panoptic thresholds and output switches with ``MODEL.MASK_FORMER.TEST``.
+    """
+    tf = cfg.MODEL.TRAINING_FREE = CN()
+    # Mask proposals: "ground_truth", "sam_grid" (SAM on a point grid) or "grounding_dino_sam".
+    tf.PROPOSALS = "grounding_dino_sam"
+    # open_clip ViT (the paper's CLIP-ViT-base / -large) and its weights ("" = random).
+    tf.CLIP_MODEL_NAME = "ViT-B-16"
+    tf.CLIP_PRETRAINED_WEIGHTS = "openai"
+    # Dense map: "value" (MaskCLIP value embedding of the last block) or "tokens" (patch tokens).
+    tf.DENSE_MODE = "value"
+    # Image short side fed to the ViT (each side rounded to the patch size); 0 keeps the input.
+    tf.CLIP_SHORT_SIDE = 448
+    # Sliding windows over the resized image: square side and step in pixels (0 = one forward).
+    tf.SLIDE_WINDOW = 448
+    tf.SLIDE_STRIDE = 224
+    # "clip" (s = s_clip), "retrieval" (s = s_ret) or "retclip" (s = gamma s_ret + (1-gamma) s_clip).
+    tf.MODE = "retclip"
+    # Multiply a proposal's class score by its own confidence (detector score / SAM IoU).
+    tf.SCORE_WITH_PROPOSAL_CONFIDENCE = False
+    tf.SAM = CN()
+    # segment-anything type "vit_b" / "vit_l" / "vit_h" ("tiny": test-only) and local checkpoint.
+    tf.SAM.MODEL_TYPE = "vit_b"
+    tf.SAM.CHECKPOINT = ""
+    # Keep the best of SAM's 3 masks per box prompt (by predicted IoU).
+    tf.SAM.MULTIMASK = False
+    # Point-grid generator ("sam_grid"): points per side and segment-anything's filters.
+    tf.SAM.POINTS_PER_SIDE = 32
+    tf.SAM.POINTS_PER_BATCH = 64
+    tf.SAM.PRED_IOU_THRESH = 0.88
+    tf.SAM.STABILITY_SCORE_THRESH = 0.95
+    tf.SAM.BOX_NMS_THRESH = 0.7
+    tf.GROUNDING_DINO = CN()
+    # Hugging Face hub name or local directory of GroundingDinoForObjectDetection + processor.
+    tf.GROUNDING_DINO.MODEL = "IDEA-Research/grounding-dino-base"
+    # Keep boxes above both thresholds; per-class box NMS IoU (1.0 disables).
+    tf.GROUNDING_DINO.BOX_THRESHOLD = 0.35
+    tf.GROUNDING_DINO.TEXT_THRESHOLD = 0.25
+    tf.GROUNDING_DINO.NMS_THRESHOLD = 0.8
+
+
 def add_retclip_config(cfg: CN) -> None:
     """Add every key RetCLIP uses (Mask2Former, FC-CLIP, RetCLIP) to a detectron2 config."""
     _add_deeplab_keys(cfg)
@@ -143,6 +187,8 @@ def add_retclip_config(cfg: CN) -> None:
         add_fcclip_config(cfg)
     if not hasattr(cfg.MODEL, "RETCLIP"):
         add_retclip_keys(cfg)
+    if not hasattr(cfg.MODEL, "TRAINING_FREE"):
+        add_training_free_config(cfg)
     if not hasattr(cfg.TEST, "SCORE_CACHE_DIR"):
         add_sweep_config(cfg)
     from retclip.database_builder.config import add_database_build_config  # DATABASE_BUILD block
