@@ -1,0 +1,261 @@
+"""The database build of the paper (§2.1): image + image-level labels -> Grounding DINO boxes ->
+SAM masks -> one dense CLIP map -> mask pooling -> (feature, label) rows.
+
+Work unit: the source's sorted image list is cut into global chunks of ``shard_size`` images;
+chunk c goes to rank ``c % world_size`` and becomes exactly one shard named ``part<c>-000000``
+(written even when empty). A chunk whose shard exists is done, so a killed build resumes at the
+first missing chunk, and the finished database is the same whatever the interruptions or the
+number of ranks. Each chunk's bookkeeping (image paths, skipped images, labels without
+detection, forward counts, seconds) goes to ``build/part<c>.json`` before its shard is written;
+:mod:`.report` sums them when all ranks are done.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from retclip.proposals import GroundTruthProposals, ProposalSource
+from retclip.retrieval import FeatureDatabase
+from retclip.retrieval.database import atomic_write_json
+
+from .counting import ForwardCounter
+from .encoder import SegmentEncoder, masks_to_logits
+from .sources import ImageRecord, ImageSource
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DatabaseBuilder", "chunk_prefix", "RECORD_DIR"]
+
+#: Sub-directory of the database holding per-chunk build records and the build report.
+RECORD_DIR = "build"
+
+
+def chunk_prefix(chunk: int) -> str:
+    """Shard prefix of global chunk ``chunk`` (shards sort in chunk order)."""
+    return f"part{chunk:06d}"
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+
+
+class DatabaseBuilder:
+    """Builds (or resumes, or adds to) a feature database from an :class:`ImageSource`."""
+
+    def __init__(
+        self,
+        *,
+        encoder: SegmentEncoder,
+        proposals: ProposalSource,
+        output_dir: str,
+        shard_size: int = 64,
+        dtype: str = "float16",
+        max_shards_per_run: int = 0,
+        shard_delay_s: float = 0.0,
+        build_args: Optional[Dict[str, Any]] = None,
+        counter: Optional[ForwardCounter] = None,
+        progress: bool = True,
+    ) -> None:
+        """
+        Args:
+            encoder: CLIP side (dense map + mask-pooled embeddings); its fingerprint goes in the manifest.
+            proposals: GroundingDinoSamProposals (class-aware, from the image labels) or
+                GroundTruthProposals (needs a dataset source).
+            output_dir: database directory.
+            shard_size: images per chunk/shard.
+            max_shards_per_run: stop after this many new shards per rank (0: no limit).
+            shard_delay_s: sleep after each shard (tests kill the build in between).
+            build_args: JSON-serialisable provenance kept in the manifest.
+            counter: forward counter already watching the models (see :func:`watch_models`).
+        """
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        if not output_dir:
+            raise ValueError("output_dir (DATABASE_BUILD.OUTPUT_DIR) is empty")
+        self.encoder = encoder
+        self.proposals = proposals
+        self.output_dir = Path(output_dir).expanduser()
+        self.shard_size = int(shard_size)
+        self.dtype = dtype
+        self.max_shards_per_run = int(max_shards_per_run)
+        self.shard_delay_s = float(shard_delay_s)
+        self.build_args = dict(build_args or {})
+        self.counter = counter if counter is not None else ForwardCounter()
+        self.progress = progress
+
+    # ------------------------------------------------------------------ database handling
+    def open_database(self, source: ImageSource, rank: int = 0) -> FeatureDatabase:
+        """Create the database on rank 0 (or check an existing one's encoder and vocabulary)."""
+        manifest = self.output_dir / "manifest.json"
+        if manifest.exists():
+            db = FeatureDatabase.open(self.output_dir)
+            if db.fingerprint != self.encoder.fingerprint:
+                raise ValueError(
+                    f"{self.output_dir} holds a database built with encoder {db.fingerprint}; this build "
+                    f"uses {self.encoder.fingerprint}. Choose another DATABASE_BUILD.OUTPUT_DIR or the same CLIP"
+                )
+        if rank == 0:
+            db = FeatureDatabase.create(
+                self.output_dir, self.encoder.fingerprint, source.vocabulary, source=source.name,
+                build_args=self.build_args, dtype=self.dtype, exist_ok=True,
+            )
+            (self.output_dir / RECORD_DIR).mkdir(exist_ok=True)
+        _barrier()
+        return FeatureDatabase.open(self.output_dir, expected_fingerprint=self.encoder.fingerprint)
+
+    def chunk_done(self, chunk: int) -> bool:
+        """Whether chunk ``chunk``'s shard is on disk (shards are renamed into place when complete)."""
+        return (self.output_dir / "shards" / f"{chunk_prefix(chunk)}-000000.safetensors").is_file()
+
+    # ------------------------------------------------------------------ per image
+    def _class_names(self, source: ImageSource, record: ImageRecord) -> Sequence[str]:
+        if isinstance(self.proposals, GroundTruthProposals):
+            return source.dataset_classes
+        return record.labels
+
+    def process_image(self, source: ImageSource, record: ImageRecord, vocab_index: Dict[str, int]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """Rows and bookkeeping of one image.
+
+        Returns:
+            (rows: features N x D float32, labels N, boxes N x 4, mask_areas N, scores N;
+             info: status "ok" / "no_labels" / "unreadable", undetected labels, dropped masks).
+        """
+        info: Dict[str, Any] = {"image_id": record.image_id, "path": record.path, "labels": list(record.labels), "status": "ok"}
+        if not record.labels:
+            info["status"] = "no_labels"
+            return {}, info
+        try:
+            with Image.open(record.path) as img:
+                image = np.asarray(img.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            logger.warning("skipping unreadable image %s (%s): %s", record.image_id, record.path, e)
+            info["status"], info["error"] = "unreadable", f"{type(e).__name__}: {e}"
+            return {}, info
+        class_names = self._class_names(source, record)
+        props = self.proposals(image, class_names, record.dataset_dict)
+        names = [class_names[int(i)] for i in props.labels.tolist()] if props.labels is not None else []
+        keep = torch.tensor([n in vocab_index for n in names], dtype=torch.bool)
+        props = props.select(keep) if len(props) else props
+        names = [n for n, k in zip(names, keep.tolist()) if k]
+        info["undetected"] = sorted(set(record.labels) - set(names))
+        info["segments"] = len(props)
+        if len(props) == 0:
+            return {}, info
+        x, resized = self.encoder.preprocess(image)
+        dense = self.encoder.dense_features(x[None])[0]
+        logits = masks_to_logits(props.masks.to(x.device), resized, tuple(x.shape[-2:]))
+        valid = self.encoder.valid_masks(tuple(dense.shape[-2:]), logits)
+        info["dropped_small"] = int((~valid).sum())
+        if not valid.any():
+            return {}, info
+        features = self.encoder.embed(dense, logits[valid.to(logits.device)]).cpu().numpy().astype(np.float32)
+        rows = {
+            "features": features,
+            "labels": np.asarray([vocab_index[n] for n, v in zip(names, valid.tolist()) if v], dtype=np.int64),
+            "boxes": props.boxes[valid].numpy().astype(np.float32),
+            "mask_areas": props.masks[valid].flatten(1).sum(1).numpy().astype(np.float32),
+            "scores": props.scores[valid].numpy().astype(np.float32),
+        }
+        return rows, info
+
+    # ------------------------------------------------------------------ per chunk
+    def build_chunk(self, db: FeatureDatabase, source: ImageSource, chunk: int, records: List[ImageRecord], vocab_index: Dict[str, int]) -> Dict[str, Any]:
+        """Process one chunk, write its record JSON, then its shard; returns the record."""
+        start = time.perf_counter()
+        before = Counter(self.counter.snapshot())
+        parts: List[Dict[str, Any]] = []
+        ids: List[str] = []
+        infos = []
+        for record in records:
+            rows, info = self.process_image(source, record, vocab_index)
+            infos.append(info)
+            if rows:
+                parts.append(rows)
+                ids += [record.image_id] * len(rows["labels"])
+        forwards = Counter(self.counter.snapshot())
+        forwards.subtract(before)
+        chunk_record = {
+            "chunk": chunk,
+            "images": infos,
+            "forwards": {k: v for k, v in forwards.items() if v},
+            "seconds": time.perf_counter() - start,
+        }
+        atomic_write_json(self.output_dir / RECORD_DIR / f"{chunk_prefix(chunk)}.json", chunk_record)
+        dim = db.embed_dim
+        cat = lambda key, shape: np.concatenate([p[key] for p in parts]) if parts else np.zeros(shape, np.float32)  # noqa: E731
+        db.append(
+            cat("features", (0, dim)), cat("labels", (0,)).astype(np.int64), ids,
+            boxes=cat("boxes", (0, 4)), mask_areas=cat("mask_areas", (0,)), scores=cat("scores", (0,)),
+            shard_prefix=chunk_prefix(chunk), update_manifest=False,
+        )
+        return chunk_record
+
+    # ------------------------------------------------------------------ whole build
+    def build(
+        self, source: ImageSource, *, rank: int = 0, world_size: int = 1, exclude_ids: Optional[Set[str]] = None
+    ) -> Optional[Dict[str, Any]]:
+        """Build this rank's chunks; rank 0 then lists all shards in the manifest and writes the
+        build report. Returns the report on rank 0 (None elsewhere, or when MAX_SHARDS_PER_RUN
+        stopped the run before the end).
+
+        Args:
+            exclude_ids: image ids to leave out (images already in a database being added to).
+        """
+        from .report import write_build_report
+
+        if isinstance(self.proposals, GroundTruthProposals) and not hasattr(source, "dataset_classes"):
+            raise ValueError("GroundTruthProposals need a dataset source (DATABASE_BUILD.SOURCE.TYPE 'dataset')")
+        db = self.open_database(source, rank)
+        records = [r for r in source.records() if not exclude_ids or r.image_id not in exclude_ids]
+        vocab_index = {name: i for i, name in enumerate(source.vocabulary)}
+        chunks = [records[i : i + self.shard_size] for i in range(0, len(records), self.shard_size)]
+        mine = [c for c in range(len(chunks)) if c % world_size == rank]
+        todo = [c for c in mine if not self.chunk_done(c)]
+        total = sum(len(chunks[c]) for c in mine)
+        done_images = total - sum(len(chunks[c]) for c in todo)
+        logger.info(
+            "rank %d/%d: %d of %d chunks to build (%d images, %d already done) into %s",
+            rank, world_size, len(todo), len(mine), total - done_images, done_images, self.output_dir,
+        )
+        finished = True
+        bar = self._progress_bar(total, done_images, rank)
+        start, processed = time.perf_counter(), 0
+        for n, c in enumerate(todo):
+            if self.max_shards_per_run and n >= self.max_shards_per_run:
+                finished = False
+                logger.info("rank %d: stopping after %d shards (MAX_SHARDS_PER_RUN)", rank, n)
+                break
+            self.build_chunk(db, source, c, chunks[c], vocab_index)
+            processed += len(chunks[c])
+            if bar is not None:
+                bar.update(len(chunks[c]))
+                bar.set_postfix(img_s=f"{processed / max(time.perf_counter() - start, 1e-9):.2f}")
+            if self.shard_delay_s:
+                time.sleep(self.shard_delay_s)
+        if bar is not None:
+            bar.close()
+        _barrier()
+        if rank != 0 or not finished:
+            return None
+        if not all(self.chunk_done(c) for c in range(len(chunks))):
+            logger.info("some chunks are still missing (other runs stopped early); manifest not refreshed")
+            return None
+        db.refresh_manifest()
+        return write_build_report(self.output_dir, source, num_chunks=len(chunks))
+
+    def _progress_bar(self, total: int, initial: int, rank: int):
+        if not self.progress or rank != 0:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, unit="img", desc="database build", dynamic_ncols=True)

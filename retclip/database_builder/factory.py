@@ -1,0 +1,102 @@
+"""Builds the database builder and its models from a config (``DATABASE_BUILD`` + the model's
+``MODEL.FC_CLIP`` CLIP and ``INPUT`` test resize)."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict
+
+from retclip.proposals import (
+    GroundingDinoDetector,
+    GroundingDinoSamProposals,
+    GroundTruthProposals,
+    ProposalSource,
+    SamBoxSegmenter,
+    load_sam,
+)
+
+from .builder import DatabaseBuilder
+from .counting import ForwardCounter
+from .encoder import ClipSegmentEncoder
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_encoder", "build_proposals", "watch_models", "build_database_builder"]
+
+_PROPOSALS = ("GroundingDinoSamProposals", "GroundTruthProposals")
+
+
+def build_encoder(cfg) -> ClipSegmentEncoder:
+    """The model's CLIP backbone as a segment encoder, on ``MODEL.DEVICE``."""
+    encoder = ClipSegmentEncoder.from_names(
+        cfg.MODEL.FC_CLIP.CLIP_MODEL_NAME,
+        cfg.MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS,
+        min_size=cfg.INPUT.MIN_SIZE_TEST,
+        max_size=cfg.INPUT.MAX_SIZE_TEST,
+        size_divisibility=max(cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY, 1),
+    )
+    return encoder.to(cfg.MODEL.DEVICE).eval()
+
+
+def build_proposals(cfg) -> ProposalSource:
+    """``DATABASE_BUILD.PROPOSALS``: Grounding DINO -> SAM, or ground-truth masks."""
+    b = cfg.DATABASE_BUILD
+    if b.PROPOSALS == "GroundTruthProposals":
+        return GroundTruthProposals()
+    if b.PROPOSALS != "GroundingDinoSamProposals":
+        raise ValueError(f"DATABASE_BUILD.PROPOSALS must be one of {list(_PROPOSALS)}, got {b.PROPOSALS!r}")
+    device = cfg.MODEL.DEVICE
+    detector = GroundingDinoDetector.from_pretrained(
+        b.GROUNDING_DINO.MODEL,
+        device=device,
+        box_threshold=b.GROUNDING_DINO.BOX_THRESHOLD,
+        text_threshold=b.GROUNDING_DINO.TEXT_THRESHOLD,
+        nms_threshold=b.GROUNDING_DINO.NMS_THRESHOLD,
+    )
+    sam = load_sam(b.SAM.MODEL_TYPE, b.SAM.CHECKPOINT, device=device)
+    return GroundingDinoSamProposals(detector=detector, segmenter=SamBoxSegmenter(sam, multimask_output=b.SAM.MULTIMASK))
+
+
+def watch_models(counter: ForwardCounter, encoder: ClipSegmentEncoder, proposals: ProposalSource) -> None:
+    """Hook the per-image modules: CLIP image tower, Grounding DINO vision/text backbones, SAM
+    image encoder and mask decoder."""
+    counter.watch("clip.image", encoder.image_module)
+    if isinstance(proposals, GroundingDinoSamProposals):
+        counter.watch("grounding_dino.image", proposals.detector.backbone)
+        counter.watch("grounding_dino.text_prompts", proposals.detector.model.model.text_backbone)
+        counter.watch("sam.image", proposals.segmenter.sam.image_encoder)
+        counter.watch("sam.mask_decoder_calls", proposals.segmenter.sam.mask_decoder)
+
+
+def _build_args(cfg) -> Dict[str, Any]:
+    b = cfg.DATABASE_BUILD
+    return {
+        "proposals": b.PROPOSALS,
+        "shard_size": b.SHARD_SIZE,
+        "grounding_dino": dict(b.GROUNDING_DINO) if b.PROPOSALS == "GroundingDinoSamProposals" else None,
+        "sam": {"model_type": b.SAM.MODEL_TYPE, "checkpoint": b.SAM.CHECKPOINT, "multimask": b.SAM.MULTIMASK}
+        if b.PROPOSALS == "GroundingDinoSamProposals"
+        else None,
+        "clip_input": {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST},
+        "source": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in b.SOURCE.items()},
+    }
+
+
+def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
+    """A :class:`DatabaseBuilder` with models built from ``cfg`` and forward counting on."""
+    encoder = build_encoder(cfg)
+    proposals = build_proposals(cfg)
+    counter = ForwardCounter()
+    watch_models(counter, encoder, proposals)
+    b = cfg.DATABASE_BUILD
+    return DatabaseBuilder(
+        encoder=encoder,
+        proposals=proposals,
+        output_dir=b.OUTPUT_DIR,
+        shard_size=b.SHARD_SIZE,
+        dtype=b.DTYPE,
+        max_shards_per_run=b.MAX_SHARDS_PER_RUN,
+        shard_delay_s=b.SHARD_DELAY_S,
+        build_args=_build_args(cfg),
+        counter=counter,
+        progress=progress,
+    )
