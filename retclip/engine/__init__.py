@@ -1,0 +1,24 @@
+"""Training helpers behind ``tools/train_net.py``: optimizer groups, checks, the Trainer."""
+from .optimizer import build_optimizer, build_param_groups, with_full_model_gradient_clipping
+from .trainer import (
+    Trainer,
+    check_config,
+    check_datasets_registered,
+    format_metrics,
+    resolve_device,
+    resume_or_load,
+    write_metrics,
+)
+
+__all__ = [
+    "Trainer",
+    "build_optimizer",
+    "build_param_groups",
+    "check_config",
+    "check_datasets_registered",
+    "format_metrics",
+    "resolve_device",
+    "resume_or_load",
+    "with_full_model_gradient_clipping",
+    "write_metrics",
+]

@@ -1,0 +1,149 @@
+"""The training/evaluation loop of ``tools/train_net.py``: detectron2's DefaultTrainer with
+RetCLIP's mapper, evaluators, optimizer, config checks and metrics files.
+
+Metrics of every evaluation are written atomically to ``OUTPUT_DIR/metrics_<iter>.json`` (iter
+as in the checkpoint names, ``model_<iter>.pth``) and those of ``--eval-only`` to
+``OUTPUT_DIR/metrics_eval.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.utils import comm
+
+from retclip.data.mappers import build_dataset_mapper
+from retclip.evaluation import build_evaluator
+
+from .optimizer import build_optimizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Trainer",
+    "check_config",
+    "check_datasets_registered",
+    "resolve_device",
+    "resume_or_load",
+    "write_metrics",
+    "format_metrics",
+]
+
+
+def check_datasets_registered(names: List[str]) -> None:
+    """Raise KeyError for a dataset name that is not registered, listing the registered ones."""
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            raise KeyError(f"dataset {name!r} is not registered; registered datasets: {sorted(registered)}")
+
+
+def check_config(cfg: Any) -> None:
+    """Consistency checks that would otherwise fail deep inside training.
+
+    Raises:
+        KeyError: a DATASETS.TRAIN/TEST name is not registered (the error lists those that are).
+        ValueError: MODEL.SEM_SEG_HEAD.NUM_CLASSES differs from the training set's class count.
+    """
+    check_datasets_registered(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    for name in cfg.DATASETS.TRAIN:
+        meta = MetadataCatalog.get(name)
+        classes = meta.get("stuff_classes") or meta.get("thing_classes") or []
+        if len(classes) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} but the training "
+                f"dataset {name!r} has {len(classes)} classes"
+            )
+
+
+def resolve_device(cfg: Any) -> None:
+    """On a machine without CUDA: run on CPU and turn AMP off, each with a warning (cfg unfrozen)."""
+    if torch.cuda.is_available():
+        return
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        logger.warning("CUDA is not available: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED:
+        logger.warning("SOLVER.AMP.ENABLED is ignored on CPU (AMP needs CUDA): training in fp32")
+        cfg.SOLVER.AMP.ENABLED = False
+
+
+def write_metrics(results: Dict[str, Any], path: str) -> None:
+    """Write evaluation results as JSON, atomically (temporary file + rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    logger.info("Wrote metrics to %s", path)
+
+
+def format_metrics(results: Dict[str, Any]) -> str:
+    """One line per dataset: PQ (all / seen / unseen), mask AP, mIoU (all / seen / unseen)."""
+    if results and all(k in ("panoptic_seg", "segm", "sem_seg") for k in results):
+        results = {"": results}
+    lines = []
+
+    def get(d: Dict[str, Any], task: str, key: str) -> str:
+        v = d.get(task, {}).get(key)
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+    for name, res in results.items():
+        lines.append(
+            f"{name} PQ {get(res, 'panoptic_seg', 'PQ')} (seen {get(res, 'panoptic_seg', 'PQ_seen')}, "
+            f"unseen {get(res, 'panoptic_seg', 'PQ_unseen')}) | mAP {get(res, 'segm', 'AP')} | "
+            f"mIoU {get(res, 'sem_seg', 'mIoU')} (seen {get(res, 'sem_seg', 'mIoU_seen')}, "
+            f"unseen {get(res, 'sem_seg', 'mIoU_unseen')})".strip()
+        )
+    return "\n".join(lines)
+
+
+def resume_or_load(trainer: DefaultTrainer, resume: bool) -> None:
+    """``trainer.resume_or_load`` that says when ``--resume`` finds nothing to resume from."""
+    if resume and not trainer.checkpointer.has_checkpoint():
+        logger.warning(
+            "--resume: no checkpoint in %s (no 'last_checkpoint' file); starting from scratch "
+            "(iteration 0, MODEL.WEIGHTS=%r)",
+            trainer.cfg.OUTPUT_DIR,
+            trainer.cfg.MODEL.WEIGHTS,
+        )
+    trainer.resume_or_load(resume=resume)
+    if resume and trainer.start_iter > 0:
+        logger.info("Resumed from %s at iteration %d", trainer.checkpointer.get_checkpoint_file(), trainer.start_iter)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the mapper of INPUT.DATASET_MAPPER_NAME, RetCLIP's evaluators and
+    optimizer, and a metrics JSON after each evaluation."""
+
+    @classmethod
+    def build_train_loader(cls, cfg: Any) -> Any:
+        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: Optional[str] = None) -> Any:
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    def build_hooks(self) -> List[Any]:
+        ret = super().build_hooks()
+        for i, hook in enumerate(ret):
+            if isinstance(hook, hooks.EvalHook):
+                ret[i] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_and_write)
+        return ret
+
+    def _test_and_write(self) -> Dict[str, Any]:
+        self._last_eval_results = self.test(self.cfg, self.model)
+        if comm.is_main_process():
+            write_metrics(self._last_eval_results, os.path.join(self.cfg.OUTPUT_DIR, f"metrics_{self.iter:07d}.json"))
+            logger.info("Evaluation at iteration %d:\n%s", self.iter, format_metrics(self._last_eval_results))
+        return self._last_eval_results
