@@ -126,7 +126,7 @@ def test_prediction_head_matches_hand_computation():
         pooled = np.stack([mf[:, m[i]].sum(-1) / (m[i].sum() + 1e-8) for i in range(m.shape[0])])
         emb = pred.class_embed(pred._mask_pooling_proj(torch.from_numpy(pooled).float()) + q[0]).numpy()
     emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
-    sims = min(math.exp(float(pred.logit_scale)), 100) * emb @ _text().numpy().T
+    sims = min(math.exp(float(pred.logit_scale.detach())), 100) * emb @ _text().numpy().T
     starts = np.cumsum([0] + NUM_TEMPLATES)
     want = np.stack([sims[:, s:e].max(-1) for s, e in zip(starts[:-1], starts[1:])] + [sims[:, -1]], -1)
     np.testing.assert_allclose(out["pred_logits"][0].numpy(), want, rtol=1e-4, atol=1e-4)
