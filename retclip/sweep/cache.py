@@ -1,0 +1,423 @@
+"""Score cache: per image, everything the ensemble and post-processing need, saved during one
+evaluation so that a sweep over (alpha, beta, gamma) never runs the network again.
+
+Layout of a cache directory::
+
+    manifest.json                       schema, model fingerprint, dataset, classes, thing ids,
+                                        post-processing settings, expected image ids, complete flag
+    shards/r<rank>-<n>.safetensors      a few images each: tensors "<i>.<field>", and in the
+                                        safetensors metadata the images' ids / files / sizes and
+                                        the fingerprint again
+
+Shards and the manifest are written to a temporary name and renamed, so a killed run leaves only
+whole shards: the reader uses them and reports the images that are missing. A cache written by
+another model, database or vocabulary (its ``model.ensemble_fingerprint()`` differs) is refused,
+naming the entries that differ.
+
+Size: mask logits are Q x h x w at the resized input size. At ADE20k-150 val settings (2000
+images, shortest edge 640, about 640 x 853, Q = 250) that is ~0.55 GB per image in float32, ~1.1 TB
+for the whole split (float16: half). ``mask_dtype="float16"`` halves it; metrics then match a
+full evaluation to ~1e-3 instead of exactly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TENSOR_FIELDS",
+    "CachedImage",
+    "ScoreCache",
+    "ScoreCacheWriter",
+    "StaleCacheError",
+    "compare_fingerprints",
+]
+
+SCHEMA_VERSION = 1
+#: Tensors stored per image (``valid`` only when the model gives one).
+TENSOR_FIELDS = (
+    "in_vocab_logits",
+    "clip_logits",
+    "retrieval_scores",
+    "retrieval_available",
+    "seen",
+    "valid",
+    "mask_logits",
+)
+_MASK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_SHARD_RE = re.compile(r"^r(\d+)-(\d+)\.safetensors$")
+
+
+class StaleCacheError(ValueError):
+    """The cache was written by another model, database, vocabulary or dataset."""
+
+
+def compare_fingerprints(cached: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
+    """Entries that differ, as "key: cached X, now Y" strings (empty when they agree)."""
+    diffs = []
+    for key in sorted(set(cached) | set(current)):
+        a, b = cached.get(key, "<absent>"), current.get(key, "<absent>")
+        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            diffs.append(f"{key}: cached {a!r}, now {b!r}")
+    return diffs
+
+
+def _jsonable(fingerprint: Mapping[str, Any]) -> Dict[str, Any]:
+    return json.loads(json.dumps(dict(fingerprint), sort_keys=True, default=str))
+
+
+def _atomic_write_json(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+@dataclass
+class CachedImage:
+    """One cached image.
+
+    Attributes:
+        info: {"image_id", "file_name", "height", "width", "image_size": [h, w]} - what the
+            evaluators read from a model input, plus the cropped mask size.
+        tensors: ``TENSOR_FIELDS`` -> tensors (in_vocab_logits / clip_logits (Q, K+1),
+            retrieval_scores (Q, K), retrieval_available / seen (K,) bool, valid (Q,) bool or
+            absent, mask_logits (Q, h, w) float32 (float16 caches are cast back)).
+    """
+
+    info: Dict[str, Any]
+    tensors: Dict[str, torch.Tensor]
+
+    @property
+    def evaluator_input(self) -> Dict[str, Any]:
+        """The dict a detectron2 evaluator expects as this image's model input."""
+        keys = ("image_id", "file_name", "height", "width")
+        return {k: self.info[k] for k in keys}
+
+
+class ScoreCacheWriter(DatasetEvaluator):
+    """Writes the score cache from a normal ``--eval-only`` run (add it to the evaluators).
+
+    The model must put ``"ensemble_inputs"`` in each output (``model.return_ensemble_inputs =
+    True``); :func:`retclip.sweep.hooks.add_score_cache` does both from the config.
+
+    Args:
+        cache_dir: output directory (created).
+        dataset_name: the evaluated dataset (its class list, thing ids and image ids are recorded).
+        fingerprint: ``model.ensemble_fingerprint()``; a cache already in ``cache_dir`` with
+            another fingerprint is refused (:class:`StaleCacheError`), one with the same is
+            completed (images already cached are skipped).
+        postprocess: the post-processing settings of the run (thresholds, outputs on/off, top-k),
+            recorded so a sweep re-runs the same post-processing.
+        mask_dtype: "float32" (exact sweeps) or "float16" (half the size, metrics to ~1e-3).
+        shard_mb: a shard is written once its images hold this many MB (or 64 images).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        cache_dir: str,
+        *,
+        dataset_name: str,
+        fingerprint: Mapping[str, Any],
+        postprocess: Mapping[str, Any],
+        mask_dtype: str = "float32",
+        shard_mb: float = 1024.0,
+        max_images_per_shard: int = 64,
+    ) -> None:
+        if mask_dtype not in _MASK_DTYPES:
+            raise ValueError(f"mask_dtype must be one of {sorted(_MASK_DTYPES)}, got {mask_dtype!r}")
+        if shard_mb <= 0:
+            raise ValueError(f"shard_mb must be positive, got {shard_mb}")
+        self.cache_dir = os.path.expanduser(cache_dir)
+        self.dataset_name = dataset_name
+        self.fingerprint = _jsonable(fingerprint)
+        self.postprocess = dict(postprocess)
+        self.mask_dtype = mask_dtype
+        self.shard_bytes = int(shard_mb * 2**20)
+        self.max_images_per_shard = int(max_images_per_shard)
+        self._done: set = set()
+        self._pending: List[CachedImage] = []
+        self._pending_bytes = 0
+        self._shard_index = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any, dataset_name: str, fingerprint: Mapping[str, Any]) -> Dict[str, Any]:
+        test = cfg.MODEL.MASK_FORMER.TEST
+        postprocess = {
+            "semantic_on": bool(test.SEMANTIC_ON),
+            "panoptic_on": bool(test.PANOPTIC_ON),
+            "instance_on": bool(test.INSTANCE_ON),
+            "object_mask_threshold": float(test.OBJECT_MASK_THRESHOLD),
+            "overlap_threshold": float(test.OVERLAP_THRESHOLD),
+            "sem_seg_postprocess_before_inference": bool(
+                test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
+            ),
+            "topk": int(cfg.TEST.DETECTIONS_PER_IMAGE),
+        }
+        return {
+            "cache_dir": cfg.TEST.SCORE_CACHE_DIR,
+            "dataset_name": dataset_name,
+            "fingerprint": fingerprint,
+            "postprocess": postprocess,
+            "mask_dtype": cfg.TEST.SCORE_CACHE_MASK_DTYPE,
+            "shard_mb": cfg.TEST.SCORE_CACHE_SHARD_MB,
+        }
+
+    # --------------------------------------------------------------- manifest
+    def _manifest(self) -> Dict[str, Any]:
+        from retclip.modeling.vocabulary import thing_ids_from_metadata
+
+        meta = MetadataCatalog.get(self.dataset_name)
+        names = meta.get("stuff_classes") or meta.get("thing_classes")
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "fingerprint": self.fingerprint,
+            "dataset": self.dataset_name,
+            "class_names": list(names) if names else None,
+            "thing_ids": sorted(thing_ids_from_metadata(meta)),
+            "postprocess": self.postprocess,
+            "mask_dtype": self.mask_dtype,
+            "expected_image_ids": [r["image_id"] for r in DatasetCatalog.get(self.dataset_name)],
+            "complete": False,
+        }
+
+    def reset(self) -> None:
+        shard_dir = os.path.join(self.cache_dir, "shards")
+        manifest_path = os.path.join(self.cache_dir, "manifest.json")
+        self._pending, self._pending_bytes = [], 0
+        if comm.is_main_process():
+            os.makedirs(shard_dir, exist_ok=True)
+            fresh = self._manifest()
+            if os.path.isfile(manifest_path):
+                old = ScoreCache.read_manifest(self.cache_dir)
+                check = {k: old.get(k) for k in ("fingerprint", "dataset", "mask_dtype", "postprocess")}
+                want = {k: fresh[k] for k in check}
+                diffs = compare_fingerprints(_flatten(check), _flatten(want))
+                if diffs:
+                    raise StaleCacheError(
+                        f"score cache {self.cache_dir} was written by another setup ({'; '.join(diffs)}); "
+                        "use a new TEST.SCORE_CACHE_DIR or delete the old one"
+                    )
+            _atomic_write_json(manifest_path, fresh)
+        comm.synchronize()
+        os.makedirs(shard_dir, exist_ok=True)
+        rank = comm.get_rank()
+        self._done = set()
+        self._shard_index = 0
+        for name in os.listdir(shard_dir):
+            m = _SHARD_RE.match(name)
+            if m is None:
+                continue
+            if int(m.group(1)) == rank:
+                self._shard_index = max(self._shard_index, int(m.group(2)) + 1)
+            self._done.update(info["image_id"] for info in _shard_infos(os.path.join(shard_dir, name)))
+        if self._done:
+            logger.info("Score cache %s already holds %d images; they are skipped", self.cache_dir, len(self._done))
+
+    # ---------------------------------------------------------------- process
+    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
+        for inp, out in zip(inputs, outputs):
+            if "ensemble_inputs" not in out:
+                raise KeyError(
+                    "model output has no 'ensemble_inputs': set model.return_ensemble_inputs = True "
+                    "(retclip.sweep.hooks.add_score_cache does) to write a score cache"
+                )
+            if inp["image_id"] in self._done:
+                continue
+            self._pending.append(self._entry(inp, out["ensemble_inputs"]))
+            self._pending_bytes += sum(t.numel() * t.element_size() for t in self._pending[-1].tensors.values())
+            if self._pending_bytes >= self.shard_bytes or len(self._pending) >= self.max_images_per_shard:
+                self._flush()
+
+    def _entry(self, inp: Dict[str, Any], ens: Mapping[str, Any]) -> CachedImage:
+        missing = [k for k in TENSOR_FIELDS if k != "valid" and k not in ens]
+        if missing:
+            raise KeyError(f"ensemble_inputs of image {inp['image_id']} lacks {missing}")
+        tensors = {}
+        for key in TENSOR_FIELDS:
+            value = ens.get(key)
+            if value is None:
+                continue
+            value = value.detach().cpu()
+            if key == "mask_logits":
+                value = value.to(_MASK_DTYPES[self.mask_dtype])
+            tensors[key] = value.contiguous().clone()  # own storage: safetensors refuses shared tensors
+        h, w = (int(x) for x in ens["image_size"])
+        if tuple(tensors["mask_logits"].shape[-2:]) != (h, w):
+            raise ValueError(
+                f"image {inp['image_id']}: mask_logits are {tuple(tensors['mask_logits'].shape)} but "
+                f"image_size is {(h, w)}; the contract is masks cropped to the image size"
+            )
+        height, width = (int(x) for x in ens["output_size"])
+        info = {
+            "image_id": inp["image_id"],
+            "file_name": inp.get("file_name"),
+            "height": height,
+            "width": width,
+            "image_size": [h, w],
+        }
+        return CachedImage(info=info, tensors=tensors)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        shard_dir = os.path.join(self.cache_dir, "shards")
+        name = f"r{comm.get_rank()}-{self._shard_index:05d}.safetensors"
+        flat = {f"{i}.{k}": v for i, e in enumerate(self._pending) for k, v in e.tensors.items()}
+        metadata = {
+            "images": json.dumps([e.info for e in self._pending]),
+            "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+        }
+        tmp = os.path.join(shard_dir, f".{name}.tmp")
+        save_file(flat, tmp, metadata=metadata)
+        os.replace(tmp, os.path.join(shard_dir, name))
+        self._done.update(e.info["image_id"] for e in self._pending)
+        logger.info("Score cache: wrote %s (%d images, %.1f MB)", name, len(self._pending), self._pending_bytes / 2**20)
+        self._shard_index += 1
+        self._pending, self._pending_bytes = [], 0
+
+    def evaluate(self) -> None:
+        self._flush()
+        comm.synchronize()
+        if comm.is_main_process():
+            cache = ScoreCache(self.cache_dir)
+            manifest = dict(cache.manifest, complete=not cache.missing_image_ids)
+            _atomic_write_json(os.path.join(self.cache_dir, "manifest.json"), manifest)
+            logger.info("Score cache %s: %s", self.cache_dir, cache.summary())
+        return None
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _shard_infos(path: str) -> List[Dict[str, Any]]:
+    with safe_open(path, framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("images", "[]"))
+
+
+class ScoreCache:
+    """Reads a score cache; iterating yields :class:`CachedImage` in image-id order of the shards.
+
+    Args:
+        cache_dir: a directory written by :class:`ScoreCacheWriter`.
+        expected_fingerprint: if given, a cache whose fingerprint differs raises
+            :class:`StaleCacheError` naming the entries that differ.
+    Raises:
+        FileNotFoundError: no manifest.json in ``cache_dir``.
+        StaleCacheError: fingerprint mismatch, or a shard written by another model.
+    """
+
+    def __init__(self, cache_dir: str, expected_fingerprint: Optional[Mapping[str, Any]] = None) -> None:
+        self.cache_dir = os.path.expanduser(cache_dir)
+        self.manifest = self.read_manifest(self.cache_dir)
+        self.fingerprint: Dict[str, Any] = self.manifest["fingerprint"]
+        if expected_fingerprint is not None:
+            self.check_fingerprint(expected_fingerprint)
+        self._index: Dict[Any, tuple] = {}
+        self.partial_files: List[str] = []
+        shard_dir = os.path.join(self.cache_dir, "shards")
+        names = sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else []
+        for name in names:
+            path = os.path.join(shard_dir, name)
+            if _SHARD_RE.match(name) is None:
+                if name.endswith(".tmp"):
+                    self.partial_files.append(name)
+                continue
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+            shard_fp = json.loads(meta.get("fingerprint", "{}"))
+            diffs = compare_fingerprints(shard_fp, self.fingerprint)
+            if diffs:
+                raise StaleCacheError(f"shard {path} was written by another model than the manifest's: {'; '.join(diffs)}")
+            for i, info in enumerate(json.loads(meta.get("images", "[]"))):
+                self._index[info["image_id"]] = (path, i, info)
+        expected = self.manifest.get("expected_image_ids") or []
+        self.missing_image_ids = [i for i in expected if i not in self._index]
+        if self.missing_image_ids or self.partial_files:
+            logger.warning("Score cache %s is partial: %s", self.cache_dir, self.summary())
+
+    @staticmethod
+    def read_manifest(cache_dir: str) -> Dict[str, Any]:
+        path = os.path.join(os.path.expanduser(cache_dir), "manifest.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no score cache at {cache_dir}: {path} does not exist")
+        with open(path) as f:
+            manifest = json.load(f)
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"{path}: schema_version {manifest.get('schema_version')!r}, this code reads {SCHEMA_VERSION}"
+            )
+        return manifest
+
+    def check_fingerprint(self, expected: Mapping[str, Any]) -> None:
+        diffs = compare_fingerprints(self.fingerprint, _jsonable(expected))
+        if diffs:
+            raise StaleCacheError(f"score cache {self.cache_dir} does not match the current model: {'; '.join(diffs)}")
+
+    @property
+    def image_ids(self) -> List[Any]:
+        return list(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def summary(self) -> str:
+        expected = len(self.manifest.get("expected_image_ids") or [])
+        text = f"{len(self)} of {expected} images cached"
+        if self.missing_image_ids:
+            shown = self.missing_image_ids[:10]
+            more = "" if len(self.missing_image_ids) <= 10 else f" and {len(self.missing_image_ids) - 10} more"
+            text += f"; missing image ids {shown}{more}"
+        if self.partial_files:
+            text += f"; unfinished shard files ignored: {self.partial_files}"
+        return text
+
+    def load(self, image_id: Any) -> CachedImage:
+        if image_id not in self._index:
+            raise KeyError(f"image {image_id!r} is not in score cache {self.cache_dir}")
+        path, i, info = self._index[image_id]
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+            tensors = {k: f.get_tensor(f"{i}.{k}") for k in TENSOR_FIELDS if f"{i}.{k}" in keys}
+        tensors["mask_logits"] = tensors["mask_logits"].float()
+        return CachedImage(info=dict(info), tensors=tensors)
+
+    def __iter__(self) -> Iterator[CachedImage]:
+        by_shard: Dict[str, List[tuple]] = {}
+        for path, i, info in self._index.values():
+            by_shard.setdefault(path, []).append((i, info))
+        for path, items in by_shard.items():
+            with safe_open(path, framework="pt") as f:
+                keys = set(f.keys())
+                for i, info in items:
+                    tensors = {k: f.get_tensor(f"{i}.{k}") for k in TENSOR_FIELDS if f"{i}.{k}" in keys}
+                    tensors["mask_logits"] = tensors["mask_logits"].float()
+                    yield CachedImage(info=dict(info), tensors=tensors)
+
+    def subset(self, image_ids: Sequence[Any]) -> Iterator[CachedImage]:
+        for image_id in image_ids:
+            yield self.load(image_id)

@@ -1,0 +1,140 @@
+"""Cached scores -> outputs at a new (alpha, beta, gamma): the model's last two steps, replayed.
+
+:func:`combine_scores` is the ensemble of the chosen mode followed by ``log(probs + 1e-8)``
+(what FC-CLIP / RetCLIP's ``_combine_scores`` return); :func:`postprocess` is the per-image part of
+``FCCLIP._postprocess`` on the cached mask logits (already upsampled and cropped to the image size):
+resize to the output size, then the semantic / panoptic / instance functions of
+:mod:`retclip.modeling.postprocessing`. Both call the same library functions as the model, so a
+sweep point gives the outputs of a full evaluation at that point.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, FrozenSet, Mapping
+
+import torch
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+from retclip.ensemble import arithmetic_ensemble, geometric_ensemble
+from retclip.modeling.postprocessing import instance_inference, panoptic_inference, semantic_inference
+
+from .cache import CachedImage
+
+__all__ = ["ENSEMBLE_MODES", "PostprocessSettings", "combine_scores", "has_retrieval", "postprocess", "recombine"]
+
+ENSEMBLE_MODES = ("arithmetic", "geometric")
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """What the model's post-processing does (recorded in the cache manifest by the writer).
+
+    Attributes:
+        semantic_on / panoptic_on / instance_on: which outputs to produce.
+        object_mask_threshold, overlap_threshold: panoptic thresholds (FC-CLIP: 0.0 / 0.8).
+        sem_seg_postprocess_before_inference: resize masks to the output size before inference
+            (forced on when panoptic or instance output is on, as in FC-CLIP).
+        topk: detections per image for instance output.
+        thing_ids: contiguous ids of thing classes.
+    """
+
+    semantic_on: bool
+    panoptic_on: bool
+    instance_on: bool
+    object_mask_threshold: float
+    overlap_threshold: float
+    sem_seg_postprocess_before_inference: bool
+    topk: int
+    thing_ids: FrozenSet[int]
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> "PostprocessSettings":
+        pp = manifest["postprocess"]
+        return cls(
+            semantic_on=bool(pp["semantic_on"]),
+            panoptic_on=bool(pp["panoptic_on"]),
+            instance_on=bool(pp["instance_on"]),
+            object_mask_threshold=float(pp["object_mask_threshold"]),
+            overlap_threshold=float(pp["overlap_threshold"]),
+            sem_seg_postprocess_before_inference=bool(pp["sem_seg_postprocess_before_inference"]),
+            topk=int(pp["topk"]),
+            thing_ids=frozenset(int(i) for i in manifest["thing_ids"]),
+        )
+
+
+def combine_scores(
+    tensors: Mapping[str, torch.Tensor], mode: str, alpha: float, beta: float, gamma: float, has_retrieval: bool = True
+) -> torch.Tensor:
+    """Ensemble of one image's cached scores -> (Q, K+1) log-probabilities, void last.
+
+    Args:
+        tensors: a :class:`CachedImage`'s tensors (in_vocab_logits, clip_logits (Q, K+1),
+            retrieval_scores (Q, K), retrieval_available, seen (K,), optional valid (Q,)).
+        mode: "arithmetic" (the paper's) or "geometric" (FC-CLIP's).
+        has_retrieval: False for a model without a database; gamma is then 0, as the model does.
+    """
+    if mode not in ENSEMBLE_MODES:
+        raise ValueError(f"unknown ensemble mode {mode!r}; valid: {ENSEMBLE_MODES}")
+    if not has_retrieval:
+        gamma = 0.0
+    common = {
+        "valid": tensors.get("valid"),
+        "retrieval_scores": tensors["retrieval_scores"],
+        "retrieval_available": tensors["retrieval_available"],
+    }
+    if mode == "geometric":
+        probs = geometric_ensemble(
+            tensors["in_vocab_logits"], tensors["clip_logits"], tensors["seen"], alpha, beta, gamma=gamma, **common
+        )
+    else:
+        probs = arithmetic_ensemble(
+            tensors["in_vocab_logits"], tensors["clip_logits"], seen=tensors["seen"], alpha=alpha, beta=beta,
+            gamma=gamma, **common,
+        )
+    return torch.log(probs + 1e-8)
+
+
+def postprocess(mask_cls: torch.Tensor, image: CachedImage, settings: PostprocessSettings) -> Dict[str, Any]:
+    """One image's outputs ("sem_seg", "panoptic_seg", "instances") from its class
+    log-probabilities (Q, K+1) and cached mask logits (Q, h, w), as ``FCCLIP._postprocess``."""
+    masks = image.tensors["mask_logits"]
+    size = tuple(image.info["image_size"])
+    height, width = image.info["height"], image.info["width"]
+    if settings.sem_seg_postprocess_before_inference:
+        masks = sem_seg_postprocess(masks, size, height, width)
+        mask_cls = mask_cls.to(masks)
+    result: Dict[str, Any] = {}
+    if settings.semantic_on:
+        sem = semantic_inference(mask_cls, masks)
+        if not settings.sem_seg_postprocess_before_inference:
+            sem = sem_seg_postprocess(sem, size, height, width)
+        result["sem_seg"] = sem
+    if settings.panoptic_on:
+        result["panoptic_seg"] = panoptic_inference(
+            mask_cls, masks, object_mask_threshold=settings.object_mask_threshold,
+            overlap_threshold=settings.overlap_threshold, thing_ids=settings.thing_ids,
+        )
+    if settings.instance_on:
+        result["instances"] = instance_inference(
+            mask_cls, masks, topk=settings.topk, thing_ids=settings.thing_ids, things_only=settings.panoptic_on
+        )
+    return result
+
+
+def recombine(
+    image: CachedImage,
+    settings: PostprocessSettings,
+    mode: str,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    has_retrieval: bool = True,
+) -> Dict[str, Any]:
+    """:func:`combine_scores` then :func:`postprocess` for one cached image."""
+    return postprocess(combine_scores(image.tensors, mode, alpha, beta, gamma, has_retrieval), image, settings)
+
+
+def has_retrieval(manifest: Mapping[str, Any]) -> bool:
+    """Whether the cached model had a database (its fingerprint's "databases" entry)."""
+    fingerprint = manifest.get("fingerprint", {})
+    return fingerprint.get("databases") is not None if "databases" in fingerprint else True

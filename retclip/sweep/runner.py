@@ -1,0 +1,260 @@
+"""Run a sweep: for each grid point, recombine every cached image, post-process, evaluate; one
+result row per point, written atomically, resumable, optionally in parallel processes.
+
+Results live in ``<output_dir>/sweep.jsonl`` (one JSON row per point, with the full metric dicts)
+and ``sweep.csv`` (headline columns), both rewritten through a temporary file after every point,
+plus ``sweep_meta.json`` (the cache fingerprint and metric backend). Re-running skips points
+already in ``sweep.jsonl``; results from another cache or backend are refused, naming what differs.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from detectron2.data import MetadataCatalog
+
+from .cache import ScoreCache, StaleCacheError, compare_fingerprints
+from .grid import GridPoint
+from .metrics import METRICS_BACKENDS, FastPanopticEvaluator
+from .recombine import ENSEMBLE_MODES, PostprocessSettings, has_retrieval, recombine
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HEADLINE", "SweepRunner", "metrics_row", "read_rows"]
+
+#: CSV columns after alpha, beta, gamma, mode: PQ, mask AP ("mAP") and mIoU, with the splits.
+HEADLINE = (
+    "PQ", "PQ_th", "PQ_st", "PQ_seen", "PQ_unseen", "SQ", "RQ",
+    "mAP", "mAP_seen", "mAP_unseen", "mIoU", "mIoU_seen", "mIoU_unseen",
+)
+
+
+def _nan_mean(values: Sequence[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def metrics_row(
+    point: GridPoint, mode: str, results: Mapping[str, Mapping[str, float]], seen: Sequence[bool], dataset_name: str
+) -> Dict[str, Any]:
+    """A result row: the point, headline metrics and the full results.
+
+    mAP_seen / mAP_unseen average the per-class mask AP ("AP-<class>") over seen / unseen thing
+    classes (classes without ground truth, NaN, left out), so both backends split it the same way.
+    """
+    pan, segm, sem = results.get("panoptic_seg", {}), results.get("segm", {}), results.get("sem_seg", {})
+    row: Dict[str, Any] = {"alpha": point.alpha, "beta": point.beta, "gamma": point.gamma, "mode": mode}
+    for key in ("PQ", "PQ_th", "PQ_st", "PQ_seen", "PQ_unseen", "SQ", "RQ"):
+        row[key] = pan.get(key, float("nan"))
+    row["mAP"] = segm.get("AP", float("nan"))
+    meta = MetadataCatalog.get(dataset_name)
+    thing_contiguous = sorted(meta.thing_dataset_id_to_contiguous_id.values())
+    per_class = [(seen[c], segm.get(f"AP-{name}", float("nan"))) for c, name in zip(thing_contiguous, meta.thing_classes)]
+    row["mAP_seen"] = _nan_mean([ap for s, ap in per_class if s])
+    row["mAP_unseen"] = _nan_mean([ap for s, ap in per_class if not s])
+    for key in ("mIoU", "mIoU_seen", "mIoU_unseen"):
+        row[key] = sem.get(key, float("nan"))
+    row["results"] = {task: dict(values) for task, values in results.items()}
+    return row
+
+
+def read_rows(path: str) -> List[Dict[str, Any]]:
+    """Rows of a ``sweep.jsonl`` (empty list if the file does not exist)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _atomic_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# One sweep state per worker process (built once by the pool initializer, reused for every point).
+_WORKER: Dict[str, Any] = {}
+
+
+def _init_worker(runner: "SweepRunner") -> None:
+    torch.set_num_threads(1)
+    _WORKER["runner"] = runner
+    _WORKER["state"] = runner._open()
+
+
+def _worker_point(point: GridPoint) -> Dict[str, Any]:
+    runner = _WORKER["runner"]
+    return runner._evaluate_point(_WORKER["state"], point)
+
+
+class SweepRunner:
+    """Evaluates grid points on a score cache.
+
+    Args:
+        cache_dir: written by :class:`retclip.sweep.cache.ScoreCacheWriter`.
+        output_dir: where sweep.jsonl / sweep.csv / sweep_meta.json go.
+        mode: ensemble, "arithmetic" (paper) or "geometric" (FC-CLIP).
+        backend: "hotcoco" (fast, scores the cached images even if some are missing) or
+            "reference" (the evaluators of ``--eval-only``; needs ``cfg`` and every image).
+        cfg: the evaluation config (for the reference backend: DATASETS.TRAIN, TEST flags).
+        expected_fingerprint: refuse a cache whose fingerprint differs.
+        workers: processes evaluating points in parallel (1 = in this process).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str,
+        output_dir: str,
+        *,
+        mode: str,
+        backend: str = "hotcoco",
+        cfg: Optional[Any] = None,
+        expected_fingerprint: Optional[Mapping[str, Any]] = None,
+        workers: int = 1,
+    ) -> None:
+        if mode not in ENSEMBLE_MODES:
+            raise ValueError(f"unknown ensemble mode {mode!r}; valid: {ENSEMBLE_MODES}")
+        if backend not in METRICS_BACKENDS:
+            raise ValueError(f"unknown metrics backend {backend!r}; valid: {METRICS_BACKENDS}")
+        if backend == "reference" and cfg is None:
+            raise ValueError("the reference metrics backend needs the evaluation config (--config-file)")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.cache_dir = cache_dir
+        self.output_dir = output_dir
+        self.mode = mode
+        self.backend = backend
+        self.cfg = cfg
+        self.workers = workers
+        cache = ScoreCache(cache_dir, expected_fingerprint)
+        self.manifest = cache.manifest
+        self.dataset_name = self.manifest["dataset"]
+        self.num_images = len(cache)
+        if len(cache) == 0:
+            raise ValueError(f"score cache {cache_dir} holds no finished image ({cache.summary()})")
+        if cache.missing_image_ids:
+            logger.warning("Sweeping %s", cache.summary())
+            if backend == "reference":
+                raise ValueError(
+                    f"score cache {cache_dir} is partial ({cache.summary()}); the reference evaluators need "
+                    "every image: finish the cache, or use --metrics-backend hotcoco, which scores the cached ones"
+                )
+        self.missing_image_ids = list(cache.missing_image_ids)
+        self.has_retrieval = has_retrieval(self.manifest)
+        self.seen = [bool(s) for s in cache.load(cache.image_ids[0]).tensors["seen"].tolist()]
+        self.jsonl = os.path.join(output_dir, "sweep.jsonl")
+        self.csv = os.path.join(output_dir, "sweep.csv")
+        self.meta_path = os.path.join(output_dir, "sweep_meta.json")
+
+    # ------------------------------------------------------------ per process
+    def _open(self) -> Dict[str, Any]:
+        cache = ScoreCache(self.cache_dir)
+        settings = PostprocessSettings.from_manifest(self.manifest)
+        if self.backend == "hotcoco":
+            tasks = []
+            meta = MetadataCatalog.get(self.dataset_name)
+            if settings.panoptic_on:
+                tasks.append("panoptic_seg")
+            if settings.instance_on and meta.get("json_file"):
+                tasks.append("segm")
+            if settings.semantic_on and meta.get("sem_seg_root"):
+                tasks.append("sem_seg")
+            evaluator = FastPanopticEvaluator(
+                self.dataset_name, tasks=tasks, seen=self.seen, max_dets_per_image=settings.topk
+            )
+            scratch = None
+        else:
+            from retclip.evaluation import build_evaluator
+
+            scratch = tempfile.mkdtemp(prefix="sweep_reference_")
+            evaluator = build_evaluator(self.cfg, self.dataset_name, scratch)
+        return {"cache": cache, "settings": settings, "evaluator": evaluator, "scratch": scratch}
+
+    def _evaluate_point(self, state: Dict[str, Any], point: GridPoint) -> Dict[str, Any]:
+        start = time.perf_counter()
+        evaluator = state["evaluator"]
+        evaluator.reset()
+        for image in state["cache"]:
+            outputs = recombine(
+                image, state["settings"], self.mode, point.alpha, point.beta, point.gamma, self.has_retrieval
+            )
+            evaluator.process([image.evaluator_input], [outputs])
+        results = evaluator.evaluate() or {}
+        row = metrics_row(point, self.mode, results, self.seen, self.dataset_name)
+        row["backend"] = self.backend
+        row["num_images"] = self.num_images
+        row["seconds"] = round(time.perf_counter() - start, 3)
+        return row
+
+    # ---------------------------------------------------------------- results
+    def _check_meta(self) -> None:
+        meta = {
+            "fingerprint": self.manifest["fingerprint"],
+            "dataset": self.dataset_name,
+            "mask_dtype": self.manifest["mask_dtype"],
+            "backend": self.backend,
+        }
+        if os.path.isfile(self.meta_path):
+            with open(self.meta_path) as f:
+                old = json.load(f)
+            diffs = compare_fingerprints(
+                {k: json.dumps(v, sort_keys=True) for k, v in old.items()},
+                {k: json.dumps(v, sort_keys=True) for k, v in meta.items()},
+            )
+            if diffs:
+                raise StaleCacheError(
+                    f"{self.output_dir} holds results of another sweep setup ({'; '.join(diffs)}); "
+                    "use another output directory"
+                )
+        else:
+            _atomic_text(self.meta_path, json.dumps(meta, indent=1, sort_keys=True))
+
+    def _write(self, rows: List[Dict[str, Any]]) -> None:
+        _atomic_text(self.jsonl, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        buf = io.StringIO()
+        fields = ["alpha", "beta", "gamma", "mode", *HEADLINE, "backend", "num_images", "seconds"]
+        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r)
+        _atomic_text(self.csv, buf.getvalue())
+
+    def run(self, points: Sequence[GridPoint]) -> List[Dict[str, Any]]:
+        """Evaluate the points not yet in the results; returns all rows (old and new)."""
+        os.makedirs(self.output_dir, exist_ok=True)
+        self._check_meta()
+        rows = read_rows(self.jsonl)
+        done = {(r["mode"], r["alpha"], r["beta"], r["gamma"]) for r in rows}
+        todo = [p for p in points if p.key(self.mode) not in done]
+        logger.info(
+            "Sweep: %d points, %d already done, %d to run on %d images (%s ensemble, %s metrics, %d workers)",
+            len(points), len(points) - len(todo), len(todo), self.num_images, self.mode, self.backend, self.workers,
+        )
+        if not todo:
+            return rows
+        if self.workers == 1:
+            state = self._open()
+            for point in todo:
+                rows.append(self._evaluate_point(state, point))
+                self._write(rows)
+                logger.info("Sweep point %s: PQ %.3f (%.1f s)", point, rows[-1]["PQ"], rows[-1]["seconds"])
+            return rows
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker, initargs=(self,)) as pool:
+            futures = {pool.submit(_worker_point, p): p for p in todo}
+            for future in as_completed(futures):
+                rows.append(future.result())
+                self._write(rows)
+                logger.info("Sweep point %s: PQ %.3f", futures[future], rows[-1]["PQ"])
+        return rows
