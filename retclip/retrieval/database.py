@@ -26,21 +26,32 @@ import logging
 import os
 import re
 import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Union
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from .fingerprint import EncoderFingerprint
+from .shards import (
+    CorruptShardError,
+    ShardData,
+    atomic_write_bytes,
+    atomic_write_json,
+    bad_rows_message,
+    concat_shards,
+    decode_shard,
+    encode_shard,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureDatabase", "ShardData", "CorruptShardError", "SCHEMA_VERSION"]
+__all__ = [
+    "FeatureDatabase",
+    "ShardData",
+    "CorruptShardError",
+    "SCHEMA_VERSION",
+    "atomic_write_json",
+]
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -53,53 +64,6 @@ _ZERO_NORM = 1e-12
 PathLike = Union[str, os.PathLike]
 
 
-class CorruptShardError(ValueError):
-    """A shard file is truncated, altered or unreadable."""
-
-
-@dataclass
-class ShardData:
-    """Rows of one shard (or of a whole database when concatenated).
-
-    Attributes:
-        features: (N, D) float16/float32, rows L2-normalised.
-        labels: (N,) int64 database class indices.
-        image_ids: N image ids (str), one per row.
-        boxes: (N, 4) float32, NaN when not recorded.
-        mask_areas: (N,) float32, NaN when not recorded.
-        scores: (N,) float32 detector scores, NaN when not recorded.
-    """
-
-    features: np.ndarray
-    labels: np.ndarray
-    image_ids: List[str]
-    boxes: np.ndarray
-    mask_areas: np.ndarray
-    scores: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and os.replace (readers never see half)."""
-    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
-
-
 def _normalise_vocabulary(vocabulary: Sequence[Union[str, Sequence[str]]]) -> List[List[str]]:
     """Each class as a list of synonyms: "a, b" strings are split on commas and stripped."""
     out = []
@@ -110,12 +74,6 @@ def _normalise_vocabulary(vocabulary: Sequence[Union[str, Sequence[str]]]) -> Li
             raise ValueError(f"vocabulary entry {i} ({entry!r}) has no name")
         out.append(names)
     return out
-
-
-def _bad_rows_message(rows: np.ndarray) -> str:
-    shown = ", ".join(str(int(r)) for r in rows[:10])
-    more = f" (and {len(rows) - 10} more)" if len(rows) > 10 else ""
-    return f"rows [{shown}]{more}"
 
 
 class FeatureDatabase:
@@ -286,16 +244,16 @@ class FeatureDatabase:
         feats = features.astype(np.float32)
         bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
         if bad.size:
-            raise ValueError(f"NaN or infinite features at {_bad_rows_message(bad)}; not appended")
+            raise ValueError(f"NaN or infinite features at {bad_rows_message(bad)}; not appended")
         norms = np.linalg.norm(feats, axis=1)
         bad = np.flatnonzero(norms < _ZERO_NORM)
         if bad.size:
-            raise ValueError(f"zero-norm features at {_bad_rows_message(bad)}; not appended")
+            raise ValueError(f"zero-norm features at {bad_rows_message(bad)}; not appended")
         num_classes = len(self._manifest["vocabulary"])
         bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
         if bad.size:
             raise ValueError(
-                f"labels outside [0, {num_classes}) at {_bad_rows_message(bad)}: "
+                f"labels outside [0, {num_classes}) at {bad_rows_message(bad)}: "
                 f"{labels[bad[:10]].tolist()}"
             )
         return feats / norms[:, None]
@@ -345,21 +303,16 @@ class FeatureDatabase:
         ids = [str(i) for i in image_ids]
         feats = self._validate_rows(features, labels, len(ids))
         n = feats.shape[0]
-        unique_ids = sorted(set(ids))
-        position = {img: j for j, img in enumerate(unique_ids)}
-        tensors = {
-            "features": np.ascontiguousarray(feats.astype(_DTYPES[self.dtype])),
-            "labels": np.ascontiguousarray(labels),
-            "image_index": np.asarray([position[i] for i in ids], dtype=np.int64).reshape(n),
-            "boxes": self._optional(boxes, (n, 4), "boxes"),
-            "mask_areas": self._optional(mask_areas, (n,), "mask_areas"),
-            "scores": self._optional(scores, (n,), "scores"),
-        }
+        data = encode_shard(
+            feats.astype(_DTYPES[self.dtype]), labels, ids,
+            self._optional(boxes, (n, 4), "boxes"),
+            self._optional(mask_areas, (n,), "mask_areas"),
+            self._optional(scores, (n,), "scores"),
+        )
         existing = self._shard_files_on_disk(shard_prefix)
         index = int(existing[-1].rsplit("-", 1)[1]) + 1 if existing else 0
         name = f"{shard_prefix}-{index:06d}"
-        data = st_save(tensors, metadata={"image_ids": json.dumps(unique_ids)})
-        _atomic_write_bytes(self.path / SHARD_DIR / (name + SHARD_SUFFIX), data)
+        atomic_write_bytes(self.path / SHARD_DIR / (name + SHARD_SUFFIX), data)
         if update_manifest:
             entry = self._shard_entry(name, data, labels)
             self._manifest["shards"].append(entry)
@@ -399,27 +352,7 @@ class FeatureDatabase:
 
     # ------------------------------------------------------------------ reading
     def _decode(self, name: str, data: bytes) -> ShardData:
-        where = self.path / SHARD_DIR / (name + SHARD_SUFFIX)
-        try:
-            tensors = st_load(data)
-            header_len = int.from_bytes(data[:8], "little")
-            meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-            unique_ids = json.loads(meta["image_ids"])
-            missing = {"features", "labels", "image_index", "boxes", "mask_areas", "scores"}
-            missing -= set(tensors)
-            if missing:
-                raise KeyError(f"missing tensors {sorted(missing)}")
-        except (SafetensorError, KeyError, ValueError) as e:
-            raise CorruptShardError(f"shard {where} is truncated or corrupt: {e}") from e
-        index = tensors["image_index"]
-        return ShardData(
-            features=tensors["features"],
-            labels=tensors["labels"],
-            image_ids=[unique_ids[i] for i in index.tolist()],
-            boxes=tensors["boxes"],
-            mask_areas=tensors["mask_areas"],
-            scores=tensors["scores"],
-        )
+        return decode_shard(self.path / SHARD_DIR / (name + SHARD_SUFFIX), data)
 
     def read_shard(self, name: str, verify: bool = True) -> ShardData:
         """Read one shard; with ``verify`` its sha256 must match the manifest's."""
@@ -444,20 +377,7 @@ class FeatureDatabase:
     def load_all(self, verify: bool = True) -> ShardData:
         """All rows of all listed shards, concatenated in shard order (row i = index id i)."""
         parts = list(self.iter_shards(verify=verify))
-        if not parts:
-            dt = _DTYPES[self.dtype]
-            return ShardData(
-                np.zeros((0, self.embed_dim), dt), np.zeros(0, np.int64), [],
-                np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
-            )
-        return ShardData(
-            features=np.concatenate([p.features for p in parts]),
-            labels=np.concatenate([p.labels for p in parts]),
-            image_ids=[i for p in parts for i in p.image_ids],
-            boxes=np.concatenate([p.boxes for p in parts]),
-            mask_areas=np.concatenate([p.mask_areas for p in parts]),
-            scores=np.concatenate([p.scores for p in parts]),
-        )
+        return concat_shards(parts, self.embed_dim, _DTYPES[self.dtype])
 
     def image_ids(self) -> Set[str]:
         """Ids of images with rows in any complete shard on disk (listed or not): for resuming."""
@@ -505,7 +425,8 @@ class FeatureDatabase:
                 key[names[0].lower()] = i
                 vocab.append(list(names))
             else:
-                vocab[i] += [n for n in names if n not in vocab[i]]
+                known = {n.lower() for n in vocab[i]}
+                vocab[i] += [n for n in names if n.lower() not in known]
             remap_other[j] = i
         sources = [s for s in (self._manifest["source"], other._manifest["source"]) if s]
         merged = FeatureDatabase.create(
@@ -518,7 +439,9 @@ class FeatureDatabase:
                 merged._append_shard(shard, labels)
         return merged
 
-    def remove_classes(self, classes: Sequence[Union[int, str]], path: PathLike) -> "FeatureDatabase":
+    def remove_classes(
+        self, classes: Sequence[Union[int, str]], path: PathLike
+    ) -> "FeatureDatabase":
         """A new database at ``path`` without the given classes (by index or first name)."""
         names = [n.lower() for n in self.class_names]
         drop = set()

@@ -45,7 +45,9 @@ class EncoderFingerprint:
             raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
 
     @classmethod
-    def from_open_clip(cls, model_name: str, pretrained: str, embed_dim: int) -> "EncoderFingerprint":
+    def from_open_clip(
+        cls, model_name: str, pretrained: str, embed_dim: int
+    ) -> "EncoderFingerprint":
         """Fingerprint from open_clip's (architecture, pretrained) pair.
 
         Args:

@@ -158,7 +158,8 @@ class FeatureIndex:
         self._check_search(queries, k)
         device = queries.device if isinstance(queries, Tensor) else torch.device("cpu")
         if queries.shape[0] == 0:
-            return torch.zeros(0, k, device=device), torch.zeros(0, k, dtype=torch.long, device=device)
+            empty = torch.zeros(0, k, device=device)
+            return empty, torch.zeros(0, k, dtype=torch.long, device=device)
         scores, ids = self._search(normalize_rows(queries), k)
         return _finish(scores, ids, device)
 

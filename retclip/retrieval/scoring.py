@@ -86,7 +86,7 @@ def retrieval_scores(
         raise ValueError(f"rank_offset must be > 0, got {rank_offset}")
     classes = neighbour_classes.to(torch.long)
     if (classes >= num_classes).any() or (classes < -1).any():
-        raise ValueError(f"neighbour_classes must lie in [-1, {num_classes}), got out-of-range values")
+        raise ValueError(f"neighbour_classes must lie in [-1, {num_classes}), got other values")
     n, k = similarities.shape
     present = torch.isfinite(similarities)
     if aggregation == "rank_vote":

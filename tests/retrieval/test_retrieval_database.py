@@ -136,7 +136,7 @@ def test_merge_and_remove_classes(tmp_path):
     b.append(_rows(4, seed=3)[0], np.array([0, 1, 1, 0]), ["b"] * 4)
     m = a.merge(b, tmp_path / "m")
     assert m.class_names == ["cat", "dog", "sofa", "lamp"]
-    assert m.vocabulary[2] == ["sofa", "Sofa", "couch"]
+    assert m.vocabulary[2] == ["sofa", "couch"]
     labels = m.load_all().labels
     np.testing.assert_array_equal(labels[8:], [3, 2, 2, 3])
     assert json.loads((tmp_path / "m" / "manifest.json").read_text())["source"] == "ade + oi"

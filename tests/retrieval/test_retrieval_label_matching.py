@@ -40,6 +40,7 @@ def test_synonym_then_clip_then_missing(tmp_path, caplog):
     assert m.mappings[0].tolist() == [1, 2, 0, -1, -1]
     assert m.has_retrieval.tolist() == [True, True, True, False]
     assert m.missing == ["giraffe"]
+    assert m.unmatched_db == [["monitor", "lamp"]]  # database classes no test class matches
     assert [(x.db_name, x.method) for x in m.matches] == [
         ("person", "synonym"), ("cat", "synonym"), ("television receiver", "clip")]
     assert m.matches[2].cosine == pytest.approx(0.97, abs=1e-5)

@@ -1,0 +1,146 @@
+"""One shard of a feature database: its rows, its safetensors encoding, atomic file writes.
+
+A shard holds features (N, D), labels (N,) int64, image_index (N,) int64 into the list of the
+shard's image ids (JSON in the safetensors header metadata, since safetensors stores only
+numeric tensors), boxes (N, 4), mask_areas (N,) and scores (N,) float32. safetensors cannot
+execute code on load, unlike pickle.
+"""
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Sequence, Union
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+__all__ = [
+    "CorruptShardError",
+    "ShardData",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "bad_rows_message",
+    "concat_shards",
+    "decode_shard",
+    "encode_shard",
+]
+
+_TENSORS = ("features", "labels", "image_index", "boxes", "mask_areas", "scores")
+
+
+class CorruptShardError(ValueError):
+    """A shard file is truncated, altered or unreadable."""
+
+
+@dataclass
+class ShardData:
+    """Rows of one shard (or of a whole database when concatenated).
+
+    Attributes:
+        features: (N, D) float16/float32, rows L2-normalised.
+        labels: (N,) int64 database class indices.
+        image_ids: N image ids (str), one per row.
+        boxes: (N, 4) float32, NaN when not recorded.
+        mask_areas: (N,) float32, NaN when not recorded.
+        scores: (N,) float32 detector scores, NaN when not recorded.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    image_ids: List[str]
+    boxes: np.ndarray
+    mask_areas: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Union[str, os.PathLike], obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and os.replace (readers never see half)."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+def bad_rows_message(rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:10])
+    more = f" (and {len(rows) - 10} more)" if len(rows) > 10 else ""
+    return f"rows [{shown}]{more}"
+
+
+def encode_shard(
+    features: np.ndarray,
+    labels: np.ndarray,
+    image_ids: Sequence[str],
+    boxes: np.ndarray,
+    mask_areas: np.ndarray,
+    scores: np.ndarray,
+) -> bytes:
+    """safetensors bytes of one shard (arrays already validated and of matching length)."""
+    unique_ids = sorted(set(image_ids))
+    position = {img: j for j, img in enumerate(unique_ids)}
+    tensors = {
+        "features": np.ascontiguousarray(features),
+        "labels": np.ascontiguousarray(labels, dtype=np.int64),
+        "image_index": np.asarray([position[i] for i in image_ids], dtype=np.int64).reshape(-1),
+        "boxes": np.ascontiguousarray(boxes, dtype=np.float32),
+        "mask_areas": np.ascontiguousarray(mask_areas, dtype=np.float32),
+        "scores": np.ascontiguousarray(scores, dtype=np.float32),
+    }
+    return st_save(tensors, metadata={"image_ids": json.dumps(unique_ids)})
+
+
+def decode_shard(where: Path, data: bytes) -> ShardData:
+    """Parse shard bytes read from ``where``; CorruptShardError names the file on any damage."""
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+        unique_ids = json.loads(meta["image_ids"])
+        missing = set(_TENSORS) - set(tensors)
+        if missing:
+            raise KeyError(f"missing tensors {sorted(missing)}")
+        ids = [unique_ids[i] for i in tensors["image_index"].tolist()]
+    except (SafetensorError, KeyError, IndexError, ValueError) as e:
+        raise CorruptShardError(f"shard {where} is truncated or corrupt: {e}") from e
+    return ShardData(
+        features=tensors["features"],
+        labels=tensors["labels"],
+        image_ids=ids,
+        boxes=tensors["boxes"],
+        mask_areas=tensors["mask_areas"],
+        scores=tensors["scores"],
+    )
+
+
+def concat_shards(parts: List[ShardData], dim: int, dtype: Any) -> ShardData:
+    """Rows of several shards in order; an empty (0, dim) ShardData when there are none."""
+    if not parts:
+        return ShardData(
+            np.zeros((0, dim), dtype), np.zeros(0, np.int64), [], np.zeros((0, 4), np.float32),
+            np.zeros(0, np.float32), np.zeros(0, np.float32),
+        )
+    return ShardData(
+        features=np.concatenate([p.features for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        image_ids=[i for p in parts for i in p.image_ids],
+        boxes=np.concatenate([p.boxes for p in parts]),
+        mask_areas=np.concatenate([p.mask_areas for p in parts]),
+        scores=np.concatenate([p.scores for p in parts]),
+    )
