@@ -1,0 +1,62 @@
+"""Builders shared by the FC-CLIP tests: tiny models from configs/tests and metadata-only datasets."""
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+
+from retclip.config import add_retclip_config
+from retclip.testing.synthetic import TEST_CLASSES, TRAIN_CLASSES
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_CONFIGS = {
+    "convnext": os.path.join(REPO, "configs", "tests", "tiny_fcclip_convnext.yaml"),
+    "resnet": os.path.join(REPO, "configs", "tests", "tiny_fcclip_resnet.yaml"),
+}
+TRAIN_NAME, TEST_NAME = "fcclip_tests_meta_train", "fcclip_tests_meta_test"
+
+
+def register_metadata() -> None:
+    """Metadata-only datasets with the synthetic class sets (names, things), idempotent."""
+    for name, cats in ((TRAIN_NAME, TRAIN_CLASSES), (TEST_NAME, TEST_CLASSES)):
+        meta = MetadataCatalog.get(name)
+        if hasattr(meta, "stuff_classes"):
+            continue
+        meta.set(
+            stuff_classes=[c["name"] for c in cats],
+            thing_classes=[c["name"] for c in cats if c["isthing"]],
+            thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(cats) if c["isthing"]},
+        )
+
+
+def tiny_cfg(kind: str):
+    cfg = get_cfg()
+    add_retclip_config(cfg)
+    cfg.merge_from_file(TINY_CONFIGS[kind])
+    cfg.DATASETS.TRAIN = (TRAIN_NAME,)
+    cfg.DATASETS.TEST = (TEST_NAME,)
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def build_tiny(kind: str, seed: int = 0):
+    register_metadata()
+    torch.manual_seed(seed)
+    return build_model(tiny_cfg(kind))
+
+
+def image(h: int, w: int, seed: int = 0) -> Dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w}
+
+
+def synthetic_train_classes() -> List[str]:
+    return [c["name"] for c in TRAIN_CLASSES]
+
+
+def synthetic_test_classes() -> List[str]:
+    return [c["name"] for c in TEST_CLASSES]

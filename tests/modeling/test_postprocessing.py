@@ -1,0 +1,87 @@
+"""Semantic, panoptic and instance post-processing against hand-built cases and loop references."""
+import itertools
+import math
+
+import torch
+from detectron2.structures import Boxes, Instances
+
+from retclip.modeling.postprocessing import instance_inference, panoptic_inference, semantic_inference
+
+P, N = 10.0, -10.0
+
+
+def test_semantic_equals_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    mask_cls, mask_pred = torch.randn(3, 5, generator=g), torch.randn(3, 4, 6, generator=g)
+    out = semantic_inference(mask_cls, mask_pred)
+    assert out.shape == (4, 4, 6)
+    for c, y, x in itertools.product(range(4), range(4), range(6)):
+        ref = 0.0
+        for q in range(3):
+            e = [math.exp(v) for v in mask_cls[q].tolist()]
+            ref += e[c] / sum(e) / (1 + math.exp(-mask_pred[q, y, x].item()))
+        assert abs(out[c, y, x].item() - ref) < 1e-5
+
+
+def _panoptic_case():
+    # classes: 0 thing, 1 stuff, 2 stuff, void = 3
+    mask_cls = torch.tensor(
+        [[5.0, 0, 0, 0], [0, 5.0, 0, 0], [0, 4.0, 0, 0], [0, 0, 0, 5.0], [0, 0, 3.0, 0]]
+    )
+    m = torch.full((5, 4, 4), N)
+    m[0, :, 0:2] = P  # thing, left half
+    m[1, 0:2, 2:4] = P  # stuff 1, top right
+    m[2, 2:4, 3] = P  # stuff 1, bottom right column
+    m[3] = P  # void query covering everything
+    m[4, :, 1:3] = P  # stuff 2: wins only (2,2) and (3,2): 2 of its 8 pixels
+    return mask_cls, m
+
+
+def test_panoptic_merges_stuff_drops_void_and_low_overlap():
+    mask_cls, m = _panoptic_case()
+    seg, info = panoptic_inference(mask_cls, m, object_mask_threshold=0.0, overlap_threshold=0.8, thing_ids={0})
+    expected = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 0, 2], [1, 1, 0, 2]], dtype=torch.int32)
+    assert seg.dtype == torch.int32 and torch.equal(seg, expected)
+    assert info == [
+        {"id": 1, "isthing": True, "category_id": 0},
+        {"id": 2, "isthing": False, "category_id": 1},
+    ]
+
+
+def test_panoptic_overlap_threshold_keeps_partly_covered_segment():
+    mask_cls, m = _panoptic_case()
+    seg, info = panoptic_inference(mask_cls, m, object_mask_threshold=0.0, overlap_threshold=0.2, thing_ids={0})
+    assert seg[2, 2].item() == seg[3, 2].item() == 3
+    assert info[-1] == {"id": 3, "isthing": False, "category_id": 2}
+
+
+def test_panoptic_object_threshold_and_empty():
+    mask_cls, m = _panoptic_case()
+    # class-2 query scores e^3 / (e^3 + 3) = 0.87 < 0.9: not a candidate at all
+    seg, info = panoptic_inference(mask_cls, m, object_mask_threshold=0.9, overlap_threshold=0.2, thing_ids={0})
+    assert [s["category_id"] for s in info] == [0, 1]
+    seg, info = panoptic_inference(mask_cls[3:4], m[3:4], object_mask_threshold=0.0, overlap_threshold=0.8, thing_ids={0})
+    assert info == [] and int(seg.abs().sum()) == 0 and seg.shape == (4, 4)
+
+
+def test_instances_topk_scores_and_things_only():
+    g = torch.Generator().manual_seed(1)
+    mask_cls, mask_pred = torch.randn(2, 4, generator=g), torch.randn(2, 5, 5, generator=g)
+    probs = mask_cls.softmax(-1)[:, :-1]
+    pairs = sorted(((probs[q, c].item(), q, c) for q in range(2) for c in range(3)), reverse=True)[:4]
+    out = instance_inference(mask_cls, mask_pred, topk=4, thing_ids={0, 1, 2}, things_only=False)
+    assert isinstance(out, Instances) and out.image_size == (5, 5) and len(out) == 4
+    assert isinstance(out.pred_boxes, Boxes) and float(out.pred_boxes.tensor.abs().sum()) == 0.0
+    got = sorted(zip(out.pred_classes.tolist(), out.scores.tolist()), key=lambda t: -t[1])
+    expected = []
+    for p, q, c in pairs:
+        binary = mask_pred[q] > 0
+        inside = mask_pred[q].sigmoid()[binary].sum().item() / (binary.sum().item() + 1e-6)
+        expected.append((c, p * inside))
+    expected.sort(key=lambda t: -t[1])
+    for (c1, s1), (c2, s2) in zip(got, expected):
+        assert c1 == c2 and abs(s1 - s2) < 1e-6
+    assert set(out.pred_masks.unique().tolist()) <= {0.0, 1.0}
+
+    things = instance_inference(mask_cls, mask_pred, topk=100, thing_ids={1}, things_only=True)
+    assert len(things) == 2 and things.pred_classes.tolist() == [1, 1]  # k capped at Q*K = 6
