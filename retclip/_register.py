@@ -14,6 +14,7 @@ REGISTERING_MODULES = [
     "retclip.data",
     "retclip.modeling",
     "retclip.modeling.meta_arch.retclip",
+    "retclip.modeling.meta_arch.training_free",
 ]
 
 for _name in REGISTERING_MODULES:

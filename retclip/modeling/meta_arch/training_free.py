@@ -1,0 +1,352 @@
+"""Training-free RetCLIP (paper §2.2, Tables 2 and 3): proposals + dense CLIP ViT + retrieval.
+
+Per image: a proposal source gives binary masks (ground truth, SAM on a point grid, or Grounding
+DINO boxes -> SAM); a frozen CLIP ViT gives a dense map in the image-text space
+(:mod:`retclip.modeling.vit_dense`); each mask is pooled from it into a segment embedding; the
+embedding is classified by ``MODEL.TRAINING_FREE.MODE``:
+
+* ``"clip"``: s = s_clip, softmax over the K classes of CLIP's cosine logits (text classifier
+  with synonyms and the 14 templates, CLIP's own temperature);
+* ``"retrieval"``: s = s_ret (:class:`~retclip.modeling.retrieval_head.RetrievalHead`); a class
+  that no database covers falls back to its s_clip (logged once per vocabulary), as in the
+  label matching's fallback rule;
+* ``"retclip"``: s = gamma * s_ret + (1 - gamma) * s_clip (gamma = MODEL.RETCLIP.GAMMA; 0 for
+  classes no database covers).
+
+Masks and scores become detectron2 outputs by :mod:`retclip.modeling.proposal_postprocessing`.
+There is no void class and nothing to train.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from torch import nn
+
+from ...ensemble import training_free_scores
+from ...proposals import (
+    GroundingDinoDetector,
+    GroundingDinoSamProposals,
+    GroundTruthProposals,
+    ProposalSource,
+    Proposals,
+    SamBoxSegmenter,
+    SamGridProposals,
+    load_sam,
+)
+from ...retrieval import IndexConfig
+from ..mask_pooling import get_classification_logits
+from ..proposal_postprocessing import proposal_instances, proposal_panoptic, proposal_semantic
+from ..retrieval_head import RetrievalHead, resolve_database_path
+from ..text_classifier import TextEmbeddingCache, encode_vocabulary
+from ..vit_dense import DenseCLIPViT, clip_input_size, mask_pool_dense
+from ..vocabulary import Vocabulary, class_names_from_metadata, make_vocabulary, thing_ids_from_metadata
+from .inputs import check_batched_inputs
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainingFreeRetCLIP", "PROPOSAL_SOURCES", "TRAINING_FREE_MODES", "build_training_free_proposals"]
+
+#: ``MODEL.TRAINING_FREE.PROPOSALS`` values.
+PROPOSAL_SOURCES = ("ground_truth", "sam_grid", "grounding_dino_sam")
+#: ``MODEL.TRAINING_FREE.MODE`` values (the paper's "CLIP", "Retrieval" and "RetCLIP" rows).
+TRAINING_FREE_MODES = ("clip", "retrieval", "retclip")
+
+
+def build_training_free_proposals(cfg) -> ProposalSource:
+    """The proposal source named by ``MODEL.TRAINING_FREE.PROPOSALS``, on ``MODEL.DEVICE``."""
+    tf = cfg.MODEL.TRAINING_FREE
+    if tf.PROPOSALS not in PROPOSAL_SOURCES:
+        raise ValueError(f"MODEL.TRAINING_FREE.PROPOSALS must be one of {PROPOSAL_SOURCES}, got {tf.PROPOSALS!r}")
+    if tf.PROPOSALS == "ground_truth":
+        return GroundTruthProposals()
+    device = cfg.MODEL.DEVICE
+    sam = load_sam(tf.SAM.MODEL_TYPE, tf.SAM.CHECKPOINT, device=device)
+    if tf.PROPOSALS == "sam_grid":
+        return SamGridProposals(
+            sam=sam,
+            points_per_side=tf.SAM.POINTS_PER_SIDE,
+            points_per_batch=tf.SAM.POINTS_PER_BATCH,
+            pred_iou_thresh=tf.SAM.PRED_IOU_THRESH,
+            stability_score_thresh=tf.SAM.STABILITY_SCORE_THRESH,
+            box_nms_thresh=tf.SAM.BOX_NMS_THRESH,
+        )
+    gd = tf.GROUNDING_DINO
+    detector = GroundingDinoDetector.from_pretrained(
+        gd.MODEL, device=device, box_threshold=gd.BOX_THRESHOLD, text_threshold=gd.TEXT_THRESHOLD,
+        nms_threshold=gd.NMS_THRESHOLD,
+    )
+    return GroundingDinoSamProposals(detector=detector, segmenter=SamBoxSegmenter(sam, multimask_output=tf.SAM.MULTIMASK))
+
+
+@META_ARCH_REGISTRY.register()
+class TrainingFreeRetCLIP(nn.Module):
+    """Proposals classified by a frozen CLIP ViT, retrieval, or both (see the module docstring).
+
+    The vocabulary is the test dataset's (DATASETS.TEST[0]) unless :meth:`set_vocabulary` sets
+    one. Inference only: in training mode ``forward`` raises.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        clip: DenseCLIPViT,
+        proposal_source: ProposalSource,
+        retrieval_head: Optional[RetrievalHead],
+        mode: str,
+        gamma: float,
+        clip_short_side: int,
+        test_metadata: Any,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        semantic_on: bool,
+        panoptic_on: bool,
+        instance_on: bool,
+        object_score_threshold: float,
+        overlap_threshold: float,
+        test_topk_per_image: int,
+        score_with_proposal_confidence: bool = False,
+    ) -> None:
+        """
+        Args:
+            clip: dense CLIP ViT (image and text towers).
+            proposal_source: called as ``source(image, class_names, dataset_dict)``.
+            retrieval_head: databases to search; required by modes "retrieval" and "retclip".
+            mode: one of :data:`TRAINING_FREE_MODES`.
+            gamma: retrieval weight of mode "retclip" (MODEL.RETCLIP.GAMMA).
+            clip_short_side: short side of the ViT input (0 keeps the mapper's size).
+            test_metadata: detectron2 metadata of the evaluated dataset (or None).
+            pixel_mean, pixel_std: CLIP's normalisation on the 0-255 scale.
+            semantic_on, panoptic_on, instance_on: which outputs to produce.
+            object_score_threshold: panoptic drops proposals scoring at most this.
+            overlap_threshold: panoptic drops a proposal keeping less than this of its area.
+            test_topk_per_image: instance detections kept per image.
+            score_with_proposal_confidence: multiply class scores by proposal confidences.
+        """
+        super().__init__()
+        if mode not in TRAINING_FREE_MODES:
+            raise ValueError(f"MODEL.TRAINING_FREE.MODE must be one of {TRAINING_FREE_MODES}, got {mode!r}")
+        if mode != "clip" and retrieval_head is None:
+            raise ValueError(
+                f"MODEL.TRAINING_FREE.MODE {mode!r} needs a feature database: set MODEL.RETCLIP.DATABASE"
+            )
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"MODEL.RETCLIP.GAMMA must lie in [0, 1], got {gamma}")
+        self.clip = clip
+        self.proposal_source = proposal_source
+        self.retrieval_head = retrieval_head
+        if retrieval_head is not None:
+            retrieval_head.embed_texts = self._embed_class_texts
+        self.mode = mode
+        self.gamma = float(gamma)
+        self.clip_short_side = int(clip_short_side)
+        self.test_metadata = test_metadata
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
+        self.object_score_threshold = object_score_threshold
+        self.overlap_threshold = overlap_threshold
+        self.test_topk_per_image = test_topk_per_image
+        self.score_with_proposal_confidence = score_with_proposal_confidence
+        self.text_cache = TextEmbeddingCache(clip.encode_prompts)
+        self._vocabulary: Optional[Vocabulary] = None
+        self._fallback_logged: set = set()
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, Any]:
+        tf, rc, test = cfg.MODEL.TRAINING_FREE, cfg.MODEL.RETCLIP, cfg.MODEL.MASK_FORMER.TEST
+        clip = DenseCLIPViT(
+            model_name=tf.CLIP_MODEL_NAME, pretrained=tf.CLIP_PRETRAINED_WEIGHTS, dense_mode=tf.DENSE_MODE,
+            window=tf.SLIDE_WINDOW, stride=tf.SLIDE_STRIDE,
+        )
+        paths = [
+            p for p in (
+                resolve_database_path(rc.DATABASE),
+                resolve_database_path(rc.FALLBACK_DATABASE, "MODEL.RETCLIP.FALLBACK_DATABASE"),
+            ) if p is not None
+        ]
+        head = None
+        if paths and tf.MODE != "clip":
+            device = cfg.MODEL.DEVICE if rc.INDEX.TYPE == "exact" else "cpu"
+            head = RetrievalHead.from_paths(
+                paths, IndexConfig.from_cfg(cfg, device=device), clip.fingerprint,
+                top_k=rc.TOP_K, aggregation=rc.AGGREGATION, rank_vote_offset=rc.RANK_VOTE_OFFSET,
+                embed_texts=None, match_threshold=rc.LABEL_MATCH_THRESHOLD,
+                near_miss=rc.LABEL_MATCH_NEAR_MISS, report_dir=cfg.OUTPUT_DIR or None,
+            )
+        return {
+            "clip": clip,
+            "proposal_source": build_training_free_proposals(cfg),
+            "retrieval_head": head,
+            "mode": tf.MODE,
+            "gamma": rc.GAMMA,
+            "clip_short_side": tf.CLIP_SHORT_SIDE,
+            "test_metadata": MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None,
+            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
+            "semantic_on": test.SEMANTIC_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "object_score_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "score_with_proposal_confidence": tf.SCORE_WITH_PROPOSAL_CONFIDENCE,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ---------------------------------------------------------------- vocabulary
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The classes scored: set by :meth:`set_vocabulary`, else the test dataset's."""
+        if self._vocabulary is None:
+            if self.test_metadata is None:
+                raise KeyError("DATASETS.TEST is empty: call set_vocabulary(class_names) first")
+            self._vocabulary = make_vocabulary(
+                class_names_from_metadata(self.test_metadata),
+                thing_ids=sorted(thing_ids_from_metadata(self.test_metadata)),
+                allow_duplicates=True,
+                source=f"dataset {getattr(self.test_metadata, 'name', '<unnamed>')!r}",
+            )
+        return self._vocabulary
+
+    def set_vocabulary(self, class_names: Sequence[str], thing_classes: Optional[Sequence[str]] = None) -> Vocabulary:
+        """Score these classes from now on (synonyms comma-separated); things default to all."""
+        names = list(class_names) if not isinstance(class_names, str) else class_names
+        thing_ids = None
+        if thing_classes is not None:
+            unknown = [t for t in thing_classes if t not in names]
+            if unknown:
+                raise ValueError(f"thing_classes {unknown} are not in class_names")
+            thing_ids = [names.index(t) for t in thing_classes]
+        self._vocabulary = make_vocabulary(names, thing_ids=thing_ids)
+        return self._vocabulary
+
+    def _embed_class_texts(self, texts: List[str]) -> torch.Tensor:
+        """Template-averaged CLIP text embeddings of single names, for label matching."""
+        with torch.no_grad():
+            return encode_vocabulary(self.clip.encode_prompts, texts)[0]
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """detectron2's inference contract.
+
+        Args:
+            batched_inputs: one dict per image with "image" (3, H, W) RGB 0-255 tensor, optional
+                "height"/"width" (output size, default the input size) and, for ground-truth
+                proposals, the dataset dict's "pan_seg_file_name" and "segments_info".
+        Returns:
+            One dict per image with, as configured, "sem_seg" (K, height, width) float scores,
+            "panoptic_seg" ((height, width) int32 ids, segments_info) and "instances"
+            (pred_masks, pred_boxes, scores, pred_classes), plus "num_proposals" (the number of
+            proposals).
+        Raises:
+            RuntimeError: in training mode (nothing to train).
+            ValueError: a proposal source returned masks of another size than the image.
+        """
+        if self.training:
+            raise RuntimeError("TrainingFreeRetCLIP has nothing to train; run tools/train_net.py with --eval-only")
+        check_batched_inputs(batched_inputs, training=False)
+        return [self.inference_one(x) for x in batched_inputs]
+
+    def _output_image(self, x: Dict[str, Any]) -> Tuple[np.ndarray, torch.Tensor]:
+        """(H x W x 3 uint8 numpy at the output size, 3 x h x w float tensor as fed in)."""
+        image = x["image"].to(self.device).float()
+        height, width = int(x.get("height", image.shape[1])), int(x.get("width", image.shape[2]))
+        full = image
+        if (height, width) != tuple(image.shape[1:]):
+            full = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        array = full.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return np.ascontiguousarray(array), image
+
+    def _proposals(self, x: Dict[str, Any], array: np.ndarray) -> Proposals:
+        source = self.proposal_source
+        names = list(self.vocabulary.class_names) if getattr(source, "needs_class_names", False) else None
+        proposals = source(array, class_names=names, dataset_dict=x)
+        expected = tuple(array.shape[:2])
+        if tuple(proposals.masks.shape[-2:]) != expected:
+            what = x.get("file_name") or x.get("image_id") or "image"
+            raise ValueError(
+                f"{type(source).__name__} returned masks of size {tuple(proposals.masks.shape[-2:])} for "
+                f"{what} of size {expected}; proposal masks must match the image"
+            )
+        return proposals
+
+    def segment_embeddings(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """N x D mask-pooled dense CLIP features (not normalised) of one image.
+
+        Args:
+            image: 3 x H x W RGB 0-255; masks: N x H' x W' bool over the same extent.
+        """
+        h, w = clip_input_size(image.shape[1], image.shape[2], self.clip_short_side, self.clip.patch_size)
+        x = ((image - self.pixel_mean) / self.pixel_std)[None]
+        if (h, w) != tuple(image.shape[1:]):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        dense = self.clip(x)[0]
+        return mask_pool_dense(dense, masks.to(dense.device))
+
+    def classify(self, embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """N x K class scores of segment embeddings by the configured mode (0 rows where not valid)."""
+        names = list(self.vocabulary.class_names)
+        text, num_synonyms = self.text_cache.get(names, self.device)
+        classifier = torch.cat([text, text.new_zeros((1, text.shape[1]))])  # no void: a dummy row, dropped
+        logits = get_classification_logits(embeddings, classifier, self.clip.logit_scale, num_synonyms)[:, :-1]
+        if self.mode == "clip":
+            scores = training_free_scores(logits, None, "clip", 0.0)
+        else:
+            retrieved = self.retrieval_head(embeddings, names, usable=valid)
+            available = retrieved.available.to(self.device)
+            self._log_fallback(names, available)
+            # "retrieval" is s_ret where a database covers the class and s_clip where none does:
+            # the "retclip" formula with gamma 1 (g_k = 0 for uncovered classes).
+            gamma = 1.0 if self.mode == "retrieval" else self.gamma
+            scores = training_free_scores(logits, retrieved.scores.to(self.device), "retclip", gamma, available)
+        return torch.where(valid[:, None], scores, torch.zeros_like(scores))
+
+    def _log_fallback(self, names: List[str], available: torch.Tensor) -> None:
+        key = tuple(names)
+        if key in self._fallback_logged or bool(available.all()):
+            return
+        self._fallback_logged.add(key)
+        missing = [names[i] for i in torch.nonzero(~available).flatten().tolist()]
+        logger.warning(
+            "mode %r: %d of %d classes are in no feature database and fall back to CLIP: %s",
+            self.mode, len(missing), len(names), missing,
+        )
+
+    def inference_one(self, x: Dict[str, Any]) -> Dict[str, Any]:
+        """Outputs of one image (see :meth:`forward`)."""
+        array, image = self._output_image(x)
+        proposals = self._proposals(x, array)
+        masks = proposals.masks.to(self.device)
+        valid = masks.flatten(1).any(1)
+        if len(proposals):
+            with torch.no_grad():
+                probs = self.classify(self.segment_embeddings(image, masks), valid)
+        else:
+            probs = torch.zeros((0, len(self.vocabulary)), device=self.device)
+        confidence = proposals.scores.to(self.device) if self.score_with_proposal_confidence else None
+        things = self.vocabulary.thing_ids
+        result: Dict[str, Any] = {"num_proposals": len(proposals)}
+        if self.semantic_on:
+            result["sem_seg"] = proposal_semantic(masks, probs)
+        if self.panoptic_on:
+            result["panoptic_seg"] = proposal_panoptic(
+                masks, probs, thing_ids=things, overlap_threshold=self.overlap_threshold,
+                object_score_threshold=self.object_score_threshold, confidence=confidence,
+            )
+        if self.instance_on:
+            result["instances"] = proposal_instances(
+                masks, probs, topk=self.test_topk_per_image, thing_ids=things,
+                things_only=self.panoptic_on, confidence=confidence,
+            )
+        return result
