@@ -8,6 +8,7 @@ al., CVPR 2020): ``oversample_ratio * num_points`` random candidates, of which t
 losses are normalised by the number of ground-truth masks averaged over processes (at least 1).
 Losses are returned unweighted; ``weight_dict`` says how the meta-architecture weighs them.
 """
+
 import logging
 from typing import Dict, List, Tuple
 
@@ -56,7 +57,9 @@ def _pad_masks(masks: List[Tensor]) -> Tensor:
     """Stack G_b x H_b x W_b masks of all images into sum(G_b) x H x W, zero-padded bottom/right."""
     height = max(m.shape[-2] for m in masks)
     width = max(m.shape[-1] for m in masks)
-    return torch.cat([F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2])) for m in masks], 0)
+    return torch.cat(
+        [F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2])) for m in masks], 0
+    )
 
 
 def _world_size() -> int:
@@ -90,7 +93,9 @@ class SetCriterion(nn.Module):
         super().__init__()
         unknown = [name for name in losses if name not in _KNOWN_LOSSES]
         if unknown:
-            raise ValueError(f"SetCriterion: unknown losses {unknown}; expected a subset of {_KNOWN_LOSSES}")
+            raise ValueError(
+                f"SetCriterion: unknown losses {unknown}; expected a subset of {_KNOWN_LOSSES}"
+            )
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = weight_dict
@@ -106,7 +111,11 @@ class SetCriterion(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> dict:
         mf = cfg.MODEL.MASK_FORMER
-        weight_dict = {"loss_ce": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
+        weight_dict = {
+            "loss_ce": mf.CLASS_WEIGHT,
+            "loss_mask": mf.MASK_WEIGHT,
+            "loss_dice": mf.DICE_WEIGHT,
+        }
         if mf.DEEP_SUPERVISION:
             aux = {f"{k}_{i}": v for i in range(mf.DEC_LAYERS - 1) for k, v in weight_dict.items()}
             weight_dict.update(aux)
@@ -128,29 +137,48 @@ class SetCriterion(nn.Module):
         return batch_idx, src_idx
 
     def loss_labels(
-        self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]], indices, num_masks: float
+        self,
+        outputs: Dict[str, Tensor],
+        targets: List[Dict[str, Tensor]],
+        indices,
+        num_masks: float,
     ) -> Dict[str, Tensor]:
         """Weighted CE over K+1 classes; unmatched queries target the no-object class."""
         logits = outputs["pred_logits"].float()
         if logits.shape[-1] != self.num_classes + 1:
             raise ValueError(
-                f"SetCriterion: pred_logits has {logits.shape[-1]} classes, expected num_classes + 1 = "
+                f"SetCriterion: pred_logits has {logits.shape[-1]} classes, expected "
+                f"num_classes + 1 = "
                 f"{self.num_classes + 1}"
             )
         idx = self._src_permutation_idx(indices)
-        matched = torch.cat([t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(logits.device)
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        matched = torch.cat([t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(
+            logits.device
+        )
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
         target_classes[idx] = matched
-        return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)}
+        return {
+            "loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
+        }
 
     def sample_points(self, src_masks: Tensor) -> Tensor:
         """R x P x 2 training points for R x 1 x h x w mask logits (importance sampling)."""
         return get_uncertain_point_coords_with_randomness(
-            src_masks, _uncertainty, self.num_points, self.oversample_ratio, self.importance_sample_ratio
+            src_masks,
+            _uncertainty,
+            self.num_points,
+            self.oversample_ratio,
+            self.importance_sample_ratio,
         )
 
     def loss_masks(
-        self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]], indices, num_masks: float
+        self,
+        outputs: Dict[str, Tensor],
+        targets: List[Dict[str, Tensor]],
+        indices,
+        num_masks: float,
     ) -> Dict[str, Tensor]:
         """Point-sampled sigmoid BCE and dice between matched predicted and target masks."""
         src_idx = self._src_permutation_idx(indices)
@@ -160,7 +188,9 @@ class SetCriterion(nn.Module):
             return {"loss_mask": zero, "loss_dice": zero.clone()}
         target_masks = _pad_masks([t["masks"] for t in targets]).to(src_masks)
         offsets = torch.cumsum(torch.as_tensor([0] + [len(t["masks"]) for t in targets[:-1]]), 0)
-        tgt_idx = torch.cat([tgt + offsets[i] for i, (_, tgt) in enumerate(indices)]).to(src_masks.device)
+        tgt_idx = torch.cat([tgt + offsets[i] for i, (_, tgt) in enumerate(indices)]).to(
+            src_masks.device
+        )
         target_masks = target_masks[tgt_idx][:, None]
         src_masks = src_masks[:, None]
         with torch.no_grad():
@@ -186,7 +216,9 @@ class SetCriterion(nn.Module):
             dist.all_reduce(total)
         return torch.clamp(total / _world_size(), min=1).item()
 
-    def forward(self, outputs: Dict[str, object], targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+    def forward(
+        self, outputs: Dict[str, object], targets: List[Dict[str, Tensor]]
+    ) -> Dict[str, Tensor]:
         """Compute all losses.
 
         Args:

@@ -2,9 +2,10 @@
 
 Registered in detectron2's SEM_SEG_HEADS_REGISTRY as ``FCCLIPHead``; its two parts are chosen by
 name (MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME, MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME) and
-stored as ``pixel_decoder`` and ``predictor`` so checkpoint keys are ``sem_seg_head.pixel_decoder.*``
-and ``sem_seg_head.predictor.*``.
+stored as ``pixel_decoder`` and ``predictor`` so checkpoint keys are
+``sem_seg_head.pixel_decoder.*`` and ``sem_seg_head.predictor.*``.
 """
+
 import logging
 from typing import Dict, List, Optional
 
@@ -27,7 +28,8 @@ def build_pixel_decoder(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     if not callable(getattr(model, "forward_features", None)):
         raise ValueError(
             f"Pixel decoder {name!r} has no forward_features(features) method; only pixel decoders "
-            "(such as MSDeformAttnPixelDecoder) can be used as MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME"
+            "(such as MSDeformAttnPixelDecoder) can be used as "
+            "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME"
         )
     return model
 
@@ -72,19 +74,25 @@ class FCCLIPHead(nn.Module):
         head = cfg.MODEL.SEM_SEG_HEAD
         if cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE != "multi_scale_pixel_decoder":
             raise ValueError(
-                "FCCLIPHead needs MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE 'multi_scale_pixel_decoder', "
+                "FCCLIPHead needs MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE "
+                "'multi_scale_pixel_decoder', "
                 f"got {cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE!r}"
             )
         missing = [f for f in head.IN_FEATURES if f not in input_shape]
         if missing:
-            raise KeyError(f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} not produced by the backbone {sorted(input_shape)}")
+            raise KeyError(
+                f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} not produced by the backbone "
+                f"{sorted(input_shape)}"
+            )
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
             "ignore_value": head.IGNORE_VALUE,
             "num_classes": head.NUM_CLASSES,
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
             "loss_weight": head.LOSS_WEIGHT,
-            "transformer_predictor": build_transformer_decoder(cfg, head.CONVS_DIM, mask_classification=True),
+            "transformer_predictor": build_transformer_decoder(
+                cfg, head.CONVS_DIM, mask_classification=True
+            ),
         }
 
     def forward(
@@ -106,5 +114,9 @@ class FCCLIPHead(nn.Module):
         """
         mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
         return self.predictor(
-            multi_scale_features, mask_features, mask, text_classifier=text_classifier, num_templates=num_templates
+            multi_scale_features,
+            mask_features,
+            mask,
+            text_classifier=text_classifier,
+            num_templates=num_templates,
         )

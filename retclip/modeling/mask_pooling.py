@@ -4,6 +4,7 @@ Both the in-vocabulary head (on pixel-decoder features) and the out-of-vocabular
 frozen CLIP's dense features) average features inside each predicted mask and compare the result
 with the text classifier; keeping both here guarantees the two branches use the same rules.
 """
+
 from typing import List, Sequence
 
 import torch
@@ -67,7 +68,9 @@ def get_classification_logits(
     """
     num_templates = [int(n) for n in num_templates]
     if not num_templates or min(num_templates) < 1:
-        raise ValueError(f"num_templates must be a non-empty list of positive counts, got {num_templates}")
+        raise ValueError(
+            f"num_templates must be a non-empty list of positive counts, got {num_templates}"
+        )
     if sum(num_templates) + 1 != text_classifier.shape[0]:
         raise ValueError(
             f"text_classifier has {text_classifier.shape[0]} rows but num_templates sums to "
@@ -75,7 +78,8 @@ def get_classification_logits(
         )
     if x.shape[-1] != text_classifier.shape[-1]:
         raise ValueError(
-            f"embedding dim mismatch: x has {x.shape[-1]}, text_classifier has {text_classifier.shape[-1]}"
+            f"embedding dim mismatch: x has {x.shape[-1]}, "
+            f"text_classifier has {text_classifier.shape[-1]}"
         )
     x = F.normalize(x, dim=-1)
     scale = torch.clamp(logit_scale.exp(), max=100)

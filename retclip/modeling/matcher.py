@@ -6,6 +6,7 @@ evaluated on a set of uniformly random points shared by all pairs of one image (
 CVPR 2022, sec. 3.3), in float32 with autocast off. The assignment uses scipy's
 ``linear_sum_assignment``.
 """
+
 from typing import Dict, List, Tuple
 
 import torch
@@ -19,7 +20,7 @@ __all__ = ["HungarianMatcher", "batch_dice_cost", "batch_sigmoid_ce_cost"]
 
 
 def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
-    """Pairwise dice loss (with +1 smoothing). inputs N x P logits, targets M x P in [0, 1]. Returns N x M."""
+    """Pairwise dice loss (+1 smoothing). inputs N x P logits, targets M x P in [0, 1] -> N x M."""
     inputs = inputs.sigmoid()
     numerator = 2 * torch.einsum("np,mp->nm", inputs, targets)
     denominator = inputs.sum(-1)[:, None] + targets.sum(-1)[None, :]
@@ -46,7 +47,13 @@ class HungarianMatcher(nn.Module):
     """
 
     @configurable
-    def __init__(self, cost_class: float = 1.0, cost_mask: float = 1.0, cost_dice: float = 1.0, num_points: int = 0):
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_mask: float = 1.0,
+        cost_dice: float = 1.0,
+        num_points: int = 0,
+    ):
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
             raise ValueError("HungarianMatcher: all costs are 0")
@@ -71,7 +78,9 @@ class HungarianMatcher(nn.Module):
         """1 x P x 2 uniformly random normalised (x, y) points shared by all pairs of an image."""
         return torch.rand(1, self.num_points, 2, device=device)
 
-    def cost_matrix(self, pred_logits: Tensor, pred_masks: Tensor, target: Dict[str, Tensor]) -> Tensor:
+    def cost_matrix(
+        self, pred_logits: Tensor, pred_masks: Tensor, target: Dict[str, Tensor]
+    ) -> Tensor:
         """Q x G matching cost of one image.
 
         Args:
@@ -94,10 +103,16 @@ class HungarianMatcher(nn.Module):
             tgt_points = tgt_points.float()
             cost_mask = batch_sigmoid_ce_cost(out_points, tgt_points)
             cost_dice = batch_dice_cost(out_points, tgt_points)
-        return self.cost_mask * cost_mask + self.cost_class * cost_class.float() + self.cost_dice * cost_dice
+        return (
+            self.cost_mask * cost_mask
+            + self.cost_class * cost_class.float()
+            + self.cost_dice * cost_dice
+        )
 
     @torch.no_grad()
-    def forward(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]) -> List[Tuple[Tensor, Tensor]]:
+    def forward(
+        self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]
+    ) -> List[Tuple[Tensor, Tensor]]:
         """Match every image of the batch.
 
         Args:
@@ -109,11 +124,14 @@ class HungarianMatcher(nn.Module):
         """
         if len(targets) != outputs["pred_logits"].shape[0]:
             raise ValueError(
-                f"HungarianMatcher: {len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]}"
+                f"HungarianMatcher: {len(targets)} targets for a batch of "
+                f"{outputs['pred_logits'].shape[0]}"
             )
         indices = []
         for b, target in enumerate(targets):
             cost = self.cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b], target)
             rows, cols = linear_sum_assignment(cost.cpu().numpy())
-            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+            indices.append(
+                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
+            )
         return indices

@@ -1,5 +1,6 @@
 """Multi-scale deformable attention: the PyTorch path against an explicit per-point bilinear
 reference (values and gradients), gradcheck, dispatch rules and the MSDeformAttn module."""
+
 import math
 
 import pytest
@@ -59,7 +60,10 @@ def _inputs(dtype=torch.float64, seed=0, batch=2, queries=3, heads=2, dim=3, poi
     start = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
     value = torch.randn(batch, total, heads, dim, generator=g, dtype=dtype)
     # include points outside [0, 1] so that zero padding is exercised
-    locations = torch.rand(batch, queries, heads, len(SHAPES), points, 2, generator=g, dtype=dtype) * 1.3 - 0.15
+    locations = (
+        torch.rand(batch, queries, heads, len(SHAPES), points, 2, generator=g, dtype=dtype) * 1.3
+        - 0.15
+    )
     weights = torch.rand(batch, queries, heads, len(SHAPES), points, generator=g, dtype=dtype)
     return value, shapes, start, locations, weights
 
@@ -74,7 +78,9 @@ def test_pytorch_path_matches_pointwise_bilinear_reference():
 
 def test_pytorch_path_gradients_match_reference():
     tensors = _inputs(seed=1)
-    value, shapes, start, locations, weights = [t.clone().requires_grad_(t.is_floating_point()) for t in tensors]
+    value, shapes, start, locations, weights = [
+        t.clone().requires_grad_(t.is_floating_point()) for t in tensors
+    ]
     grad_out = torch.randn(2, 3, 6, dtype=torch.float64)
     out = multi_scale_deformable_attention(value, shapes, start, locations, weights)
     grads = torch.autograd.grad((out * grad_out).sum(), (value, locations, weights))
@@ -98,9 +104,13 @@ def test_gradcheck_float64():
 def test_dispatch_errors():
     value, shapes, start, locations, weights = _inputs(dtype=torch.float32)
     with pytest.raises(ValueError, match="implementation"):
-        multi_scale_deformable_attention(value, shapes, start, locations, weights, implementation="triton")
+        multi_scale_deformable_attention(
+            value, shapes, start, locations, weights, implementation="triton"
+        )
     with pytest.raises(ValueError, match="CUDA"):
-        multi_scale_deformable_attention(value, shapes, start, locations, weights, implementation="cuda")
+        multi_scale_deformable_attention(
+            value, shapes, start, locations, weights, implementation="cuda"
+        )
     with pytest.raises(ValueError, match="positions"):
         multi_scale_deformable_attention(value[:, :-1], shapes, start, locations, weights)
     with pytest.raises(ValueError, match="attention_weights"):
@@ -114,7 +124,9 @@ def test_msdeformattn_init_is_deformable_detr():
     for p in range(4):
         torch.testing.assert_close(bias[0, 2, p], torch.tensor([p + 1.0, 0.0]))
         torch.testing.assert_close(bias[1, 0, p], torch.tensor([p + 1.0, p + 1.0]))
-        torch.testing.assert_close(bias[4, 1, p], torch.tensor([-(p + 1.0), 0.0]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            bias[4, 1, p], torch.tensor([-(p + 1.0), 0.0]), atol=1e-6, rtol=0
+        )
     assert torch.count_nonzero(attn.sampling_offsets.weight) == 0
     assert torch.count_nonzero(attn.attention_weights.weight) == 0
     assert torch.count_nonzero(attn.attention_weights.bias) == 0
@@ -133,14 +145,25 @@ def test_msdeformattn_samples_at_reference_point_with_zero_offsets():
     shapes = torch.tensor([[h, w]])
     start = torch.tensor([0])
     values = torch.randn(1, h * w, 8, dtype=torch.float64)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     ref_pts = torch.stack([(xs.flatten() + 0.5) / w, (ys.flatten() + 0.5) / h], -1)
-    out = attn(torch.randn(1, h * w, 8, dtype=torch.float64), ref_pts[None, :, None], values, shapes, start)
+    out = attn(
+        torch.randn(1, h * w, 8, dtype=torch.float64), ref_pts[None, :, None], values, shapes, start
+    )
     torch.testing.assert_close(out, values)
     # padding mask zeroes the values it covers
     mask = torch.zeros(1, h * w, dtype=torch.bool)
     mask[0, :4] = True
-    out = attn(torch.randn(1, h * w, 8, dtype=torch.float64), ref_pts[None, :, None], values, shapes, start, mask)
+    out = attn(
+        torch.randn(1, h * w, 8, dtype=torch.float64),
+        ref_pts[None, :, None],
+        values,
+        shapes,
+        start,
+        mask,
+    )
     assert torch.all(out[0, :4] == 0)
     torch.testing.assert_close(out[0, 4:], values[0, 4:])
 
@@ -149,14 +172,18 @@ def test_msdeformattn_samples_at_reference_point_with_zero_offsets():
 def test_compiled_kernel_matches_pytorch_path():
     if not compiled_extension_available():
         pytest.skip("MultiScaleDeformableAttention extension not built")
-    value, shapes, start, locations, weights = (t.cuda() for t in _inputs(dtype=torch.float32, seed=3))
+    value, shapes, start, locations, weights = (
+        t.cuda() for t in _inputs(dtype=torch.float32, seed=3)
+    )
     tensors = [value, locations, weights]
     for t in tensors:
         t.requires_grad_()
     grad_out = torch.randn(2, 3, 6, device="cuda")
     results = []
     for impl in ("cuda", "pytorch"):
-        out = multi_scale_deformable_attention(value, shapes, start, locations, weights, implementation=impl)
+        out = multi_scale_deformable_attention(
+            value, shapes, start, locations, weights, implementation=impl
+        )
         results.append((out, torch.autograd.grad((out * grad_out).sum(), tensors)))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
     for got, want in zip(results[0][1], results[1][1]):

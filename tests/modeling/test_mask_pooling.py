@@ -1,4 +1,5 @@
 """MaskPooling and the synonym-max classifier against explicit loop/NumPy references."""
+
 import math
 
 import numpy as np
@@ -31,9 +32,7 @@ def test_mask_pooling_resizes_mask_and_detaches_it():
     mask = torch.randn(1, 3, 4, 4, generator=g, requires_grad=True)
     out = MaskPooling()(x, mask)
     resized = F.interpolate(mask.detach(), size=(8, 8), mode="bilinear", align_corners=False) > 0
-    want = torch.stack(
-        [x.detach()[0][:, resized[0, q]].mean(-1) for q in range(3)]
-    )
+    want = torch.stack([x.detach()[0][:, resized[0, q]].mean(-1) for q in range(3)])
     torch.testing.assert_close(out[0], want, rtol=1e-5, atol=1e-6)
     out.sum().backward()
     assert mask.grad is None

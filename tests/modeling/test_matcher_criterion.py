@@ -1,5 +1,6 @@
 """HungarianMatcher against brute force over all assignments, SetCriterion against losses
 computed by hand with NumPy (points fixed at pixel centres so sampling is exact)."""
+
 import itertools
 from pathlib import Path
 
@@ -81,7 +82,9 @@ def _hand_cost(logits, masks, target, wc, wm, wd):
     return cost
 
 
-@pytest.mark.parametrize("weights", [(2.0, 5.0, 5.0), (5.0, 0.1, 0.1), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)])
+@pytest.mark.parametrize(
+    "weights", [(2.0, 5.0, 5.0), (5.0, 0.1, 0.1), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matcher_matches_brute_force_minimum(weights, seed):
     outputs, targets = _batch(seed=seed)
@@ -89,8 +92,12 @@ def test_matcher_matches_brute_force_minimum(weights, seed):
     matcher = CentreMatcher(cost_class=wc, cost_mask=wm, cost_dice=wd, num_points=H * W)
     indices = matcher(outputs, targets)
     for b, (rows, cols) in enumerate(indices):
-        cost = _hand_cost(outputs["pred_logits"][b], outputs["pred_masks"][b], targets[b], wc, wm, wd)
-        got_cost = matcher.cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b], targets[b])
+        cost = _hand_cost(
+            outputs["pred_logits"][b], outputs["pred_masks"][b], targets[b], wc, wm, wd
+        )
+        got_cost = matcher.cost_matrix(
+            outputs["pred_logits"][b], outputs["pred_masks"][b], targets[b]
+        )
         np.testing.assert_allclose(got_cost.numpy(), cost, rtol=1e-5, atol=1e-5)
         num_q, num_t = cost.shape
         best = min(
@@ -154,12 +161,16 @@ def test_criterion_values_match_hand_computation_with_aux_outputs():
     outputs["aux_outputs"] = [aux_outputs, aux_outputs]
     criterion = _criterion()
     losses = criterion(outputs, targets)
-    assert set(losses) == {f"{k}{s}" for k in ("loss_ce", "loss_mask", "loss_dice") for s in ("", "_0", "_1")}
+    assert set(losses) == {
+        f"{k}{s}" for k in ("loss_ce", "loss_mask", "loss_dice") for s in ("", "_0", "_1")
+    }
     main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
     for suffix, out in (("", main), ("_0", aux_outputs), ("_1", aux_outputs)):
         want = _hand_losses(out, targets, criterion.matcher(out, targets), 3, 0.1)
         for key, value in want.items():
-            np.testing.assert_allclose(float(losses[key + suffix]), value, rtol=1e-5, err_msg=key + suffix)
+            np.testing.assert_allclose(
+                float(losses[key + suffix]), value, rtol=1e-5, err_msg=key + suffix
+            )
 
 
 def test_criterion_without_targets_and_gradients():
@@ -177,8 +188,14 @@ def test_importance_sampled_training_step_is_finite():
     outputs, targets = _batch(seed=5)
     outputs["pred_masks"].requires_grad_()
     criterion = SetCriterion(
-        3, HungarianMatcher(num_points=32), {}, 0.1, ["labels", "masks"], num_points=32,
-        oversample_ratio=3.0, importance_sample_ratio=0.75,
+        3,
+        HungarianMatcher(num_points=32),
+        {},
+        0.1,
+        ["labels", "masks"],
+        num_points=32,
+        oversample_ratio=3.0,
+        importance_sample_ratio=0.75,
     )
     points = criterion.sample_points(outputs["pred_masks"][0, :3, None].detach())
     assert points.shape == (3, 32, 2) and points.min() >= 0 and points.max() <= 1
@@ -199,7 +216,9 @@ def test_from_config_matches_fcclip_training_setup():
     criterion = SetCriterion(cfg)
     (row,) = [
         line.split("\t")
-        for line in (DATA / "fcclip_convnext_large_d_320_decoders.state_dict.tsv").read_text().splitlines()
+        for line in (DATA / "fcclip_convnext_large_d_320_decoders.state_dict.tsv")
+        .read_text()
+        .splitlines()
         if line.startswith("criterion.")
     ]
     ((key, buf),) = criterion.state_dict().items()

@@ -1,5 +1,6 @@
 """MSDeformAttnPixelDecoder: checkpoint key layout at full size, shapes, fp32 under autocast,
 batch independence, gradient flow, and its building blocks (sine encoding, reference points)."""
+
 import math
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def _reference_rows(name):
 )
 def test_full_size_keys_match_released_checkpoint(name, channels):
     decoder = SEM_SEG_HEADS_REGISTRY.get("MSDeformAttnPixelDecoder")(_cfg(), _shapes(channels))
-    got = [(k, str(tuple(v.shape)), str(v.dtype).replace("torch.", "")) for k, v in decoder.state_dict().items()]
+    got = [
+        (k, str(tuple(v.shape)), str(v.dtype).replace("torch.", ""))
+        for k, v in decoder.state_dict().items()
+    ]
     want = _reference_rows(name)
     assert len(want) == 117
     assert got == want
@@ -58,7 +62,9 @@ def test_full_size_keys_match_released_checkpoint(name, channels):
 
 def _tiny_decoder(seed=0):
     torch.manual_seed(seed)
-    return SEM_SEG_HEADS_REGISTRY.get("MSDeformAttnPixelDecoder")(_cfg(conv_dim=32, enc_layers=2), _shapes([8, 16, 24, 32]))
+    return SEM_SEG_HEADS_REGISTRY.get("MSDeformAttnPixelDecoder")(
+        _cfg(conv_dim=32, enc_layers=2), _shapes([8, 16, 24, 32])
+    )
 
 
 def _features(batch, size=64, seed=1):
@@ -103,7 +109,9 @@ def test_every_parameter_gets_a_gradient():
     mask_features, _, multi_scale = decoder.forward_features(_features(1, size=64))
     loss = mask_features.square().mean() + sum(m.square().mean() for m in multi_scale)
     loss.backward()
-    missing = [n for n, p in decoder.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    missing = [
+        n for n, p in decoder.named_parameters() if p.grad is None or not torch.any(p.grad != 0)
+    ]
     assert missing == []
 
 
@@ -117,7 +125,9 @@ def test_missing_feature_raises_key_error():
 
 def test_position_embedding_sine_closed_form():
     num_feats, height, width = 6, 3, 4
-    pos = PositionEmbeddingSine(num_feats, temperature=10000, normalize=True)(torch.zeros(1, 1, height, width))
+    pos = PositionEmbeddingSine(num_feats, temperature=10000, normalize=True)(
+        torch.zeros(1, 1, height, width)
+    )
     assert pos.shape == (1, 2 * num_feats, height, width)
     i, j = 2, 1
     y = (i + 1) / (height + 1e-6) * 2 * math.pi
@@ -133,7 +143,9 @@ def test_position_embedding_sine_closed_form():
 
 def test_reference_points_are_normalised_pixel_centres():
     shapes = torch.tensor([[2, 3], [1, 2]])
-    pts = MSDeformAttnTransformerEncoder.get_reference_points(shapes, torch.ones(1, 2, 2), torch.device("cpu"))
+    pts = MSDeformAttnTransformerEncoder.get_reference_points(
+        shapes, torch.ones(1, 2, 2), torch.device("cpu")
+    )
     assert pts.shape == (1, 8, 2, 2)
     torch.testing.assert_close(pts[0, 3, 0], torch.tensor([1 / 6, 3 / 4]))  # level 0, row 1, col 0
     torch.testing.assert_close(pts[0, 7, 1], torch.tensor([3 / 4, 1 / 2]))  # level 1, row 0, col 1

@@ -1,5 +1,6 @@
 """MultiScaleMaskedTransformerDecoder and FCCLIPHead: full-size checkpoint keys, output contract,
 prediction head against a hand computation, attention masks, batch independence, gradients."""
+
 import math
 from pathlib import Path
 
@@ -55,11 +56,17 @@ def _rows(name):
 
 @pytest.mark.parametrize(
     "name, channels, embed_dim",
-    [("convnext_large_d_320", [192, 384, 768, 1536], 768), ("rn50x64", [512, 1024, 2048, 4096], 1024)],
+    [
+        ("convnext_large_d_320", [192, 384, 768, 1536], 768),
+        ("rn50x64", [512, 1024, 2048, 4096], 1024),
+    ],
 )
 def test_full_size_head_keys_match_released_checkpoint(name, channels, embed_dim):
     head = SEM_SEG_HEADS_REGISTRY.get("FCCLIPHead")(_cfg(embed_dim=embed_dim), _shapes(channels))
-    got = [(k, str(tuple(v.shape)), str(v.dtype).replace("torch.", "")) for k, v in head.state_dict().items()]
+    got = [
+        (k, str(tuple(v.shape)), str(v.dtype).replace("torch.", ""))
+        for k, v in head.state_dict().items()
+    ]
     want = _rows(name)
     assert sum(k.startswith("predictor.") for k, _, _ in want) == 184
     assert got == want
@@ -124,11 +131,15 @@ def test_prediction_head_matches_hand_computation():
         torch.testing.assert_close(out["pred_masks"], masks)
         mf, m = mask_features[0].numpy(), masks[0].numpy() > 0
         pooled = np.stack([mf[:, m[i]].sum(-1) / (m[i].sum() + 1e-8) for i in range(m.shape[0])])
-        emb = pred.class_embed(pred._mask_pooling_proj(torch.from_numpy(pooled).float()) + q[0]).numpy()
+        emb = pred.class_embed(
+            pred._mask_pooling_proj(torch.from_numpy(pooled).float()) + q[0]
+        ).numpy()
     emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
     sims = min(math.exp(float(pred.logit_scale.detach())), 100) * emb @ _text().numpy().T
     starts = np.cumsum([0] + NUM_TEMPLATES)
-    want = np.stack([sims[:, s:e].max(-1) for s, e in zip(starts[:-1], starts[1:])] + [sims[:, -1]], -1)
+    want = np.stack(
+        [sims[:, s:e].max(-1) for s, e in zip(starts[:-1], starts[1:])] + [sims[:, -1]], -1
+    )
     np.testing.assert_allclose(out["pred_logits"][0].numpy(), want, rtol=1e-4, atol=1e-4)
 
 
@@ -137,7 +148,9 @@ def test_attention_mask_blocks_pixels_outside_previous_mask():
     g = torch.Generator().manual_seed(3)
     output = torch.randn(6, 2, 32, generator=g)
     mask_features = torch.randn(2, 32, 8, 8, generator=g)
-    _, masks, attn = pred.forward_prediction_heads(output, mask_features, (4, 4), _text(), NUM_TEMPLATES)
+    _, masks, attn = pred.forward_prediction_heads(
+        output, mask_features, (4, 4), _text(), NUM_TEMPLATES
+    )
     assert attn.shape == (2 * pred.num_heads, 6, 16) and attn.dtype == torch.bool
     # 2x bilinear downsampling with align_corners=False averages each 2x2 block
     for b in range(2):
@@ -160,9 +173,16 @@ def test_every_predictor_parameter_gets_a_gradient():
     head = _tiny_head()
     out = head(_features(1), _text(), NUM_TEMPLATES)
     loss = out["pred_logits"].square().mean() + out["pred_masks"].sigmoid().mean()
-    loss = loss + sum(a["pred_logits"].square().mean() + a["pred_masks"].sigmoid().mean() for a in out["aux_outputs"])
+    loss = loss + sum(
+        a["pred_logits"].square().mean() + a["pred_masks"].sigmoid().mean()
+        for a in out["aux_outputs"]
+    )
     loss.backward()
-    missing = [n for n, p in head.predictor.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    missing = [
+        n
+        for n, p in head.predictor.named_parameters()
+        if p.grad is None or not torch.any(p.grad != 0)
+    ]
     assert missing == []
 
 

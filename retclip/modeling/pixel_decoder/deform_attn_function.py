@@ -10,6 +10,7 @@ One dispatch function, :func:`multi_scale_deformable_attention`, with two implem
 The choice is explicit and logged once. A broken compiled extension raises instead of silently
 falling back (FC-CLIP's bare ``except:`` hid kernel failures behind the slow path).
 """
+
 import importlib
 import logging
 from types import ModuleType
@@ -57,7 +58,9 @@ def compiled_extension_available() -> bool:
 def _log_once(choice: str, reason: str) -> None:
     if choice not in _logged_choice:
         _logged_choice.add(choice)
-        logger.info("Multi-scale deformable attention: using the %s implementation (%s).", choice, reason)
+        logger.info(
+            "Multi-scale deformable attention: using the %s implementation (%s).", choice, reason
+        )
 
 
 def ms_deform_attn_pytorch(
@@ -83,9 +86,17 @@ def ms_deform_attn_pytorch(
     output = None
     for level, (height, width) in enumerate(spatial_shapes.tolist()):
         # B x HW x M x D -> (B*M) x D x H x W
-        v = value_per_level[level].permute(0, 2, 3, 1).reshape(batch * num_heads, head_dim, height, width)
+        v = (
+            value_per_level[level]
+            .permute(0, 2, 3, 1)
+            .reshape(batch * num_heads, head_dim, height, width)
+        )
         # B x Lq x M x P x 2 -> (B*M) x Lq x P x 2
-        g = grids[:, :, :, level].transpose(1, 2).reshape(batch * num_heads, num_queries, num_points, 2)
+        g = (
+            grids[:, :, :, level]
+            .transpose(1, 2)
+            .reshape(batch * num_heads, num_queries, num_points, 2)
+        )
         sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
         contribution = (sampled * weights[..., level, :]).sum(-1)  # (B*M) x D x Lq
         output = contribution if output is None else output + contribution
@@ -104,19 +115,30 @@ class _CompiledMSDeformAttn(torch.autograd.Function):
     """Autograd wrapper of the compiled CUDA kernel's forward and backward."""
 
     @staticmethod
-    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    def forward(
+        ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    ):
         ext = _load_extension()
         ctx.im2col_step = _im2col_step(value.shape[0])
         output = ext.ms_deform_attn_forward(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights, ctx.im2col_step
+            value,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+            ctx.im2col_step,
         )
-        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        ctx.save_for_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
         return output
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+            ctx.saved_tensors
+        )
         grad_value, grad_locations, grad_weights = _load_extension().ms_deform_attn_backward(
             value,
             spatial_shapes,
@@ -129,12 +151,15 @@ class _CompiledMSDeformAttn(torch.autograd.Function):
         return grad_value, None, None, grad_locations, grad_weights
 
 
-def _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
+def _check_shapes(
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+) -> None:
     if value.dim() != 4 or sampling_locations.dim() != 6 or attention_weights.dim() != 5:
         raise ValueError(
             "multi_scale_deformable_attention expects value B x S x M x D, sampling_locations "
             "B x Lq x M x L x P x 2 and attention_weights B x Lq x M x L x P; got "
-            f"{tuple(value.shape)}, {tuple(sampling_locations.shape)}, {tuple(attention_weights.shape)}"
+            f"{tuple(value.shape)}, {tuple(sampling_locations.shape)}, "
+            f"{tuple(attention_weights.shape)}"
         )
     if spatial_shapes.shape != (sampling_locations.shape[3], 2):
         raise ValueError(
@@ -146,7 +171,8 @@ def _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, 
         raise ValueError(f"value has {value.shape[1]} positions but spatial_shapes sum to {total}")
     if level_start_index.numel() != spatial_shapes.shape[0]:
         raise ValueError(
-            f"level_start_index has {level_start_index.numel()} entries for {spatial_shapes.shape[0]} levels"
+            f"level_start_index has {level_start_index.numel()} entries for "
+            f"{spatial_shapes.shape[0]} levels"
         )
     if attention_weights.shape != sampling_locations.shape[:-1]:
         raise ValueError(
@@ -179,12 +205,16 @@ def multi_scale_deformable_attention(
         B x Lq x (M * D) attended features.
     """
     if implementation not in _IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
+        raise ValueError(
+            f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}"
+        )
     _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     use_compiled = False
     if implementation == "cuda":
         if not value.is_cuda:
-            raise ValueError("implementation='cuda' needs CUDA tensors; got a tensor on " + str(value.device))
+            raise ValueError(
+                "implementation='cuda' needs CUDA tensors; got a tensor on " + str(value.device)
+            )
         if not compiled_extension_available():
             raise ModuleNotFoundError(
                 f"implementation='cuda' needs the compiled '{_EXTENSION_NAME}' extension "

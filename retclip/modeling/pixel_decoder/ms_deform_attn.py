@@ -4,6 +4,7 @@ Each query predicts, per head, level and point, a 2-D offset from its reference 
 attention weight; the output is the weighted sum of bilinear samples of the projected values.
 Parameter names match Deformable DETR / Mask2Former so released checkpoints load unchanged.
 """
+
 import logging
 import math
 from typing import Optional
@@ -40,11 +41,13 @@ class MSDeformAttn(nn.Module):
     ):
         super().__init__()
         if d_model % n_heads != 0:
-            raise ValueError(f"MSDeformAttn: d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+            raise ValueError(
+                f"MSDeformAttn: d_model ({d_model}) must be divisible by n_heads ({n_heads})"
+            )
         head_dim = d_model // n_heads
         if head_dim & (head_dim - 1) != 0:
             logger.warning(
-                "MSDeformAttn head dim %d is not a power of 2; the compiled CUDA kernel is slower then.",
+                "MSDeformAttn head dim %d is not a power of 2; the compiled kernel is slower.",
                 head_dim,
             )
         self.d_model = d_model
@@ -119,14 +122,17 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(
             batch, num_queries, self.n_heads, self.n_levels * self.n_points
         )
-        weights = weights.softmax(-1).view(batch, num_queries, self.n_heads, self.n_levels, self.n_points)
+        weights = weights.softmax(-1).view(
+            batch, num_queries, self.n_heads, self.n_levels, self.n_points
+        )
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: divide by (W_l, H_l)
-            normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
-            locations = (
-                reference_points[:, :, None, :, None, :]
-                + offsets / normalizer[None, None, None, :, None, :].to(offsets.dtype)
+            normalizer = torch.stack(
+                [input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1
             )
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[
+                None, None, None, :, None, :
+            ].to(offsets.dtype)
         elif reference_points.shape[-1] == 4:
             locations = (
                 reference_points[:, :, None, :, None, :2]
@@ -134,7 +140,8 @@ class MSDeformAttn(nn.Module):
             )
         else:
             raise ValueError(
-                f"MSDeformAttn: reference_points last dim must be 2 or 4, got {reference_points.shape[-1]}"
+                f"MSDeformAttn: reference_points last dim must be 2 or 4, "
+                f"got {reference_points.shape[-1]}"
             )
         output = multi_scale_deformable_attention(
             value,

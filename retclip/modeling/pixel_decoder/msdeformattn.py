@@ -6,6 +6,7 @@ by one FPN step into the 1/4-resolution mask features. Module and parameter name
 FC-CLIP's checkpoint layout (``input_proj``, ``transformer.level_embed``,
 ``transformer.encoder.layers.N``, ``mask_features``, ``adapter_1``, ``layer_1``).
 """
+
 import logging
 import math
 from typing import Dict, List, Optional, Tuple
@@ -64,7 +65,9 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         padding_mask: Optional[Tensor] = None,
     ) -> Tensor:
         """src, pos: B x S x C; reference_points: B x S x L x 2. Returns B x S x C."""
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        attended = self.self_attn(
+            src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
+        )
         src = self.norm1(src + self.dropout1(attended))
         ffn = self.linear2(self.dropout2(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
@@ -78,7 +81,9 @@ class MSDeformAttnTransformerEncoder(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     @staticmethod
-    def get_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor, device: torch.device) -> Tensor:
+    def get_reference_points(
+        spatial_shapes: Tensor, valid_ratios: Tensor, device: torch.device
+    ) -> Tensor:
         """Normalised pixel centres of all levels, B x S x L x 2 (x, y), scaled by valid ratios."""
         points = []
         for level, (height, width) in enumerate(spatial_shapes.tolist()):
@@ -105,7 +110,9 @@ class MSDeformAttnTransformerEncoder(nn.Module):
         reference_points = self.get_reference_points(spatial_shapes, valid_ratios, src.device)
         output = src
         for layer in self.layers:
-            output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            output = layer(
+                output, pos, reference_points, spatial_shapes, level_start_index, padding_mask
+            )
         return output
 
 
@@ -128,7 +135,13 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         self.nhead = nhead
         layers = [
             MSDeformAttnTransformerEncoderLayer(
-                d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead, enc_n_points
+                d_model,
+                dim_feedforward,
+                dropout,
+                activation,
+                num_feature_levels,
+                nhead,
+                enc_n_points,
             )
             for _ in range(num_encoder_layers)
         ]
@@ -153,7 +166,9 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         valid_w = torch.sum(~mask[:, 0, :], 1)
         return torch.stack([valid_w.float() / width, valid_h.float() / height], -1)
 
-    def forward(self, srcs: List[Tensor], pos_embeds: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, srcs: List[Tensor], pos_embeds: List[Tensor]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         """Encode levels jointly.
 
         Args:
@@ -162,13 +177,18 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         Returns:
             memory B x S x C, spatial_shapes L x 2 (long), level_start_index L (long).
         """
-        masks = [torch.zeros((x.size(0), x.size(2), x.size(3)), device=x.device, dtype=torch.bool) for x in srcs]
+        masks = [
+            torch.zeros((x.size(0), x.size(2), x.size(3)), device=x.device, dtype=torch.bool)
+            for x in srcs
+        ]
         src_flatten, mask_flatten, pos_flatten, shapes = [], [], [], []
         for level, (src, mask, pos) in enumerate(zip(srcs, masks, pos_embeds)):
             shapes.append(src.shape[-2:])
             src_flatten.append(src.flatten(2).transpose(1, 2))
             mask_flatten.append(mask.flatten(1))
-            pos_flatten.append(pos.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
+            pos_flatten.append(
+                pos.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
+            )
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=srcs[0].device)
         level_start_index = torch.cat(
             (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
@@ -268,13 +288,16 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.num_fpn_levels = int(math.log2(stride) - math.log2(common_stride))
         if self.num_fpn_levels < 0:
             raise ValueError(
-                f"MSDeformAttnPixelDecoder: common_stride {common_stride} is coarser than the finest "
+                f"MSDeformAttnPixelDecoder: common_stride {common_stride} is coarser than "
+                f"the finest "
                 f"encoder stride {stride}"
             )
         use_bias = norm in (None, "")
         lateral_convs, output_convs = [], []
         for idx, in_channels in enumerate(self.feature_channels[: self.num_fpn_levels]):
-            lateral = Conv2d(in_channels, conv_dim, kernel_size=1, bias=use_bias, norm=get_norm(norm, conv_dim))
+            lateral = Conv2d(
+                in_channels, conv_dim, kernel_size=1, bias=use_bias, norm=get_norm(norm, conv_dim)
+            )
             output = Conv2d(
                 conv_dim,
                 conv_dim,
@@ -325,7 +348,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         """
         missing = [f for f in self.in_features if f not in features]
         if missing:
-            raise KeyError(f"MSDeformAttnPixelDecoder: features {missing} missing; got {sorted(features)}")
+            raise KeyError(
+                f"MSDeformAttnPixelDecoder: features {missing} missing; got {sorted(features)}"
+            )
         device_type = features[self.in_features[0]].device.type
         with torch.autocast(device_type=device_type, enabled=False):
             return self._forward_fp32({k: features[k].float() for k in self.in_features})
@@ -347,7 +372,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         ]
         for idx, name in enumerate(self.in_features[: self.num_fpn_levels][::-1]):
             lateral = self.lateral_convs[idx](features[name])
-            y = lateral + F.interpolate(out[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            y = lateral + F.interpolate(
+                out[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
+            )
             out.append(self.output_convs[idx](y))
         multi_scale_features = out[: self.maskformer_num_feature_levels]
         return self.mask_features(out[-1]), out[0], multi_scale_features

@@ -1,4 +1,5 @@
 """Registry of transformer decoders (the "predictor" of a mask-classification head)."""
+
 from detectron2.utils.registry import Registry
 from torch import nn
 

@@ -4,6 +4,7 @@ Sequence-first tensors (L x B x C) as in ``nn.MultiheadAttention``'s default lay
 parameter names (``self_attn``, ``multihead_attn``, ``linear1``, ``linear2``, ``norm``) match
 released checkpoints. ``normalize_before`` selects pre-norm; FC-CLIP uses post-norm.
 """
+
 from typing import Optional
 
 from torch import Tensor, nn
@@ -26,7 +27,9 @@ def _xavier_init(module: nn.Module) -> None:
 class SelfAttentionLayer(nn.Module):
     """Self-attention among queries with a residual and a LayerNorm."""
 
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+    def __init__(
+        self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False
+    ):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.norm = nn.LayerNorm(d_model)
@@ -44,7 +47,9 @@ class SelfAttentionLayer(nn.Module):
         """tgt, query_pos: Q x B x C. Returns Q x B x C."""
         x = self.norm(tgt) if self.normalize_before else tgt
         q = k = _with_pos(x, query_pos)
-        attended = self.self_attn(q, k, value=x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
+        attended = self.self_attn(
+            q, k, value=x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask
+        )[0]
         tgt = tgt + self.dropout(attended)
         return tgt if self.normalize_before else self.norm(tgt)
 
@@ -52,7 +57,9 @@ class SelfAttentionLayer(nn.Module):
 class CrossAttentionLayer(nn.Module):
     """Queries attend to image memory (optionally masked) with a residual and a LayerNorm."""
 
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+    def __init__(
+        self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False
+    ):
         super().__init__()
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.norm = nn.LayerNorm(d_model)

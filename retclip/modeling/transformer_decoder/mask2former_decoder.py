@@ -6,6 +6,7 @@ Learned queries attend, layer by layer, to one level of the multi-scale features
 mask-pooled pixel features is projected into CLIP's text space and classified against text
 embeddings, so the class set can change at test time.
 """
+
 import math
 from typing import Dict, List, Optional, Tuple
 
@@ -64,9 +65,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     ):
         super().__init__()
         if not mask_classification:
-            raise ValueError("MultiScaleMaskedTransformerDecoder: FC-CLIP needs mask_classification=True")
+            raise ValueError(
+                "MultiScaleMaskedTransformerDecoder: FC-CLIP needs mask_classification=True"
+            )
         if dec_layers < 0:
-            raise ValueError(f"MultiScaleMaskedTransformerDecoder: dec_layers must be >= 0, got {dec_layers}")
+            raise ValueError(
+                f"MultiScaleMaskedTransformerDecoder: dec_layers must be >= 0, got {dec_layers}"
+            )
         # CLIP-style temperature of the in-vocabulary classifier, trainable, init 1/0.07
         self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
         self.mask_classification = mask_classification
@@ -75,14 +80,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.num_heads = nheads
         self.num_layers = dec_layers
         self.transformer_self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm) for _ in range(dec_layers)
+            SelfAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm)
+            for _ in range(dec_layers)
         )
         self.transformer_cross_attention_layers = nn.ModuleList(
             CrossAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm)
             for _ in range(dec_layers)
         )
         self.transformer_ffn_layers = nn.ModuleList(
-            FFNLayer(hidden_dim, dim_feedforward, dropout=0.0, normalize_before=pre_norm) for _ in range(dec_layers)
+            FFNLayer(hidden_dim, dim_feedforward, dropout=0.0, normalize_before=pre_norm)
+            for _ in range(dec_layers)
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.num_queries = num_queries
@@ -100,7 +107,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 self.input_proj.append(nn.Sequential())
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
         self.mask_pooling = MaskPooling()
-        self._mask_pooling_proj = nn.Sequential(nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, hidden_dim))
+        self._mask_pooling_proj = nn.Sequential(
+            nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, hidden_dim)
+        )
         self.class_embed = MLP(hidden_dim, hidden_dim, clip_embedding_dim, 3)
 
     @classmethod
@@ -144,9 +153,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             and "aux_outputs": ``dec_layers`` dicts of the same two keys from earlier layers.
         """
         if len(x) != self.num_feature_levels:
-            raise ValueError(f"expected {self.num_feature_levels} multi-scale features, got {len(x)}")
+            raise ValueError(
+                f"expected {self.num_feature_levels} multi-scale features, got {len(x)}"
+            )
         if text_classifier is None or num_templates is None:
-            raise ValueError("MultiScaleMaskedTransformerDecoder needs text_classifier and num_templates")
+            raise ValueError(
+                "MultiScaleMaskedTransformerDecoder needs text_classifier and num_templates"
+            )
         src, pos, size_list = [], [], []
         for i in range(self.num_feature_levels):
             size_list.append(x[i].shape[-2:])
@@ -168,12 +181,20 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             # a query whose mask is empty at this level attends everywhere instead of nowhere
             attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
             output = self.transformer_cross_attention_layers[i](
-                output, src[level_index], memory_mask=attn_mask, pos=pos[level_index], query_pos=query_embed
+                output,
+                src[level_index],
+                memory_mask=attn_mask,
+                pos=pos[level_index],
+                query_pos=query_embed,
             )
             output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
             output = self.transformer_ffn_layers[i](output)
             outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features, size_list[(i + 1) % self.num_feature_levels], text_classifier, num_templates
+                output,
+                mask_features,
+                size_list[(i + 1) % self.num_feature_levels],
+                text_classifier,
+                num_templates,
             )
             predictions_class.append(outputs_class)
             predictions_mask.append(outputs_mask)
@@ -181,7 +202,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "pred_logits": predictions_class[-1],
             "pred_masks": predictions_mask[-1],
             "aux_outputs": [
-                {"pred_logits": c, "pred_masks": m} for c, m in zip(predictions_class[:-1], predictions_mask[:-1])
+                {"pred_logits": c, "pred_masks": m}
+                for c, m in zip(predictions_class[:-1], predictions_mask[:-1])
             ],
         }
 
@@ -204,7 +226,18 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
         pooled = self._mask_pooling_proj(self.mask_pooling(mask_features, outputs_mask))
         class_embed = self.class_embed(pooled + decoder_output)
-        outputs_class = get_classification_logits(class_embed, text_classifier, self.logit_scale, num_templates)
-        attn_mask = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
-        attn_mask = attn_mask.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1) < 0.5
+        outputs_class = get_classification_logits(
+            class_embed, text_classifier, self.logit_scale, num_templates
+        )
+        attn_mask = F.interpolate(
+            outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False
+        )
+        attn_mask = (
+            attn_mask.sigmoid()
+            .flatten(2)
+            .unsqueeze(1)
+            .repeat(1, self.num_heads, 1, 1)
+            .flatten(0, 1)
+            < 0.5
+        )
         return outputs_class, outputs_mask, attn_mask.detach()
