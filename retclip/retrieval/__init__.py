@@ -7,6 +7,7 @@ from .database import CorruptShardError, FeatureDatabase, ShardData
 from .fingerprint import EncoderFingerprint
 from .index import INDEX_TYPES, FeatureIndex, IndexConfig, build_index, register_index
 from .label_matching import LabelMatching, match_labels
+from .pipeline import RetrievalConfig, RetrievalScorer
 from .scoring import AGGREGATIONS, retrieval_scores
 from .search import DatabaseRetriever, RetrievalResult, concat_queries
 
@@ -20,7 +21,9 @@ __all__ = [
     "INDEX_TYPES",
     "IndexConfig",
     "LabelMatching",
+    "RetrievalConfig",
     "RetrievalResult",
+    "RetrievalScorer",
     "ShardData",
     "build_index",
     "concat_queries",

@@ -24,7 +24,8 @@ spec = importlib.util.spec_from_file_location(
 mod = importlib.util.module_from_spec(spec)
 sys.modules["isolated_retrieval"] = mod
 spec.loader.exec_module(mod)
-for sub in ("database", "fingerprint", "index", "scoring", "label_matching", "search"):
+for sub in ("database", "fingerprint", "index", "scoring", "label_matching", "search",
+            "shards", "pipeline"):
     __import__("isolated_retrieval." + sub)
 spec = importlib.util.spec_from_file_location("isolated_ensemble", pkg_dir + "/ensemble.py")
 ens = importlib.util.module_from_spec(spec)
