@@ -1,9 +1,10 @@
 """The training/evaluation loop of ``tools/train_net.py``: detectron2's DefaultTrainer with
 RetCLIP's mapper, evaluators, optimizer, config checks and metrics files.
 
-Metrics of every evaluation are written atomically to ``OUTPUT_DIR/metrics_<iter>.json`` (iter
-as in the checkpoint names, ``model_<iter>.pth``) and those of ``--eval-only`` to
-``OUTPUT_DIR/metrics_eval.json``.
+Metrics of every evaluation are written atomically to ``OUTPUT_DIR/metrics_<N>.json``, N = the
+number of iterations trained so far (7 digits), and those of ``--eval-only`` to
+``OUTPUT_DIR/metrics_eval.json``. Checkpoints hold the optimizer (and AMP grad-scaler) state,
+which detectron2 v0.6's DefaultTrainer leaves out, so ``--resume`` continues exactly.
 """
 from __future__ import annotations
 
@@ -141,9 +142,22 @@ class Trainer(DefaultTrainer):
                 ret[i] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_and_write)
         return ret
 
+    def state_dict(self) -> Dict[str, Any]:
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()  # optimizer (+ grad scaler)
+        return ret
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("The checkpoint has no optimizer state (older format): the optimizer starts fresh")
+
     def _test_and_write(self) -> Dict[str, Any]:
+        done = min(self.iter + 1, self.max_iter)  # after_train sees iter == max_iter
         self._last_eval_results = self.test(self.cfg, self.model)
         if comm.is_main_process():
-            write_metrics(self._last_eval_results, os.path.join(self.cfg.OUTPUT_DIR, f"metrics_{self.iter:07d}.json"))
-            logger.info("Evaluation at iteration %d:\n%s", self.iter, format_metrics(self._last_eval_results))
+            write_metrics(self._last_eval_results, os.path.join(self.cfg.OUTPUT_DIR, f"metrics_{done:07d}.json"))
+            logger.info("Evaluation after %d iterations:\n%s", done, format_metrics(self._last_eval_results))
         return self._last_eval_results
