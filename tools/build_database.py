@@ -10,42 +10,24 @@ Multi-node: --num-machines/--machine-rank/--dist-url as in tools/train_net.py. W
 --num-gpus N starts N CPU processes joined by gloo.
 """
 import json
-import logging
 import os
 import sys
 
 import retclip  # noqa: F401  (compat steps before detectron2)
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 from detectron2.utils.logger import setup_logger
 
-from retclip import add_retclip_config
-from retclip.database_builder import build_database_builder, build_source, launch_build, rank_and_world_size
-
-logger = logging.getLogger("retclip.build_database")
-
-
-def setup(args):
-    """Config = defaults + file + KEY VALUE overrides; a log file next to the database."""
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    rank, _ = rank_and_world_size()
-    out = cfg.DATABASE_BUILD.OUTPUT_DIR
-    setup_logger(output=os.path.join(out, "build", "log.txt") if out else None, distributed_rank=rank, name="retclip")
-    setup_logger(distributed_rank=rank, name="retclip.build_database")
-    return cfg
+from retclip.database_builder import launch_build, rank_and_world_size, run_build, setup_build_config
 
 
 def main(args):
-    cfg = setup(args)
-    rank, world_size = rank_and_world_size()
-    builder = build_database_builder(cfg)
-    source = build_source(cfg)
-    report = builder.build(source, rank=rank, world_size=world_size)
+    """Logging (console + <database>/build/log.txt), then this rank's part of the build."""
+    rank, _ = rank_and_world_size()
+    out = setup_build_config(args.config_file, args.opts).DATABASE_BUILD.OUTPUT_DIR
+    if out:
+        os.makedirs(os.path.join(out, "build"), exist_ok=True)
+    setup_logger(output=os.path.join(out, "build", f"log_rank{rank}.txt") if out else None, distributed_rank=rank, name="retclip")
+    report = run_build(args.config_file, args.opts)
     if report is not None:
         summary = {k: report[k] for k in ("vectors", "images_per_second", "forwards", "forwards_per_processed_image")}
         summary["unreadable_images"] = len(report["images"]["unreadable"])

@@ -5,7 +5,7 @@ from .config import add_database_build_config
 from .counting import ForwardCounter
 from .distributed import launch_build, rank_and_world_size
 from .encoder import ClipSegmentEncoder, SegmentEncoder, masks_to_logits
-from .factory import build_database_builder, build_encoder, build_proposals, watch_models
+from .factory import build_database_builder, build_encoder, build_proposals, run_build, setup_build_config, watch_models
 from .report import image_paths, read_chunk_records, write_build_report
 from .sources import DatasetSource, FolderSource, ImageRecord, ImageSource, OpenImagesSource, build_source
 
@@ -21,6 +21,8 @@ __all__ = [
     "build_database_builder",
     "build_encoder",
     "build_proposals",
+    "run_build",
+    "setup_build_config",
     "watch_models",
     "image_paths",
     "read_chunk_records",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 from retclip.proposals import (
     GroundingDinoDetector,
@@ -20,7 +20,7 @@ from .encoder import ClipSegmentEncoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_encoder", "build_proposals", "watch_models", "build_database_builder"]
+__all__ = ["build_encoder", "build_proposals", "watch_models", "build_database_builder", "setup_build_config", "run_build"]
 
 _PROPOSALS = ("GroundingDinoSamProposals", "GroundTruthProposals")
 
@@ -100,3 +100,32 @@ def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
         counter=counter,
         progress=progress,
     )
+
+
+def setup_build_config(config_file: str, opts: Sequence[str] = ()):
+    """Frozen config: defaults of every RetCLIP key + ``config_file`` + KEY VALUE ``opts``."""
+    from detectron2.config import get_cfg
+
+    from retclip.config import add_retclip_config
+
+    cfg = get_cfg()
+    add_retclip_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    return cfg
+
+
+def run_build(config_file: str, opts: Sequence[str] = (), progress: bool = True) -> Optional[Dict[str, Any]]:
+    """One process's part of a build (the ``main`` that :func:`launch_build` runs on every rank).
+
+    Returns the build report on rank 0 when the database is complete, else None.
+    """
+    from .distributed import rank_and_world_size
+    from .sources import build_source
+
+    cfg = setup_build_config(config_file, opts)
+    rank, world_size = rank_and_world_size()
+    builder = build_database_builder(cfg, progress=progress)
+    return builder.build(build_source(cfg), rank=rank, world_size=world_size)
