@@ -117,6 +117,18 @@ def test_dispatch_errors():
         multi_scale_deformable_attention(value, shapes, start, locations, weights[..., :1])
 
 
+def test_choice_is_logged_once(caplog):
+    from retclip.modeling.pixel_decoder import deform_attn_function
+
+    deform_attn_function._logged_choice.clear()
+    value, shapes, start, locations, weights = _inputs(dtype=torch.float32)
+    with caplog.at_level("INFO", logger=deform_attn_function.__name__):
+        for _ in range(3):
+            multi_scale_deformable_attention(value, shapes, start, locations, weights)
+    messages = [r.getMessage() for r in caplog.records if "deformable attention" in r.getMessage()]
+    assert len(messages) == 1 and "pytorch" in messages[0]
+
+
 def test_msdeformattn_init_is_deformable_detr():
     attn = MSDeformAttn(d_model=32, n_levels=3, n_heads=8, n_points=4)
     bias = attn.sampling_offsets.bias.detach().view(8, 3, 4, 2)

@@ -55,9 +55,10 @@ def compiled_extension_available() -> bool:
     return _load_extension() is not None
 
 
-def _log_once(choice: str, reason: str) -> None:
-    if choice not in _logged_choice:
-        _logged_choice.add(choice)
+def _log_once(choice: str, device_type: str, reason: str) -> None:
+    """Log the implementation chosen for a device type the first time it is used."""
+    if (choice, device_type) not in _logged_choice:
+        _logged_choice.add((choice, device_type))
         logger.info(
             "Multi-scale deformable attention: using the %s implementation (%s).", choice, reason
         )
@@ -224,11 +225,14 @@ def multi_scale_deformable_attention(
     elif implementation == "auto" and value.is_cuda:
         use_compiled = compiled_extension_available()
         if not use_compiled:
-            _log_once("pytorch", f"'{_EXTENSION_NAME}' extension not installed")
+            _log_once("pytorch", "cuda", f"'{_EXTENSION_NAME}' extension not installed")
     else:
-        _log_once("pytorch", f"requested {implementation!r} on {value.device}")
+        reason = (
+            "requested" if implementation == "pytorch" else "no compiled kernel for this device"
+        )
+        _log_once("pytorch", value.device.type, reason)
     if use_compiled:
-        _log_once("cuda", f"compiled '{_EXTENSION_NAME}' extension")
+        _log_once("cuda", "cuda", f"compiled '{_EXTENSION_NAME}' extension")
         return _CompiledMSDeformAttn.apply(
             value.contiguous(),
             spatial_shapes.contiguous(),
