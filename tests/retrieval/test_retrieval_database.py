@@ -71,11 +71,13 @@ def test_parallel_writers_and_resume(tmp_path):
                   update_manifest=False)
     x, y = _rows(3, seed=5)
     db.append(x, y, ["r0_extra"] * 3, shard_prefix="rank0", update_manifest=False)
+    # a chunk whose images gave no segments still writes a (0-row) shard, marking it done
+    db.append(np.zeros((0, 16)), np.zeros(0), [], shard_prefix="rank2", update_manifest=False)
     assert len(FeatureDatabase.open(tmp_path / "db")) == 0  # not listed yet
     assert db.image_ids() == {f"r{r}_{i}" for r in (0, 1) for i in range(6)} | {"r0_extra"}
     db.refresh_manifest()
     again = FeatureDatabase.open(tmp_path / "db")
-    assert again.shard_names == ["rank0-000000", "rank0-000001", "rank1-000000"]
+    assert again.shard_names == ["rank0-000000", "rank0-000001", "rank1-000000", "rank2-000000"]
     assert len(again) == 15 and sum(again.class_counts) == 15
     # resuming a build opens the same database when encoder and vocabulary agree
     assert len(FeatureDatabase.create(tmp_path / "db", FP, VOCAB, exist_ok=True)) == 15

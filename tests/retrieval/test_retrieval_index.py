@@ -58,7 +58,7 @@ def test_exact_backends_match_numpy(data, kind):
     np.testing.assert_allclose(scores.numpy(), ref_s, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind,extra", [("hnsw", {}), ("ivfpq", {"nlist": 64, "pq_m": 8})])
+@pytest.mark.parametrize("kind,extra", [("hnsw", {}), ("ivfpq", {"nlist": 64, "pq_m": 4})])
 def test_approximate_backends_recall(data, kind, extra):
     x, q = data
     index = build_index(IndexConfig(type=kind, **extra), DIM)
