@@ -2,7 +2,7 @@
 """Look at and edit RetCLIP feature databases.
 
     inspect_database.py inspect DB [--json]
-    inspect_database.py add DB --config-file CFG [KEY VALUE ...]   # build a source into DB
+    inspect_database.py add DB CONFIG [KEY VALUE ...]   # build a source into DB
     inspect_database.py remove DB --classes "wall" "sky" --output OUT
     inspect_database.py merge A B --output OUT
     inspect_database.py thumbnails DB --class cat --output cat.png [--max 16] [--size 96]
@@ -73,8 +73,8 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_inspect)
     s = sub.add_parser("add", help="build a source's images/classes into an existing database")
     s.add_argument("database")
-    s.add_argument("--config-file", required=True)
-    s.add_argument("opts", nargs=argparse.REMAINDER, default=[])
+    s.add_argument("config_file", help="build config (tools/build_database.py's); OUTPUT_DIR is ignored")
+    s.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     s.set_defaults(func=_add)
     s = sub.add_parser("remove", help="copy without some classes")
     s.add_argument("database")
