@@ -50,6 +50,11 @@ def index_bytes(index) -> int:
     return int(faiss.serialize_index(index.index).nbytes)
 
 
+def print_row(r: Dict[str, object]) -> None:
+    print(f"| {r['index']} | {r['build_s']:.2f} | {r['search_s']:.4f} | {r['recall']:.3f} | "
+          f"{r['size_mb']:.1f} | {r['rss_mb']:.1f} |", flush=True)
+
+
 def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     torch.set_num_threads(args.threads)
     import faiss
@@ -84,6 +89,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         rows.append({"index": kind, "build_s": build_s, "search_s": float(np.median(times)),
                      "recall": recall, "size_mb": index_bytes(index) / 2**20,
                      "rss_mb": rss_delta / 2**20})
+        print_row(rows[-1])
         del index
     return rows
 
@@ -107,17 +113,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.types[0] != "exact":
         args.types = ["exact"] + [t for t in args.types if t != "exact"]
-    rows = run(args)
     print(f"# {args.num} x {args.dim} clustered ({args.clusters} centres, noise {args.noise}), "
           f"{args.queries} queries, k={args.k}, {args.threads} threads, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f} at the end")
+          f"load average {os.getloadavg()[0]:.1f} at the start")
     print(f"| index | build s | search s ({args.queries} q) | recall@{args.k} | index MB "
           "| RSS delta MB |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['index']} | {r['build_s']:.2f} | {r['search_s']:.4f} | {r['recall']:.3f} | "
-              f"{r['size_mb']:.1f} | {r['rss_mb']:.1f} |")
-
+    print("|---|---|---|---|---|---|", flush=True)
+    run(args)
+    print(f"# load average {os.getloadavg()[0]:.1f} at the end")
 
 if __name__ == "__main__":
     main()
