@@ -292,7 +292,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
                 f"the finest "
                 f"encoder stride {stride}"
             )
-        use_bias = norm in (None, "")
+        use_bias = norm == ""  # FC-CLIP: conv bias only with the "" norm (none with None)
         lateral_convs, output_convs = [], []
         for idx, in_channels in enumerate(self.feature_channels[: self.num_fpn_levels]):
             lateral = Conv2d(
