@@ -8,8 +8,8 @@ Backends, picked by name from :data:`INDEX_TYPES` (``MODEL.RETCLIP.INDEX.TYPE``)
 * ``hnsw``: FAISS ``IndexHNSWFlat`` (M links, efSearch); approximate; CPU only in FAISS.
 * ``ivfpq``: FAISS ``IndexIVFPQ`` (nlist lists, pq_m bytes per vector, nprobe) wrapped in
   ``IndexRefineFlat``, which re-ranks rerank_factor * k candidates with exact inner products
-  (plain PQ at 64 B plateaus near 0.47 recall@10 in 768 dims). CPU (the refine wrapper does not
-  clone to GPU).
+  (plain PQ at 64 B plateaus near 0.47 recall@10 in 768 dims). Kept on CPU: moving the refine
+  wrapper to GPU is not attempted here.
 
 Search contract (every backend): ``search(queries (N, D), k)`` returns ``(scores, ids)``, both
 (N, k) torch tensors on the queries' device, scores float32 cosine similarities sorted
