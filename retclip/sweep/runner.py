@@ -87,8 +87,17 @@ def _atomic_text(path: str, text: str) -> None:
 _WORKER: Dict[str, Any] = {}
 
 
-def _init_worker(runner: "SweepRunner") -> None:
+def _init_worker(runner: "SweepRunner", dataset: Dict[str, Any]) -> None:
+    """Spawned worker: re-register the dataset if this process does not know it (datasets
+    registered at run time, e.g. synthetic ones, exist only in the parent), then open the cache."""
+    from detectron2.data import DatasetCatalog
+
     torch.set_num_threads(1)
+    name = runner.dataset_name
+    if name not in DatasetCatalog.list():
+        records = dataset["records"]
+        DatasetCatalog.register(name, lambda: records)
+        MetadataCatalog.get(name).set(**{k: v for k, v in dataset["metadata"].items() if k != "name"})
     _WORKER["runner"] = runner
     _WORKER["state"] = runner._open()
 
@@ -250,8 +259,17 @@ class SweepRunner:
                 self._write(rows)
                 logger.info("Sweep point %s: PQ %.3f (%.1f s)", point, rows[-1]["PQ"], rows[-1]["seconds"])
             return rows
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker, initargs=(self,)) as pool:
+        # "spawn": forking a process whose torch / OpenMP thread pools are running can deadlock.
+        from detectron2.data import DatasetCatalog
+
+        dataset = {
+            "records": DatasetCatalog.get(self.dataset_name),
+            "metadata": MetadataCatalog.get(self.dataset_name).as_dict(),
+        }
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_init_worker, initargs=(self, dataset)
+        ) as pool:
             futures = {pool.submit(_worker_point, p): p for p in todo}
             for future in as_completed(futures):
                 rows.append(future.result())
