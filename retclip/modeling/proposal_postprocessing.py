@@ -17,6 +17,7 @@ The rules here, one function per output:
 * **instance**: the top ``topk`` (proposal, class) pairs by p(class | proposal) (times the
   confidence), thing classes only when ``things_only``; boxes are the masks' tight boxes.
 """
+
 from __future__ import annotations
 
 from typing import AbstractSet, Dict, List, Optional, Tuple
@@ -30,13 +31,17 @@ __all__ = ["proposal_scores", "proposal_panoptic", "proposal_semantic", "proposa
 
 def _check(masks: Tensor, probs: Tensor, confidence: Optional[Tensor]) -> None:
     if masks.dim() != 3 or masks.dtype != torch.bool:
-        raise ValueError(f"masks must be an N x H x W bool tensor, got {masks.dtype} {tuple(masks.shape)}")
+        raise ValueError(
+            f"masks must be an N x H x W bool tensor, got {masks.dtype} {tuple(masks.shape)}"
+        )
     if probs.dim() != 2 or probs.shape[0] != masks.shape[0]:
         raise ValueError(
             f"probs must be N x K with N = {masks.shape[0]} masks, got {tuple(probs.shape)}"
         )
     if confidence is not None and confidence.shape != (masks.shape[0],):
-        raise ValueError(f"confidence must have shape ({masks.shape[0]},), got {tuple(confidence.shape)}")
+        raise ValueError(
+            f"confidence must have shape ({masks.shape[0]},), got {tuple(confidence.shape)}"
+        )
 
 
 def proposal_scores(probs: Tensor, confidence: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -106,7 +111,9 @@ def proposal_panoptic(
         if not isthing:
             stuff_segment[label] = segment_id
         panoptic[free] = segment_id
-        segments.append({"id": segment_id, "isthing": bool(isthing), "category_id": label, "score": score})
+        segments.append(
+            {"id": segment_id, "isthing": bool(isthing), "category_id": label, "score": score}
+        )
     return panoptic, segments
 
 
@@ -138,7 +145,9 @@ def proposal_instances(
     """
     _check(masks, probs, confidence)
     n, k = probs.shape
-    pair_scores = probs.float() * (confidence.to(probs.device).float()[:, None] if confidence is not None else 1.0)
+    pair_scores = probs.float() * (
+        confidence.to(probs.device).float()[:, None] if confidence is not None else 1.0
+    )
     count = min(int(topk), n * k)
     top_scores, top_index = pair_scores.flatten().topk(count, sorted=True)
     classes = top_index % max(k, 1)
@@ -150,7 +159,9 @@ def proposal_instances(
     result = Instances(tuple(masks.shape[-2:]))
     chosen = masks[which]
     result.pred_masks = chosen
-    result.pred_boxes = BitMasks(chosen).get_bounding_boxes() if len(chosen) else Boxes(torch.zeros((0, 4)))
+    result.pred_boxes = (
+        BitMasks(chosen).get_bounding_boxes() if len(chosen) else Boxes(torch.zeros((0, 4)))
+    )
     result.scores = top_scores
     result.pred_classes = classes.long()
     return result

@@ -23,6 +23,7 @@ one forward each, and overlapping outputs are averaged on the patch grid.
 :func:`mask_pool_dense` turns the map and full-resolution masks into one vector per mask: the
 mean, over the mask's pixels, of the feature of the patch each pixel falls in.
 """
+
 from __future__ import annotations
 
 import logging
@@ -110,7 +111,9 @@ class DenseCLIPViT(nn.Module):
         try:
             self.clip_model = create_clip_model(model_name, pretrained)
         except (ValueError, FileNotFoundError) as e:
-            raise type(e)(f"MODEL.TRAINING_FREE.CLIP_MODEL_NAME / CLIP_PRETRAINED_WEIGHTS: {e}") from e
+            raise type(e)(
+                f"MODEL.TRAINING_FREE.CLIP_MODEL_NAME / CLIP_PRETRAINED_WEIGHTS: {e}"
+            ) from e
         visual = self.clip_model.visual
         if not isinstance(visual, VisionTransformer):
             raise ValueError(
@@ -172,7 +175,9 @@ class DenseCLIPViT(nn.Module):
         searched with the other.
         """
         base = EncoderFingerprint.from_open_clip(self.model_name, self.pretrained, self.embed_dim)
-        return EncoderFingerprint(f"{base.model_name}+dense-{self.dense_mode}", base.weights, base.embed_dim)
+        return EncoderFingerprint(
+            f"{base.model_name}+dense-{self.dense_mode}", base.weights, base.embed_dim
+        )
 
     # ---------------------------------------------------------------- text tower
     def encode_prompts(self, prompts: List[str]) -> Tensor:
@@ -227,7 +232,9 @@ class DenseCLIPViT(nn.Module):
         v = F.linear(y, attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :])
         if getattr(attn, "head_scale", None) is not None:  # open_clip's custom Attention
             n, length, _ = v.shape
-            v = (v.reshape(n, length, attn.num_heads, -1) * attn.head_scale.view(1, 1, attn.num_heads, 1))
+            v = v.reshape(n, length, attn.num_heads, -1) * attn.head_scale.view(
+                1, 1, attn.num_heads, 1
+            )
             v = v.reshape(n, length, width)
         v = getattr(attn, "ln_inner", nn.Identity())(v)
         out = attn.out_proj(v)
@@ -267,7 +274,11 @@ class DenseCLIPViT(nn.Module):
             if not self.window or (h <= self.window and w <= self.window):
                 return self._forward_crops(images)
             win_h, win_w = min(self.window, h), min(self.window, w)
-            boxes = [(y, x) for y in window_starts(h, win_h, self.stride) for x in window_starts(w, win_w, self.stride)]
+            boxes = [
+                (y, x)
+                for y in window_starts(h, win_h, self.stride)
+                for x in window_starts(w, win_w, self.stride)
+            ]
             out = images.new_zeros((b, self.embed_dim, h // p, w // p))
             count = images.new_zeros((1, 1, h // p, w // p))
             crops = torch.cat([images[:, :, y : y + win_h, x : x + win_w] for y, x in boxes])
@@ -301,7 +312,9 @@ def mask_pool_dense(features: Tensor, masks: Tensor) -> Tensor:
         )
     if masks.shape[0] == 0:
         return features.new_zeros((0, features.shape[0]))
-    weights = F.interpolate(masks[:, None].to(features.dtype), size=features.shape[-2:], mode="area")[:, 0]
+    weights = F.interpolate(
+        masks[:, None].to(features.dtype), size=features.shape[-2:], mode="area"
+    )[:, 0]
     total = weights.flatten(1).sum(1)
     pooled = torch.einsum("dhw,nhw->nd", features, weights)
     return pooled / total.clamp_min(torch.finfo(features.dtype).tiny)[:, None]
@@ -329,8 +342,16 @@ class DenseViTSegmentEncoder(nn.Module):
         super().__init__()
         self.clip = clip
         self.short_side = int(short_side)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean",
+            torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1),
+            persistent=False,
+        )
+        self.register_buffer(
+            "pixel_std",
+            torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1),
+            persistent=False,
+        )
         self.fingerprint = clip.fingerprint
 
     @classmethod
@@ -338,10 +359,18 @@ class DenseViTSegmentEncoder(nn.Module):
         """From ``MODEL.TRAINING_FREE`` and ``MODEL.PIXEL_MEAN/STD`` (the model's own settings)."""
         tf = cfg.MODEL.TRAINING_FREE
         clip = DenseCLIPViT(
-            model_name=tf.CLIP_MODEL_NAME, pretrained=tf.CLIP_PRETRAINED_WEIGHTS, dense_mode=tf.DENSE_MODE,
-            window=tf.SLIDE_WINDOW, stride=tf.SLIDE_STRIDE,
+            model_name=tf.CLIP_MODEL_NAME,
+            pretrained=tf.CLIP_PRETRAINED_WEIGHTS,
+            dense_mode=tf.DENSE_MODE,
+            window=tf.SLIDE_WINDOW,
+            stride=tf.SLIDE_STRIDE,
         )
-        return cls(clip, short_side=tf.CLIP_SHORT_SIDE, pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD)
+        return cls(
+            clip,
+            short_side=tf.CLIP_SHORT_SIDE,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD,
+        )
 
     @property
     def device(self) -> torch.device:

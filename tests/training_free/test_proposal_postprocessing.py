@@ -1,4 +1,5 @@
 """Proposal post-processing against hand-computed tiny examples."""
+
 import pytest
 import torch
 
@@ -15,39 +16,51 @@ def _masks(*rows_per_mask):
 
 
 # 4 x 4 image, 4 proposals, 3 classes; class 0 is stuff, 1 and 2 are things.
-A = ["##..", "##..", "....", "...."]   # score 0.9, class 1 (thing)
-B = [".###", ".###", "....", "...."]   # score 0.8, class 2; 4 of its 6 pixels stay free (0.67)
-C = ["....", "....", "####", "####"]   # score 0.7, class 0 (stuff)
-D = ["....", "....", "..##", "..##"]   # score 0.6, class 0 (stuff); fully under C -> dropped
-PROBS = torch.tensor([
-    [0.05, 0.90, 0.05],
-    [0.10, 0.10, 0.80],
-    [0.70, 0.20, 0.10],
-    [0.60, 0.30, 0.10],
-])
+A = ["##..", "##..", "....", "...."]  # score 0.9, class 1 (thing)
+B = [".###", ".###", "....", "...."]  # score 0.8, class 2; 4 of its 6 pixels stay free (0.67)
+C = ["....", "....", "####", "####"]  # score 0.7, class 0 (stuff)
+D = ["....", "....", "..##", "..##"]  # score 0.6, class 0 (stuff); fully under C -> dropped
+PROBS = torch.tensor(
+    [
+        [0.05, 0.90, 0.05],
+        [0.10, 0.10, 0.80],
+        [0.70, 0.20, 0.10],
+        [0.60, 0.30, 0.10],
+    ]
+)
 
 
 def test_panoptic_paints_by_descending_score_and_drops_covered():
     masks = _masks(A, B, C, D)
     # threshold 0.5: B keeps 4/6 >= 0.5 -> kept; D keeps 0/4 -> dropped
     pan, info = proposal_panoptic(masks, PROBS, thing_ids={1, 2}, overlap_threshold=0.5)
-    expected = torch.tensor([
-        [1, 1, 2, 2],
-        [1, 1, 2, 2],
-        [3, 3, 3, 3],
-        [3, 3, 3, 3],
-    ], dtype=torch.int32)
+    expected = torch.tensor(
+        [
+            [1, 1, 2, 2],
+            [1, 1, 2, 2],
+            [3, 3, 3, 3],
+            [3, 3, 3, 3],
+        ],
+        dtype=torch.int32,
+    )
     assert torch.equal(pan, expected)
-    assert [(s["id"], s["category_id"], s["isthing"]) for s in info] == [(1, 1, True), (2, 2, True), (3, 0, False)]
+    assert [(s["id"], s["category_id"], s["isthing"]) for s in info] == [
+        (1, 1, True),
+        (2, 2, True),
+        (3, 0, False),
+    ]
     assert info[0]["score"] == pytest.approx(0.9)
     # threshold 0.8: B keeps only 0.67 of its area -> dropped; its free pixels stay void
     pan, info = proposal_panoptic(masks, PROBS, thing_ids={1, 2}, overlap_threshold=0.8)
-    expected_b_dropped = torch.tensor([
-        [1, 1, 0, 0],
-        [1, 1, 0, 0],
-        [2, 2, 2, 2],
-        [2, 2, 2, 2],
-    ], dtype=torch.int32)
+    expected_b_dropped = torch.tensor(
+        [
+            [1, 1, 0, 0],
+            [1, 1, 0, 0],
+            [2, 2, 2, 2],
+            [2, 2, 2, 2],
+        ],
+        dtype=torch.int32,
+    )
     assert torch.equal(pan, expected_b_dropped)
     assert [s["category_id"] for s in info] == [1, 0]
 
@@ -64,12 +77,18 @@ def test_panoptic_merges_stuff_and_applies_score_threshold_and_confidence():
     pan, info = proposal_panoptic(masks, probs, thing_ids={0}, overlap_threshold=0.8)
     assert pan[0, 3] == 1 and pan[0, 0] == 2
     # score threshold drops the 0.6 proposal
-    pan, info = proposal_panoptic(masks, probs, thing_ids={0}, overlap_threshold=0.8, object_score_threshold=0.7)
+    pan, info = proposal_panoptic(
+        masks, probs, thing_ids={0}, overlap_threshold=0.8, object_score_threshold=0.7
+    )
     assert len(info) == 1 and int((pan == 0).sum()) == 8
     # confidence reorders: 0.6 * 1.0 > 0.9 * 0.5 -> left painted first; right keeps 4/12 free
     overlapping = _masks(["###.", "###.", "###.", "###."], [".###", ".###", ".###", ".###"])
     pan, info = proposal_panoptic(
-        overlapping, probs, thing_ids={0}, overlap_threshold=0.3, confidence=torch.tensor([1.0, 0.5])
+        overlapping,
+        probs,
+        thing_ids={0},
+        overlap_threshold=0.3,
+        confidence=torch.tensor([1.0, 0.5]),
     )
     assert pan[0, 1] == 1 and pan[0, 2] == 1 and pan[0, 3] == 2
     assert info[0]["score"] == pytest.approx(0.6) and info[1]["score"] == pytest.approx(0.45)
@@ -111,7 +130,9 @@ def test_empty_proposals_give_empty_outputs():
 
 def test_bad_inputs_name_the_shapes():
     with pytest.raises(ValueError, match="bool"):
-        proposal_panoptic(torch.zeros(1, 2, 2), torch.ones(1, 2), thing_ids=set(), overlap_threshold=0.5)
+        proposal_panoptic(
+            torch.zeros(1, 2, 2), torch.ones(1, 2), thing_ids=set(), overlap_threshold=0.5
+        )
     with pytest.raises(ValueError, match="N x K with N = 2"):
         proposal_semantic(torch.zeros(2, 2, 2, dtype=torch.bool), torch.ones(3, 2))
     with pytest.raises(ValueError, match="empty vocabulary"):

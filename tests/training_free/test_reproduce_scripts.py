@@ -1,4 +1,5 @@
 """scripts/reproduce_table{2,3}.sh: input checks, the printed table, and one real tiny row."""
+
 import json
 import os
 import subprocess
@@ -13,9 +14,20 @@ SCRIPTS = {2: REPO / "scripts" / "reproduce_table2.sh", 3: REPO / "scripts" / "r
 
 
 def run(args, env, **kwargs):
-    base = {k: v for k, v in os.environ.items() if k not in (
-        "DETECTRON2_DATASETS", "RETCLIP_DATABASES", "SAM_CHECKPOINT", "GROUNDING_DINO_MODEL")}
-    return subprocess.run(["bash", *args], env={**base, **env}, capture_output=True, text=True, timeout=300, **kwargs)
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "DETECTRON2_DATASETS",
+            "RETCLIP_DATABASES",
+            "SAM_CHECKPOINT",
+            "GROUNDING_DINO_MODEL",
+        )
+    }
+    return subprocess.run(
+        ["bash", *args], env={**base, **env}, capture_output=True, text=True, timeout=300, **kwargs
+    )
 
 
 @pytest.fixture
@@ -62,22 +74,36 @@ def test_missing_files_are_named(inputs, tmp_path):
     os.remove(Path(inputs["RETCLIP_DATABASES"]) / "ade20k_train_vit_l14" / "manifest.json")
     result = run([str(SCRIPTS[2]), "--check"], inputs)
     assert result.returncode == 2 and "ade20k_train_vit_l14" in result.stderr
-    result = run([str(SCRIPTS[3]), "--check"], {**inputs, "GROUNDING_DINO_MODEL": str(tmp_path / "no_gdino")})
+    result = run(
+        [str(SCRIPTS[3]), "--check"], {**inputs, "GROUNDING_DINO_MODEL": str(tmp_path / "no_gdino")}
+    )
     assert result.returncode == 2 and "no_gdino" in result.stderr
-    result = run([str(SCRIPTS[2]), "--check"], {**inputs, "SAM_CHECKPOINT": str(tmp_path / "nope.pth")})
+    result = run(
+        [str(SCRIPTS[2]), "--check"], {**inputs, "SAM_CHECKPOINT": str(tmp_path / "nope.pth")}
+    )
     assert result.returncode == 2 and "nope.pth" in result.stderr
 
 
 def test_every_config_named_by_the_scripts_exists_and_sets_its_row():
     for script in SCRIPTS.values():
-        configs = [line.split("|")[2] for line in script.read_text().splitlines() if line.strip().startswith('"') and ".yaml|" in line]
+        configs = [
+            line.split("|")[2]
+            for line in script.read_text().splitlines()
+            if line.strip().startswith('"') and ".yaml|" in line
+        ]
         assert len(configs) == 6
         for name in configs:
             cfg = yaml.safe_load((REPO / "configs" / "training_free" / name).read_text())
             tf = cfg["MODEL"]["TRAINING_FREE"]
             assert tf["MODE"] in name and ("b16" in name) == (tf["CLIP_MODEL_NAME"] == "ViT-B-16")
-            expected = {"gt": "ground_truth", "sam_grid": "sam_grid", "gdino_sam": "grounding_dino_sam"}
-            assert tf["PROPOSALS"] == next(v for k, v in expected.items() if name.endswith(f"_{k}.yaml"))
+            expected = {
+                "gt": "ground_truth",
+                "sam_grid": "sam_grid",
+                "gdino_sam": "grounding_dino_sam",
+            }
+            assert tf["PROPOSALS"] == next(
+                v for k, v in expected.items() if name.endswith(f"_{k}.yaml")
+            )
 
 
 def test_table_prints_metrics_as_fractions(tmp_path):
@@ -85,7 +111,11 @@ def test_table_prints_metrics_as_fractions(tmp_path):
     out.mkdir()
     metrics = {"panoptic_seg": {"PQ": 12.7}, "segm": {"AP": 7.5}, "sem_seg": {"mIoU": 17.3}}
     (out / "metrics_eval.json").write_text(json.dumps(metrics))
-    script = f'source "{SCRIPTS[2]}"; tf_table "T" "RetCLIP|CLIP-ViT-base|{out}|0.127|0.075|0.173" "CLIP|CLIP-ViT-base|{tmp_path / "none"}|0.090|0.055|0.123"'
+    rows = [
+        f"RetCLIP|CLIP-ViT-base|{out}|0.127|0.075|0.173",
+        f"CLIP|CLIP-ViT-base|{tmp_path / 'none'}|0.090|0.055|0.123",
+    ]
+    script = f'source "{SCRIPTS[2]}"; tf_table "T" "{rows[0]}" "{rows[1]}"'
     result = run(["-c", script], {"PYTHON": sys.executable})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
@@ -97,9 +127,15 @@ def test_table_prints_metrics_as_fractions(tmp_path):
 def test_one_real_row_runs_train_net_eval_only(inputs, tmp_path):
     """tf_run_row on the tiny config: tools/train_net.py --eval-only end to end on CPU."""
     out = tmp_path / "tiny_row"
-    script = f'source "{SCRIPTS[2]}"; tf_check_common; tf_run_row ../tests/tiny_training_free_gt.yaml "{out}"'
-    env = {**inputs, "PYTHON": sys.executable, "NUM_GPUS": "0", "RETCLIP_SYNTHETIC_DIR": str(tmp_path / "synthetic"),
-           "HF_HUB_OFFLINE": "1"}
+    row = "../tests/tiny_training_free_gt.yaml"
+    script = f'source "{SCRIPTS[2]}"; tf_check_common; tf_run_row {row} "{out}"'
+    env = {
+        **inputs,
+        "PYTHON": sys.executable,
+        "NUM_GPUS": "0",
+        "RETCLIP_SYNTHETIC_DIR": str(tmp_path / "synthetic"),
+        "HF_HUB_OFFLINE": "1",
+    }
     result = run(["-c", script], env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics_eval.json").read_text())

@@ -1,4 +1,5 @@
 """TrainingFreeRetCLIP end to end with tiny random models on the synthetic ADE-like dataset."""
+
 import functools
 import logging
 from pathlib import Path
@@ -27,7 +28,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tests"
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("tf_synthetic")
-    _, test = make_and_register_synthetic(str(root), prefix="tf_model_synth", num_train=1, num_test=4)
+    _, test = make_and_register_synthetic(
+        str(root), prefix="tf_model_synth", num_train=1, num_test=4
+    )
     return test
 
 
@@ -64,7 +67,9 @@ def images_and_segments(dataset):
     """[(dataset dict, 3 x H x W float image, GT masks N x H x W bool, labels N)]."""
     out = []
     for d in DatasetCatalog.get(dataset):
-        image = torch.from_numpy(np.array(read_image(d["file_name"], format="RGB"))).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(read_image(d["file_name"], format="RGB"))).permute(
+            2, 0, 1
+        )
         masks, labels, _ = read_panoptic_segments(d)
         out.append((d, image.float(), torch.from_numpy(masks), torch.from_numpy(labels)))
     return out
@@ -76,7 +81,9 @@ def self_database(dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tf_db")
     model = build(make_cfg(dataset, tmp))
     meta_names = list(model.vocabulary.class_names)
-    db = FeatureDatabase.create(tmp / "self_db", model.clip.fingerprint, meta_names, source=dataset, dtype="float32")
+    db = FeatureDatabase.create(
+        tmp / "self_db", model.clip.fingerprint, meta_names, source=dataset, dtype="float32"
+    )
     for d, image, masks, labels in images_and_segments(dataset):
         with torch.no_grad():
             feats = model.segment_embeddings(image, masks)
@@ -91,15 +98,23 @@ def evaluate(model, cfg, dataset):
 
 def test_retrieval_on_own_segments_classifies_nearly_all(dataset, self_database, tmp_path):
     cfg_clip = make_cfg(dataset, tmp_path / "clip")
-    cfg_ret = make_cfg(dataset, tmp_path / "ret", **{"MODEL.TRAINING_FREE.MODE": "retrieval",
-                                                    "MODEL.RETCLIP.DATABASE": str(self_database.path)})
+    cfg_ret = make_cfg(
+        dataset,
+        tmp_path / "ret",
+        **{
+            "MODEL.TRAINING_FREE.MODE": "retrieval",
+            "MODEL.RETCLIP.DATABASE": str(self_database.path),
+        },
+    )
     clip_model, ret_model = build(cfg_clip), build(cfg_ret)
     for a, b in zip(clip_model.clip.state_dict().values(), ret_model.clip.state_dict().values()):
         assert torch.equal(a, b)
     correct = total = 0
     for _, image, masks, labels in images_and_segments(dataset):
         with torch.no_grad():
-            probs = ret_model.classify(ret_model.segment_embeddings(image, masks), masks.flatten(1).any(1))
+            probs = ret_model.classify(
+                ret_model.segment_embeddings(image, masks), masks.flatten(1).any(1)
+            )
         correct += int((probs.argmax(1) == labels).sum())
         total += len(labels)
     assert total >= 8 and correct / total >= 0.9
@@ -118,22 +133,39 @@ SOURCES = {
 # One mode per source runs by default; the other six combinations are slow tests.
 _FAST = {("ground_truth", "retclip"), ("sam_grid", "retrieval"), ("grounding_dino_sam", "clip")}
 COMBINATIONS = [
-    pytest.param(source, mode, marks=() if (source, mode) in _FAST else pytest.mark.slow, id=f"{source}-{mode}")
-    for source in SOURCES for mode in ("clip", "retrieval", "retclip")
+    pytest.param(
+        source,
+        mode,
+        marks=() if (source, mode) in _FAST else pytest.mark.slow,
+        id=f"{source}-{mode}",
+    )
+    for source in SOURCES
+    for mode in ("clip", "retrieval", "retclip")
 ]
 
 
 @pytest.mark.parametrize("source,mode", COMBINATIONS)
-def test_every_source_and_mode_gives_detectron2_outputs(dataset, self_database, gdino_dirs, tmp_path, source, mode):
-    cfg = make_cfg(dataset, tmp_path, SOURCES[source], **{
-        "MODEL.TRAINING_FREE.MODE": mode,
-        "MODEL.RETCLIP.DATABASE": "" if mode == "clip" else str(self_database.path),
-        "MODEL.TRAINING_FREE.GROUNDING_DINO.MODEL": gdino_dirs[256],
-    })
+def test_every_source_and_mode_gives_detectron2_outputs(
+    dataset, self_database, gdino_dirs, tmp_path, source, mode
+):
+    cfg = make_cfg(
+        dataset,
+        tmp_path,
+        SOURCES[source],
+        **{
+            "MODEL.TRAINING_FREE.MODE": mode,
+            "MODEL.RETCLIP.DATABASE": "" if mode == "clip" else str(self_database.path),
+            "MODEL.TRAINING_FREE.GROUNDING_DINO.MODEL": gdino_dirs[256],
+        },
+    )
     model = build(cfg)
     d, image, _, _ = images_and_segments(dataset)[0]
-    x = {"image": image.to(torch.uint8), "height": image.shape[1], "width": image.shape[2], **{
-        k: d[k] for k in ("file_name", "image_id", "pan_seg_file_name", "segments_info")}}
+    x = {
+        "image": image.to(torch.uint8),
+        "height": image.shape[1],
+        "width": image.shape[2],
+        **{k: d[k] for k in ("file_name", "image_id", "pan_seg_file_name", "segments_info")},
+    }
     out = model([x])[0]
     k, (h, w) = len(model.vocabulary), image.shape[1:]
     assert out["num_proposals"] > 0
@@ -150,10 +182,15 @@ def test_every_source_and_mode_gives_detectron2_outputs(dataset, self_database, 
 
 
 def test_no_proposals_gives_empty_outputs(dataset, gdino_dirs, tmp_path):
-    cfg = make_cfg(dataset, tmp_path, SOURCES["grounding_dino_sam"], **{
-        "MODEL.TRAINING_FREE.GROUNDING_DINO.MODEL": gdino_dirs[256],
-        "MODEL.TRAINING_FREE.GROUNDING_DINO.BOX_THRESHOLD": 1.0,  # nothing passes a sigmoid > 1
-    })
+    cfg = make_cfg(
+        dataset,
+        tmp_path,
+        SOURCES["grounding_dino_sam"],
+        **{
+            "MODEL.TRAINING_FREE.GROUNDING_DINO.MODEL": gdino_dirs[256],
+            "MODEL.TRAINING_FREE.GROUNDING_DINO.BOX_THRESHOLD": 1.0,  # nothing passes a sigmoid > 1
+        },
+    )
     model = build(cfg)
     _, image, _, _ = images_and_segments(dataset)[0]
     out = model([{"image": image.to(torch.uint8)}])[0]
@@ -185,9 +222,14 @@ def test_masks_of_wrong_size_are_an_error_naming_both_sizes(dataset, tmp_path):
 
 
 def test_long_vocabulary_prompt_is_chunked(dataset, gdino_dirs, tmp_path):
-    cfg = make_cfg(dataset, tmp_path, SOURCES["grounding_dino_sam"], **{
-        "MODEL.TRAINING_FREE.GROUNDING_DINO.MODEL": gdino_dirs[16],
-    })
+    cfg = make_cfg(
+        dataset,
+        tmp_path,
+        SOURCES["grounding_dino_sam"],
+        **{
+            "MODEL.TRAINING_FREE.GROUNDING_DINO.MODEL": gdino_dirs[16],
+        },
+    )
     model = build(cfg)
     detector = model.proposal_source.detector
     names = list(model.vocabulary.class_names)
@@ -209,20 +251,28 @@ def test_long_vocabulary_prompt_is_chunked(dataset, gdino_dirs, tmp_path):
 def test_class_missing_from_database_falls_back_to_clip(dataset, self_database, tmp_path, caplog):
     missing = ["sky", "lamp"]
     partial = self_database.remove_classes(missing, tmp_path / "partial_db")
-    cfg_ret = make_cfg(dataset, tmp_path / "r", **{"MODEL.TRAINING_FREE.MODE": "retrieval",
-                                                  "MODEL.RETCLIP.DATABASE": str(partial.path)})
+    cfg_ret = make_cfg(
+        dataset,
+        tmp_path / "r",
+        **{"MODEL.TRAINING_FREE.MODE": "retrieval", "MODEL.RETCLIP.DATABASE": str(partial.path)},
+    )
     ret_model, clip_model = build(cfg_ret), build(make_cfg(dataset, tmp_path / "c"))
     names = list(ret_model.vocabulary.class_names)
     absent = [names.index(n) for n in missing]
     present = [i for i in range(len(names)) if i not in absent]
     _, image, masks, labels = images_and_segments(dataset)[0]
     valid = masks.flatten(1).any(1)
-    with caplog.at_level(logging.WARNING, logger="retclip.modeling.meta_arch.training_free"), torch.no_grad():
+    with caplog.at_level(
+        logging.WARNING, logger="retclip.modeling.meta_arch.training_free"
+    ), torch.no_grad():
         probs = ret_model.classify(ret_model.segment_embeddings(image, masks), valid)
         s_clip = clip_model.classify(clip_model.segment_embeddings(image, masks), valid)
     torch.testing.assert_close(probs[:, absent], s_clip[:, absent])
     assert not torch.allclose(probs[:, present], s_clip[:, present])
-    assert any("fall back to CLIP" in r.message and "sky" in r.message and "lamp" in r.message for r in caplog.records)
+    assert any(
+        "fall back to CLIP" in r.message and "sky" in r.message and "lamp" in r.message
+        for r in caplog.records
+    )
 
 
 def test_bad_configuration_is_refused(dataset, tmp_path):
@@ -246,7 +296,10 @@ def test_database_encoder_gives_the_model_retrieval_keys(dataset, tmp_path, shor
     cfg = make_cfg(dataset, tmp_path, **{"MODEL.TRAINING_FREE.CLIP_SHORT_SIDE": short_side})
     model = build(cfg)
     encoder = DenseViTSegmentEncoder(
-        model.clip, short_side=short_side, pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD
+        model.clip,
+        short_side=short_side,
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
     )
     assert encoder.fingerprint == model.clip.fingerprint
     _, image, masks, _ = images_and_segments(dataset)[1]

@@ -1,4 +1,5 @@
 """Dense CLIP ViT features: checked against open_clip's own forward and torch's attention."""
+
 import pytest
 import torch
 
@@ -47,7 +48,10 @@ def test_value_mode_equals_self_only_attention(dense_value):
     with torch.no_grad():
         # the second-to-last block's output (class token first), computed by open_clip
         out = visual.forward_intermediates(
-            x, indices=[len(visual.transformer.resblocks) - 2], output_fmt="NLC", output_extra_tokens=True
+            x,
+            indices=[len(visual.transformer.resblocks) - 2],
+            output_fmt="NLC",
+            output_extra_tokens=True,
         )
         pre = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], 1)
         block = visual.transformer.resblocks[-1]
@@ -97,7 +101,9 @@ def test_sliding_windows_stitch_crop_forwards(dense_value):
     for y0 in (0, 32):
         for x0 in (0, 32, 64):
             crop = dense_value(x[:, :, y0 : y0 + 32, x0 : x0 + 32])
-            torch.testing.assert_close(got[:, :, y0 // 16 : y0 // 16 + 2, x0 // 16 : x0 // 16 + 2], crop)
+            torch.testing.assert_close(
+                got[:, :, y0 // 16 : y0 // 16 + 2, x0 // 16 : x0 // 16 + 2], crop
+            )
     # overlapping windows (48 px, stride 16) on a 64 px wide image: column 1 is seen by two
     overlap = _tokens_mode(dense_value, window=48, stride=16)
     x2 = torch.randn(1, 3, 48, 64)

@@ -16,6 +16,7 @@ embedding is classified by ``MODEL.TRAINING_FREE.MODE``:
 Masks and scores become detectron2 outputs by :mod:`retclip.modeling.proposal_postprocessing`.
 There is no void class and nothing to train.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,8 @@ from ...proposals import (
     GroundingDinoDetector,
     GroundingDinoSamProposals,
     GroundTruthProposals,
-    ProposalSource,
     Proposals,
+    ProposalSource,
     SamBoxSegmenter,
     SamGridProposals,
     load_sam,
@@ -46,12 +47,22 @@ from ..proposal_postprocessing import proposal_instances, proposal_panoptic, pro
 from ..retrieval_head import RetrievalHead, resolve_database_path
 from ..text_classifier import TextEmbeddingCache, encode_vocabulary
 from ..vit_dense import DenseCLIPViT, clip_input_size, mask_pool_dense
-from ..vocabulary import Vocabulary, class_names_from_metadata, make_vocabulary, thing_ids_from_metadata
+from ..vocabulary import (
+    Vocabulary,
+    class_names_from_metadata,
+    make_vocabulary,
+    thing_ids_from_metadata,
+)
 from .inputs import check_batched_inputs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingFreeRetCLIP", "PROPOSAL_SOURCES", "TRAINING_FREE_MODES", "build_training_free_proposals"]
+__all__ = [
+    "TrainingFreeRetCLIP",
+    "PROPOSAL_SOURCES",
+    "TRAINING_FREE_MODES",
+    "build_training_free_proposals",
+]
 
 #: ``MODEL.TRAINING_FREE.PROPOSALS`` values.
 PROPOSAL_SOURCES = ("ground_truth", "sam_grid", "grounding_dino_sam")
@@ -63,7 +74,9 @@ def build_training_free_proposals(cfg) -> ProposalSource:
     """The proposal source named by ``MODEL.TRAINING_FREE.PROPOSALS``, on ``MODEL.DEVICE``."""
     tf = cfg.MODEL.TRAINING_FREE
     if tf.PROPOSALS not in PROPOSAL_SOURCES:
-        raise ValueError(f"MODEL.TRAINING_FREE.PROPOSALS must be one of {PROPOSAL_SOURCES}, got {tf.PROPOSALS!r}")
+        raise ValueError(
+            f"MODEL.TRAINING_FREE.PROPOSALS must be one of {PROPOSAL_SOURCES}, got {tf.PROPOSALS!r}"
+        )
     if tf.PROPOSALS == "ground_truth":
         return GroundTruthProposals()
     device = cfg.MODEL.DEVICE
@@ -79,10 +92,15 @@ def build_training_free_proposals(cfg) -> ProposalSource:
         )
     gd = tf.GROUNDING_DINO
     detector = GroundingDinoDetector.from_pretrained(
-        gd.MODEL, device=device, box_threshold=gd.BOX_THRESHOLD, text_threshold=gd.TEXT_THRESHOLD,
+        gd.MODEL,
+        device=device,
+        box_threshold=gd.BOX_THRESHOLD,
+        text_threshold=gd.TEXT_THRESHOLD,
         nms_threshold=gd.NMS_THRESHOLD,
     )
-    return GroundingDinoSamProposals(detector=detector, segmenter=SamBoxSegmenter(sam, multimask_output=tf.SAM.MULTIMASK))
+    return GroundingDinoSamProposals(
+        detector=detector, segmenter=SamBoxSegmenter(sam, multimask_output=tf.SAM.MULTIMASK)
+    )
 
 
 @META_ARCH_REGISTRY.register()
@@ -132,10 +150,13 @@ class TrainingFreeRetCLIP(nn.Module):
         """
         super().__init__()
         if mode not in TRAINING_FREE_MODES:
-            raise ValueError(f"MODEL.TRAINING_FREE.MODE must be one of {TRAINING_FREE_MODES}, got {mode!r}")
+            raise ValueError(
+                f"MODEL.TRAINING_FREE.MODE must be one of {TRAINING_FREE_MODES}, got {mode!r}"
+            )
         if mode != "clip" and retrieval_head is None:
             raise ValueError(
-                f"MODEL.TRAINING_FREE.MODE {mode!r} needs a feature database: set MODEL.RETCLIP.DATABASE"
+                f"MODEL.TRAINING_FREE.MODE {mode!r} needs a feature database: "
+                "set MODEL.RETCLIP.DATABASE"
             )
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"MODEL.RETCLIP.GAMMA must lie in [0, 1], got {gamma}")
@@ -148,8 +169,16 @@ class TrainingFreeRetCLIP(nn.Module):
         self.gamma = float(gamma)
         self.clip_short_side = int(clip_short_side)
         self.test_metadata = test_metadata
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean",
+            torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1),
+            persistent=False,
+        )
+        self.register_buffer(
+            "pixel_std",
+            torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1),
+            persistent=False,
+        )
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.object_score_threshold = object_score_threshold
         self.overlap_threshold = overlap_threshold
@@ -163,23 +192,34 @@ class TrainingFreeRetCLIP(nn.Module):
     def from_config(cls, cfg) -> Dict[str, Any]:
         tf, rc, test = cfg.MODEL.TRAINING_FREE, cfg.MODEL.RETCLIP, cfg.MODEL.MASK_FORMER.TEST
         clip = DenseCLIPViT(
-            model_name=tf.CLIP_MODEL_NAME, pretrained=tf.CLIP_PRETRAINED_WEIGHTS, dense_mode=tf.DENSE_MODE,
-            window=tf.SLIDE_WINDOW, stride=tf.SLIDE_STRIDE,
+            model_name=tf.CLIP_MODEL_NAME,
+            pretrained=tf.CLIP_PRETRAINED_WEIGHTS,
+            dense_mode=tf.DENSE_MODE,
+            window=tf.SLIDE_WINDOW,
+            stride=tf.SLIDE_STRIDE,
         )
         paths = [
-            p for p in (
+            p
+            for p in (
                 resolve_database_path(rc.DATABASE),
                 resolve_database_path(rc.FALLBACK_DATABASE, "MODEL.RETCLIP.FALLBACK_DATABASE"),
-            ) if p is not None
+            )
+            if p is not None
         ]
         head = None
         if paths and tf.MODE != "clip":
             device = cfg.MODEL.DEVICE if rc.INDEX.TYPE == "exact" else "cpu"
             head = RetrievalHead.from_paths(
-                paths, IndexConfig.from_cfg(cfg, device=device), clip.fingerprint,
-                top_k=rc.TOP_K, aggregation=rc.AGGREGATION, rank_vote_offset=rc.RANK_VOTE_OFFSET,
-                embed_texts=None, match_threshold=rc.LABEL_MATCH_THRESHOLD,
-                near_miss=rc.LABEL_MATCH_NEAR_MISS, report_dir=cfg.OUTPUT_DIR or None,
+                paths,
+                IndexConfig.from_cfg(cfg, device=device),
+                clip.fingerprint,
+                top_k=rc.TOP_K,
+                aggregation=rc.AGGREGATION,
+                rank_vote_offset=rc.RANK_VOTE_OFFSET,
+                embed_texts=None,
+                match_threshold=rc.LABEL_MATCH_THRESHOLD,
+                near_miss=rc.LABEL_MATCH_NEAR_MISS,
+                report_dir=cfg.OUTPUT_DIR or None,
             )
         return {
             "clip": clip,
@@ -188,7 +228,9 @@ class TrainingFreeRetCLIP(nn.Module):
             "mode": tf.MODE,
             "gamma": rc.GAMMA,
             "clip_short_side": tf.CLIP_SHORT_SIDE,
-            "test_metadata": MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None,
+            "test_metadata": (
+                MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+            ),
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
             "semantic_on": test.SEMANTIC_ON,
@@ -219,7 +261,9 @@ class TrainingFreeRetCLIP(nn.Module):
             )
         return self._vocabulary
 
-    def set_vocabulary(self, class_names: Sequence[str], thing_classes: Optional[Sequence[str]] = None) -> Vocabulary:
+    def set_vocabulary(
+        self, class_names: Sequence[str], thing_classes: Optional[Sequence[str]] = None
+    ) -> Vocabulary:
         """Score these classes from now on (synonyms comma-separated); things default to all."""
         names = list(class_names) if not isinstance(class_names, str) else class_names
         thing_ids = None
@@ -254,7 +298,9 @@ class TrainingFreeRetCLIP(nn.Module):
             ValueError: a proposal source returned masks of another size than the image.
         """
         if self.training:
-            raise RuntimeError("TrainingFreeRetCLIP has nothing to train; run tools/train_net.py with --eval-only")
+            raise RuntimeError(
+                "TrainingFreeRetCLIP has nothing to train; run tools/train_net.py with --eval-only"
+            )
         check_batched_inputs(batched_inputs, training=False)
         return [self.inference_one(x) for x in batched_inputs]
 
@@ -264,19 +310,26 @@ class TrainingFreeRetCLIP(nn.Module):
         height, width = int(x.get("height", image.shape[1])), int(x.get("width", image.shape[2]))
         full = image
         if (height, width) != tuple(image.shape[1:]):
-            full = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            full = F.interpolate(
+                image[None], size=(height, width), mode="bilinear", align_corners=False
+            )[0]
         array = full.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         return np.ascontiguousarray(array), image
 
     def _proposals(self, x: Dict[str, Any], array: np.ndarray) -> Proposals:
         source = self.proposal_source
-        names = list(self.vocabulary.class_names) if getattr(source, "needs_class_names", False) else None
+        names = (
+            list(self.vocabulary.class_names)
+            if getattr(source, "needs_class_names", False)
+            else None
+        )
         proposals = source(array, class_names=names, dataset_dict=x)
         expected = tuple(array.shape[:2])
         if tuple(proposals.masks.shape[-2:]) != expected:
             what = x.get("file_name") or x.get("image_id") or "image"
             raise ValueError(
-                f"{type(source).__name__} returned masks of size {tuple(proposals.masks.shape[-2:])} for "
+                f"{type(source).__name__} returned masks of size "
+                f"{tuple(proposals.masks.shape[-2:])} for "
                 f"{what} of size {expected}; proposal masks must match the image"
             )
         return proposals
@@ -287,7 +340,9 @@ class TrainingFreeRetCLIP(nn.Module):
         Args:
             image: 3 x H x W RGB 0-255; masks: N x H' x W' bool over the same extent.
         """
-        h, w = clip_input_size(image.shape[1], image.shape[2], self.clip_short_side, self.clip.patch_size)
+        h, w = clip_input_size(
+            image.shape[1], image.shape[2], self.clip_short_side, self.clip.patch_size
+        )
         x = ((image - self.pixel_mean) / self.pixel_std)[None]
         if (h, w) != tuple(image.shape[1:]):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
@@ -295,11 +350,15 @@ class TrainingFreeRetCLIP(nn.Module):
         return mask_pool_dense(dense, masks.to(dense.device))
 
     def classify(self, embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """N x K class scores of segment embeddings by the configured mode (0 rows where not valid)."""
+        """N x K class scores of segment embeddings by the configured mode (0 where not valid)."""
         names = list(self.vocabulary.class_names)
         text, num_synonyms = self.text_cache.get(names, self.device)
-        classifier = torch.cat([text, text.new_zeros((1, text.shape[1]))])  # no void: a dummy row, dropped
-        logits = get_classification_logits(embeddings, classifier, self.clip.logit_scale, num_synonyms)[:, :-1]
+        classifier = torch.cat(
+            [text, text.new_zeros((1, text.shape[1]))]
+        )  # no void: a dummy row, dropped
+        logits = get_classification_logits(
+            embeddings, classifier, self.clip.logit_scale, num_synonyms
+        )[:, :-1]
         if self.mode == "clip":
             scores = training_free_scores(logits, None, "clip", 0.0)
         else:
@@ -309,7 +368,9 @@ class TrainingFreeRetCLIP(nn.Module):
             # "retrieval" is s_ret where a database covers the class and s_clip where none does:
             # the "retclip" formula with gamma 1 (g_k = 0 for uncovered classes).
             gamma = 1.0 if self.mode == "retrieval" else self.gamma
-            scores = training_free_scores(logits, retrieved.scores.to(self.device), "retclip", gamma, available)
+            scores = training_free_scores(
+                logits, retrieved.scores.to(self.device), "retclip", gamma, available
+            )
         return torch.where(valid[:, None], scores, torch.zeros_like(scores))
 
     def _log_fallback(self, names: List[str], available: torch.Tensor) -> None:
@@ -320,7 +381,10 @@ class TrainingFreeRetCLIP(nn.Module):
         missing = [names[i] for i in torch.nonzero(~available).flatten().tolist()]
         logger.warning(
             "mode %r: %d of %d classes are in no feature database and fall back to CLIP: %s",
-            self.mode, len(missing), len(names), missing,
+            self.mode,
+            len(missing),
+            len(names),
+            missing,
         )
 
     def inference_one(self, x: Dict[str, Any]) -> Dict[str, Any]:
@@ -334,19 +398,29 @@ class TrainingFreeRetCLIP(nn.Module):
                 probs = self.classify(self.segment_embeddings(image, masks), valid)
         else:
             probs = torch.zeros((0, len(self.vocabulary)), device=self.device)
-        confidence = proposals.scores.to(self.device) if self.score_with_proposal_confidence else None
+        confidence = (
+            proposals.scores.to(self.device) if self.score_with_proposal_confidence else None
+        )
         things = self.vocabulary.thing_ids
         result: Dict[str, Any] = {"num_proposals": len(proposals)}
         if self.semantic_on:
             result["sem_seg"] = proposal_semantic(masks, probs)
         if self.panoptic_on:
             result["panoptic_seg"] = proposal_panoptic(
-                masks, probs, thing_ids=things, overlap_threshold=self.overlap_threshold,
-                object_score_threshold=self.object_score_threshold, confidence=confidence,
+                masks,
+                probs,
+                thing_ids=things,
+                overlap_threshold=self.overlap_threshold,
+                object_score_threshold=self.object_score_threshold,
+                confidence=confidence,
             )
         if self.instance_on:
             result["instances"] = proposal_instances(
-                masks, probs, topk=self.test_topk_per_image, thing_ids=things,
-                things_only=self.panoptic_on, confidence=confidence,
+                masks,
+                probs,
+                topk=self.test_topk_per_image,
+                thing_ids=things,
+                things_only=self.panoptic_on,
+                confidence=confidence,
             )
         return result

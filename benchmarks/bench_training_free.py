@@ -1,0 +1,201 @@
+"""Per-stage time of training-free RetCLIP on one image at real model sizes (random weights).
+
+Stages, each timed on its own (one warm-up call first unless noted):
+
+* Grounding DINO (Hugging Face, Swin-B + BERT-base = grounding-dino-base layout, or Swin-T with
+  ``--gdino tiny``) on the 150 ADE20k class names, prompts chunked at 256 tokens. The tokenizer
+  is BERT-style with one token per word of the class names (real BERT splits a few rare words
+  further), so the chunk count is close to the released model's.
+* SAM ViT-B: image encoder, then box-prompt decoding of ``--boxes`` boxes (one batch);
+* SAM ViT-B automatic mask generator on a 32 x 32 point grid (the "Grid + SAM" rows);
+* dense CLIP ViT-B/16 (and ViT-L/14 with ``--vit-large``): one image at short side 448,
+  448 px windows, stride 224 (the configs' setting);
+* mask pooling of the proposals, CLIP classification (text embeddings cached), retrieval
+  (exact search over a random ``--db-size`` x D database, k = 10, max aggregation);
+* text encoding of the 150-class vocabulary (403 synonyms x 14 templates): a one-time cost per
+  vocabulary, reported apart;
+* post-processing (panoptic + semantic + instance) at the image size.
+
+    python benchmarks/bench_training_free.py                       # CPU, 2 threads
+    python benchmarks/bench_training_free.py --gdino tiny --skip-grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Callable, Dict, List
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import retclip  # noqa: E402,F401  (compat steps before detectron2)
+from retclip.data.categories import ade20k_150_categories  # noqa: E402
+from retclip.modeling.mask_pooling import get_classification_logits  # noqa: E402
+from retclip.modeling.proposal_postprocessing import (  # noqa: E402
+    proposal_instances,
+    proposal_panoptic,
+    proposal_semantic,
+)
+from retclip.modeling.text_classifier import encode_vocabulary  # noqa: E402
+from retclip.modeling.vit_dense import DenseCLIPViT, clip_input_size, mask_pool_dense  # noqa: E402
+from retclip.proposals import GroundingDinoDetector, SamBoxSegmenter, SamGridProposals  # noqa: E402
+from retclip.proposals.testing import build_sam_vit_b_random, tiny_bert_vocab  # noqa: E402
+from retclip.retrieval import IndexConfig, build_index, retrieval_scores  # noqa: E402
+
+CLIP_MEAN = torch.tensor([122.7709383, 116.7460125, 104.09373615]).view(3, 1, 1)
+CLIP_STD = torch.tensor([68.5005327, 66.6321579, 70.32316305]).view(3, 1, 1)
+
+
+def timed(fn: Callable[[], object], warmup: bool = True) -> float:
+    if warmup:
+        fn()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def build_grounding_dino(kind: str, names: List[str]):
+    """Random-weight GroundingDinoForObjectDetection at real size, with a word-level tokenizer."""
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    if kind == "base":
+        swin = SwinConfig(
+            embed_dim=128,
+            depths=[2, 2, 18, 2],
+            num_heads=[4, 8, 16, 32],
+            window_size=12,
+            image_size=384,
+            out_indices=[2, 3, 4],
+        )
+    else:
+        swin = SwinConfig(
+            embed_dim=96,
+            depths=[2, 2, 6, 2],
+            num_heads=[3, 6, 12, 24],
+            window_size=7,
+            image_size=224,
+            out_indices=[2, 3, 4],
+        )
+    config = GroundingDinoConfig(backbone_config=swin, text_config=BertConfig())
+    torch.manual_seed(0)
+    model = GroundingDinoForObjectDetection(config).eval()
+    vocab = tiny_bert_vocab()
+    words = sorted(
+        {w for n in names for w in n.lower().replace(",", " ").split() if w.isascii()} - set(vocab)
+    )
+    for w in words:
+        vocab[w] = len(vocab)
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer
+    )
+    return GroundingDinoDetector(model, processor, box_threshold=0.0, text_threshold=0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=683)
+    parser.add_argument("--gdino", choices=("base", "tiny"), default="base")
+    parser.add_argument("--boxes", type=int, default=20, help="box prompts decoded by SAM")
+    parser.add_argument("--db-size", type=int, default=100_000)
+    parser.add_argument("--skip-grid", action="store_true", help="skip SAM's 32x32 point grid")
+    parser.add_argument("--vit-large", action="store_true", help="also time dense ViT-L/14")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(args.height, args.width, 3), dtype=np.uint8)
+    names = [c["name"] for c in ade20k_150_categories()]
+    times: Dict[str, float] = {}
+
+    detector = build_grounding_dino(args.gdino, names)
+    chunks = len(detector.chunk(names))
+    times[f"Grounding DINO ({args.gdino}, {chunks} prompt chunks)"] = timed(
+        lambda: detector(image, names)
+    )
+
+    sam = build_sam_vit_b_random()
+    segmenter = SamBoxSegmenter(sam)
+    torch.manual_seed(0)
+    xy = torch.rand(args.boxes, 2) * torch.tensor([args.width * 0.7, args.height * 0.7])
+    boxes = torch.cat([xy, xy + torch.tensor([args.width * 0.3, args.height * 0.3])], dim=1)
+    times["SAM ViT-B image encoder"] = timed(
+        lambda: segmenter.predictor.set_image(image), warmup=False
+    )
+    total_sam = timed(lambda: segmenter(image, boxes), warmup=False)
+    times[f"SAM ViT-B decode {args.boxes} boxes"] = max(
+        total_sam - times["SAM ViT-B image encoder"], 0.0
+    )
+    if not args.skip_grid:
+        grid = SamGridProposals(sam=sam, points_per_side=32)
+        times["SAM ViT-B 32x32 grid (encoder + decoder)"] = timed(lambda: grid(image), warmup=False)
+
+    clips = [("ViT-B-16", "ViT-B/16")] + ([("ViT-L-14", "ViT-L/14")] if args.vit_large else [])
+    masks, _ = segmenter(image, boxes)
+    for arch, label in clips:
+        torch.manual_seed(0)
+        clip = DenseCLIPViT(model_name=arch, dense_mode="value", window=448, stride=224)
+        h, w = clip_input_size(args.height, args.width, 448, clip.patch_size)
+        x = ((torch.from_numpy(image).permute(2, 0, 1).float() - CLIP_MEAN) / CLIP_STD)[None]
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        dense = clip(x)
+        times[f"dense CLIP {label} at {h}x{w} (448 windows)"] = timed(lambda: clip(x))
+        start = time.perf_counter()
+        text, num_syn = encode_vocabulary(clip.encode_prompts, names)
+        times[f"text encoding {label}, 150 classes (one-time)"] = time.perf_counter() - start
+        emb = mask_pool_dense(dense[0], masks)
+        times[f"mask pooling {len(masks)} masks ({label})"] = timed(
+            lambda: mask_pool_dense(dense[0], masks)
+        )
+        classifier = torch.cat([text, text.new_zeros((1, text.shape[1]))])
+        times[f"CLIP classification ({label})"] = timed(
+            lambda: get_classification_logits(emb, classifier, clip.logit_scale, num_syn)
+        )
+        index = build_index(IndexConfig(type="exact"), clip.embed_dim)
+        index.add(torch.nn.functional.normalize(torch.randn(args.db_size, clip.embed_dim), dim=1))
+        labels = torch.randint(0, 150, (args.db_size,))
+
+        def search() -> None:
+            sims, ids = index.search(torch.nn.functional.normalize(emb, dim=1), 10)
+            retrieval_scores(sims, labels[ids], 150, "max")
+
+        times[f"retrieval, {args.db_size} x {clip.embed_dim} exact, k=10 ({label})"] = timed(search)
+
+    probs = torch.rand(len(masks), 150).softmax(1)
+    things = set(range(100))
+
+    def post() -> None:
+        proposal_panoptic(masks, probs, thing_ids=things, overlap_threshold=0.8)
+        proposal_semantic(masks, probs)
+        proposal_instances(masks, probs, topk=100, thing_ids=things, things_only=True)
+
+    times["post-processing (panoptic + semantic + instance)"] = timed(post)
+
+    once = {k: v for k, v in times.items() if "one-time" in k}
+    print(
+        f"\nTraining-free RetCLIP, one {args.height}x{args.width} image, CPU, "
+        f"{args.threads} threads, random weights"
+    )
+    for key, value in times.items():
+        print(f"  {key:<58} {value:8.2f} s")
+    per_image = sum(
+        v for k, v in times.items() if k not in once and "grid" not in k and "ViT-L" not in k
+    )
+    print(f"  {'per image, Grounding DINO + SAM + ViT-B/16 (cached text)':<58} {per_image:8.2f} s")
+
+
+if __name__ == "__main__":
+    main()
