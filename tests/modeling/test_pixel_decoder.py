@@ -17,6 +17,16 @@ from retclip.modeling.pixel_decoder.msdeformattn import MSDeformAttnTransformerE
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP spin contention when the
+    machine's cores are shared by parallel test runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cfg(conv_dim=256, enc_layers=6):
     cfg = get_cfg()
     add_retclip_config(cfg)

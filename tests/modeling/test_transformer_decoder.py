@@ -18,6 +18,16 @@ from retclip.modeling.transformer_decoder import TRANSFORMER_DECODER_REGISTRY
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP spin contention when the
+    machine's cores are shared by parallel test runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cfg(hidden=256, queries=250, embed_dim=768, dec_layers=10, enc_layers=6, ffn=2048):
     cfg = get_cfg()
     add_retclip_config(cfg)
