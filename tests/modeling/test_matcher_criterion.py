@@ -230,3 +230,53 @@ def test_from_config_matches_fcclip_training_setup():
     assert (criterion.matcher.cost_class, criterion.matcher.cost_mask) == (2.0, 5.0)
     with pytest.raises(ValueError, match="unknown losses"):
         SetCriterion(3, criterion.matcher, {}, 0.1, ["boxes"], 4, 3.0, 0.75)
+
+
+def test_tiny_head_overfits_one_image_with_the_criterion():
+    """Head + matcher + criterion together: a few Adam steps on one image must cut the loss."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        cfg = get_cfg()
+        add_retclip_config(cfg)
+        head_cfg = cfg.MODEL.SEM_SEG_HEAD
+        head_cfg.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+        head_cfg.NUM_CLASSES = 3
+        head_cfg.CONVS_DIM = head_cfg.MASK_DIM = 32
+        head_cfg.NORM = "GN"
+        head_cfg.TRANSFORMER_ENC_LAYERS = 1
+        mf = cfg.MODEL.MASK_FORMER
+        mf.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"
+        mf.DEC_LAYERS, mf.NUM_OBJECT_QUERIES, mf.HIDDEN_DIM, mf.DIM_FEEDFORWARD = 3, 5, 32, 64
+        mf.DROPOUT, mf.TRAIN_NUM_POINTS = 0.0, 256
+        mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT = 2.0, 5.0, 5.0
+        cfg.MODEL.FC_CLIP.EMBED_DIM = 16
+        shapes = {f"res{i + 2}": ShapeSpec(channels=8, stride=4 * 2**i) for i in range(4)}
+        head = SEM_SEG_HEADS_REGISTRY.get("FCCLIPHead")(cfg, shapes)
+        criterion = SetCriterion(cfg)
+        feats = {f"res{i + 2}": torch.randn(1, 8, 16 // 2**i, 16 // 2**i) for i in range(4)}
+        text = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+        masks = torch.zeros(2, 64, 64)
+        masks[0, :, :32] = 1
+        masks[1, :, 32:] = 1
+        targets = [{"labels": torch.tensor([0, 2]), "masks": masks}]
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+
+        def weighted_loss():
+            losses = criterion(head(feats, text, [1, 1, 1]), targets)
+            return sum(losses[k] * criterion.weight_dict[k] for k in losses)
+
+        first = float(weighted_loss().detach())
+        for _ in range(25):
+            optimizer.zero_grad()
+            loss = weighted_loss()
+            loss.backward()
+            optimizer.step()
+        last = float(weighted_loss().detach())
+    finally:
+        torch.set_num_threads(threads)
+    assert last < 0.6 * first, (first, last)
