@@ -157,6 +157,9 @@ def add_training_free_config(cfg: CN) -> None:
     tf.MODE = "retclip"
     # Multiply a proposal's class score by its own confidence (detector score / SAM IoU).
     tf.SCORE_WITH_PROPOSAL_CONFIDENCE = False
+    # Score only the classes the proposal source detected in the image (Grounding DINO's class
+    # hints; §2.2 "confidence-based filtering ... to prune absent classes"); others get 0.
+    tf.RESTRICT_TO_DETECTED_CLASSES = False
     tf.SAM = CN()
     # segment-anything type "vit_b" / "vit_l" / "vit_h" ("tiny": test-only) and local checkpoint.
     tf.SAM.MODEL_TYPE = "vit_b"

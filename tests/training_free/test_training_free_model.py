@@ -313,3 +313,25 @@ def test_database_encoder_gives_the_model_retrieval_keys(dataset, tmp_path, shor
         torch.testing.assert_close(got, keys, rtol=1e-4, atol=1e-5)
     else:  # masks resized by the builder vs area-pooled by the model: nearly the same vectors
         assert float((got * keys).sum(1).min()) > 0.95
+
+
+def test_restrict_to_detected_classes_zeroes_undetected_ones(dataset, gdino_dirs, tmp_path):
+    cfg = make_cfg(
+        dataset,
+        tmp_path,
+        SOURCES["grounding_dino_sam"],
+        **{
+            "MODEL.TRAINING_FREE.GROUNDING_DINO.MODEL": gdino_dirs[256],
+            "MODEL.TRAINING_FREE.RESTRICT_TO_DETECTED_CLASSES": True,
+        },
+    )
+    model = build(cfg)
+    _, image, _, _ = images_and_segments(dataset)[0]
+    array = image.permute(1, 2, 0).to(torch.uint8).numpy()
+    detected = set(model.proposal_source(array, list(model.vocabulary.class_names)).labels.tolist())
+    assert 0 < len(detected) < len(model.vocabulary)
+    out = model([{"image": image.to(torch.uint8)}])[0]
+    undetected = [k for k in range(len(model.vocabulary)) if k not in detected]
+    assert float(out["sem_seg"][undetected].abs().sum()) == 0.0
+    assert {s["category_id"] for s in out["panoptic_seg"][1]} <= detected
+    assert out["sem_seg"][sorted(detected)].sum() > 0

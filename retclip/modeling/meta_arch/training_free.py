@@ -131,6 +131,7 @@ class TrainingFreeRetCLIP(nn.Module):
         overlap_threshold: float,
         test_topk_per_image: int,
         score_with_proposal_confidence: bool = False,
+        restrict_to_detected_classes: bool = False,
     ) -> None:
         """
         Args:
@@ -147,6 +148,8 @@ class TrainingFreeRetCLIP(nn.Module):
             overlap_threshold: panoptic drops a proposal keeping less than this of its area.
             test_topk_per_image: instance detections kept per image.
             score_with_proposal_confidence: multiply class scores by proposal confidences.
+            restrict_to_detected_classes: zero the scores of classes that no proposal of the
+                image carries as its class hint (text-prompted sources only).
         """
         super().__init__()
         if mode not in TRAINING_FREE_MODES:
@@ -184,6 +187,7 @@ class TrainingFreeRetCLIP(nn.Module):
         self.overlap_threshold = overlap_threshold
         self.test_topk_per_image = test_topk_per_image
         self.score_with_proposal_confidence = score_with_proposal_confidence
+        self.restrict_to_detected_classes = restrict_to_detected_classes
         self.text_cache = TextEmbeddingCache(clip.encode_prompts)
         self._vocabulary: Optional[Vocabulary] = None
         self._fallback_logged: set = set()
@@ -240,6 +244,7 @@ class TrainingFreeRetCLIP(nn.Module):
             "overlap_threshold": test.OVERLAP_THRESHOLD,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "score_with_proposal_confidence": tf.SCORE_WITH_PROPOSAL_CONFIDENCE,
+            "restrict_to_detected_classes": tf.RESTRICT_TO_DETECTED_CLASSES,
         }
 
     @property
@@ -387,6 +392,17 @@ class TrainingFreeRetCLIP(nn.Module):
             missing,
         )
 
+    def _keep_detected_classes(self, probs: torch.Tensor, proposals: Proposals) -> torch.Tensor:
+        """Zero the classes no proposal was detected for (text-prompted sources only: a ground
+        truth source's hints are the answers and must not be used)."""
+        if proposals.labels is None or not getattr(
+            self.proposal_source, "needs_class_names", False
+        ):
+            return probs
+        detected = torch.zeros(probs.shape[1], dtype=torch.bool, device=probs.device)
+        detected[proposals.labels.to(probs.device)] = True
+        return probs * detected
+
     def inference_one(self, x: Dict[str, Any]) -> Dict[str, Any]:
         """Outputs of one image (see :meth:`forward`)."""
         array, image = self._output_image(x)
@@ -398,6 +414,8 @@ class TrainingFreeRetCLIP(nn.Module):
                 probs = self.classify(self.segment_embeddings(image, masks), valid)
         else:
             probs = torch.zeros((0, len(self.vocabulary)), device=self.device)
+        if self.restrict_to_detected_classes:
+            probs = self._keep_detected_classes(probs, proposals)
         confidence = (
             proposals.scores.to(self.device) if self.score_with_proposal_confidence else None
         )
