@@ -200,3 +200,30 @@ def test_compiled_kernel_matches_pytorch_path():
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
     for got, want in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_msdeformattn_box_reference_scales_offsets_by_half_box_size():
+    """4-d reference (cx, cy, w, h): location = centre + offset / P * size / 2."""
+    attn = MSDeformAttn(d_model=2, n_levels=1, n_heads=1, n_points=1).double()
+    with torch.no_grad():
+        attn.sampling_offsets.bias.copy_(torch.tensor([1.0, 0.0]))
+        attn.value_proj.weight.copy_(torch.eye(2))
+        attn.output_proj.weight.copy_(torch.eye(2))
+    values = torch.arange(16, dtype=torch.float64).view(1, 8, 2)  # a 2 x 4 map
+    ref = torch.tensor([[[[0.125, 0.25, 0.5, 0.3]]]], dtype=torch.float64)  # pixel (0, 0) centre
+    out = attn(
+        torch.zeros(1, 1, 2, dtype=torch.float64),
+        ref,
+        values,
+        torch.tensor([[2, 4]]),
+        torch.tensor([0]),
+    )
+    torch.testing.assert_close(out[0, 0], values[0, 1])  # moved by w / 2 = one pixel to the right
+    with pytest.raises(ValueError, match="2 or 4"):
+        attn(
+            torch.zeros(1, 1, 2, dtype=torch.float64),
+            ref[..., :3],
+            values,
+            torch.tensor([[2, 4]]),
+            torch.tensor([0]),
+        )
