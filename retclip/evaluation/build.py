@@ -46,7 +46,9 @@ def build_evaluator(cfg: Any, dataset_name: str, output_dir: Optional[str] = Non
     meta = MetadataCatalog.get(dataset_name)
     etype = meta.get("evaluator_type")
     if etype not in EVALUATOR_TYPES:
-        raise ValueError(f"dataset {dataset_name!r} has evaluator_type {etype!r}; supported: {list(EVALUATOR_TYPES)}")
+        raise ValueError(
+            f"dataset {dataset_name!r} has evaluator_type {etype!r}; supported: {list(EVALUATOR_TYPES)}"
+        )
     test = cfg.MODEL.MASK_FORMER.TEST
     panoptic = etype in ("coco_panoptic_seg", "ade20k_panoptic_seg")
     seen = None
@@ -54,7 +56,9 @@ def build_evaluator(cfg: Any, dataset_name: str, output_dir: Optional[str] = Non
         seen = seen_classes_for(dataset_name, list(cfg.DATASETS.TRAIN))
     evaluators: List[DatasetEvaluator] = []
     if (panoptic or etype == "sem_seg") and test.SEMANTIC_ON and meta.get("sem_seg_root"):
-        evaluators.append(SemSegSplitEvaluator(dataset_name, distributed=True, output_dir=output_dir, seen_classes=seen))
+        evaluators.append(
+            SemSegSplitEvaluator(dataset_name, distributed=True, output_dir=output_dir, seen_classes=seen)
+        )
     if panoptic and test.PANOPTIC_ON:
         evaluators.append(PanopticEvaluator(dataset_name, output_dir, seen_classes=seen))
     if (panoptic and test.INSTANCE_ON and meta.get("json_file")) or etype == "coco":

@@ -67,8 +67,8 @@ def panoptic_quality(
         subsets["Unseen"] = {k: c for k, c in categories.items() if k not in seen}
     results = {}
     for name, cats in subsets.items():
-        present = [k for k in cats if stat.pq_per_cat[k].tp + stat.pq_per_cat[k].fp + stat.pq_per_cat[k].fn > 0]
-        if not present:
+        counts = (stat.pq_per_cat[k] for k in cats)
+        if not any(c.tp + c.fp + c.fn > 0 for c in counts):
             results[name] = {"pq": float("nan"), "sq": float("nan"), "rq": float("nan"), "n": 0}
             continue
         results[name], _ = stat.pq_average(cats, isthing=None)
@@ -86,12 +86,17 @@ class PanopticEvaluator(COCOPanopticEvaluator):
     """
 
     def __init__(
-        self, dataset_name: str, output_dir: Optional[str] = None, *, seen_classes: Optional[Sequence[bool]] = None
+        self,
+        dataset_name: str,
+        output_dir: Optional[str] = None,
+        *,
+        seen_classes: Optional[Sequence[bool]] = None,
     ) -> None:
         super().__init__(dataset_name, output_dir)
         self._seen_ids: Optional[list] = None
         if seen_classes is not None:
-            contiguous_to_dataset = {v: k for k, v in self._metadata.stuff_dataset_id_to_contiguous_id.items()}
+            id_map = self._metadata.stuff_dataset_id_to_contiguous_id
+            contiguous_to_dataset = {v: k for k, v in id_map.items()}
             if len(seen_classes) != len(contiguous_to_dataset):
                 raise ValueError(
                     f"seen_classes has {len(seen_classes)} entries but {dataset_name!r} has "
@@ -119,10 +124,14 @@ class PanopticEvaluator(COCOPanopticEvaluator):
             pq = panoptic_quality(gt_json, predictions, gt_folder, pred_dir, self._seen_ids)
 
         res: Dict[str, float] = {}
-        for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st"), ("Seen", "_seen"), ("Unseen", "_unseen")):
+        suffixes = {"All": "", "Things": "_th", "Stuff": "_st", "Seen": "_seen", "Unseen": "_unseen"}
+        for name, suffix in suffixes.items():
             if name in pq:
                 for key in ("pq", "sq", "rq"):
                     res[key.upper() + suffix] = 100 * pq[name][key]
-        rows = [f"{n:7s} PQ {100 * v['pq']:6.2f} SQ {100 * v['sq']:6.2f} RQ {100 * v['rq']:6.2f} #classes {v['n']}" for n, v in pq.items()]
+        rows = [
+            f"{n:7s} PQ {100 * v['pq']:6.2f} SQ {100 * v['sq']:6.2f} RQ {100 * v['rq']:6.2f} #classes {v['n']}"
+            for n, v in pq.items()
+        ]
         logger.info("Panoptic evaluation of %s:\n%s", self._metadata.name, "\n".join(rows))
         return OrderedDict({"panoptic_seg": res})
