@@ -67,7 +67,7 @@ def read_image_checked(path: str, image_format: str) -> np.ndarray:
 
 
 def read_panoptic_ids(path: str, segments_info: List[Dict[str, Any]]) -> np.ndarray:
-    """Read an RGB-encoded panoptic PNG as an (H, W) int64 id map, checking it against the JSON.
+    """Read an RGB-encoded panoptic PNG (H, W, 3 uint8), checking its ids against the JSON.
 
     Raises:
         ValueError: naming the file and the ids present in the PNG but absent from
@@ -75,15 +75,15 @@ def read_panoptic_ids(path: str, segments_info: List[Dict[str, Any]]) -> np.ndar
     """
     from panopticapi.utils import rgb2id
 
-    ids = rgb2id(read_image_checked(path, "RGB")).astype(np.int64)
+    rgb = read_image_checked(path, "RGB")
     known = {int(s["id"]) for s in segments_info}
-    unknown = sorted(int(i) for i in np.unique(ids) if i != 0 and int(i) not in known)
+    unknown = sorted(int(i) for i in np.unique(rgb2id(rgb)) if i != 0 and int(i) not in known)
     if unknown:
         raise ValueError(
             f"panoptic annotation {path} contains segment id(s) {unknown[:10]} that are not in its "
             f"segments_info in the JSON (known ids: {sorted(known)[:10]}...)"
         )
-    return ids
+    return rgb
 
 
 @register_dataset_mapper("coco_panoptic_lsj")
@@ -129,15 +129,19 @@ class COCOPanopticLSJDatasetMapper:
             raise KeyError(f"{dataset_dict['file_name']}: coco_panoptic_lsj needs 'pan_seg_file_name' (a panoptic dataset)")
         segments_info = dataset_dict.pop("segments_info")
         pan_path = dataset_dict.pop("pan_seg_file_name")
-        pan_ids = read_panoptic_ids(pan_path, segments_info)
-        if pan_ids.shape != image.shape[:2]:
-            raise ValueError(f"{pan_path} is {pan_ids.shape[::-1]} but its image is {image.shape[1::-1]} (W, H)")
+        pan_rgb = read_panoptic_ids(pan_path, segments_info)
+        if pan_rgb.shape[:2] != image.shape[:2]:
+            raise ValueError(
+                f"{pan_path} is {pan_rgb.shape[1::-1]} but its image is {image.shape[1::-1]} (W, H)"
+            )
 
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
-        # Nearest-neighbour on the int id map; padding adds id 0 (void).
-        pan_ids = transforms.apply_segmentation(pan_ids.astype(np.float64)).astype(np.int64)
+        # Nearest-neighbour resize of the RGB-encoded ids (as FC-CLIP); padding adds id 0 (void).
+        from panopticapi.utils import rgb2id
+
+        pan_ids = rgb2id(transforms.apply_segmentation(pan_rgb)).astype(np.int64)
 
         h, w = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
