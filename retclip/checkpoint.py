@@ -8,6 +8,7 @@ ones, such as ``criterion.empty_weight`` when fine-tuning to another class count
 by name), raises ``FileNotFoundError`` / ``ValueError`` naming the file, and loads with
 ``torch.load(weights_only=True)`` only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -104,7 +105,11 @@ class RetCLIPCheckpointer(DetectionCheckpointer):
         model_state = self.model.state_dict()
         mismatches: List[str] = []
         for key, value in state.items():
-            name = key[len("module."):] if key.startswith("module.") and key not in model_state else key
+            name = (
+                key[len("module.") :]
+                if key.startswith("module.") and key not in model_state
+                else key
+            )
             if name not in model_state or name in self.allow_shape_mismatch:
                 continue
             ckpt_shape, model_shape = tuple(value.shape), tuple(model_state[name].shape)

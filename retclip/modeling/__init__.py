@@ -4,6 +4,7 @@ Importing this package registers ``CLIP`` (BACKBONE_REGISTRY), ``MSDeformAttnPix
 ``FCCLIPHead`` (SEM_SEG_HEADS_REGISTRY), ``MultiScaleMaskedTransformerDecoder`` and ``FCCLIP``
 (META_ARCH_REGISTRY) under FC-CLIP's names.
 """
+
 from . import pixel_decoder, transformer_decoder  # noqa: F401  (registration)
 from .backbone import CLIP
 from .head import FCCLIPHead

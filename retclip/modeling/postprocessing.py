@@ -4,6 +4,7 @@ Inputs are one image's class log-probabilities ``mask_cls`` (Q, K+1), void last,
 ``mask_pred`` (Q, H, W) already at the output resolution. FC-CLIP passes ``log(probs + 1e-8)``
 as ``mask_cls``; a softmax of it gives back the ensembled probabilities.
 """
+
 from __future__ import annotations
 
 from typing import AbstractSet, Dict, List, Tuple
@@ -78,7 +79,9 @@ def panoptic_inference(
         if not isthing:
             stuff_segment[pred_class] = segment_id
         panoptic_seg[mask] = segment_id
-        segments_info.append({"id": segment_id, "isthing": bool(isthing), "category_id": pred_class})
+        segments_info.append(
+            {"id": segment_id, "isthing": bool(isthing), "category_id": pred_class}
+        )
     return panoptic_seg, segments_info
 
 
@@ -116,7 +119,9 @@ def instance_inference(
     binary = (masks > 0).float()
     result.pred_masks = binary
     result.pred_boxes = Boxes(torch.zeros(masks.shape[0], 4, device=masks.device))
-    inside = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    inside = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (
+        binary.flatten(1).sum(1) + 1e-6
+    )
     result.scores = top_scores * inside
     result.pred_classes = top_labels
     return result

@@ -7,6 +7,7 @@ of 128 prompts, L2-normalised, averaged over templates and normalised again (FC-
 costs ~5.6k text-tower passes, so embeddings are cached per vocabulary: a new vocabulary can be
 set at inference without retraining, and repeated images reuse the cached embeddings.
 """
+
 from __future__ import annotations
 
 import logging
@@ -97,8 +98,9 @@ class TextEmbeddingCache:
     calls :meth:`clear` then (FCCLIP does it from a ``load_state_dict`` hook).
     """
 
-    def __init__(self, encode: PromptEncoder, max_entries: int = 4,
-                 chunk_size: int = TEXT_CHUNK_SIZE) -> None:
+    def __init__(
+        self, encode: PromptEncoder, max_entries: int = 4, chunk_size: int = TEXT_CHUNK_SIZE
+    ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self._encode = encode
@@ -106,7 +108,9 @@ class TextEmbeddingCache:
         self._chunk_size = chunk_size
         self._entries: "OrderedDict[tuple, Tuple[torch.Tensor, List[int]]]" = OrderedDict()
 
-    def get(self, class_names: Sequence[str], device: torch.device) -> Tuple[torch.Tensor, List[int]]:
+    def get(
+        self, class_names: Sequence[str], device: torch.device
+    ) -> Tuple[torch.Tensor, List[int]]:
         """Embeddings (ΣSyn, D) on ``device`` and synonyms per class, encoding only on a miss."""
         key = (tuple(class_names), str(device))
         hit = self._entries.get(key)
@@ -115,7 +119,9 @@ class TextEmbeddingCache:
             return hit
         logger.info("encoding text of a %d-class vocabulary", len(class_names))
         with torch.no_grad():
-            embeddings, num_synonyms = encode_vocabulary(self._encode, class_names, self._chunk_size)
+            embeddings, num_synonyms = encode_vocabulary(
+                self._encode, class_names, self._chunk_size
+            )
         entry = (embeddings.to(device), num_synonyms)
         self._entries[key] = entry
         while len(self._entries) > self._max_entries:

@@ -5,6 +5,7 @@ A class name carries its synonyms separated by commas ("person, child, girl"), a
 synonyms equals (case-sensitively) a synonym of a training class; the evaluation reuses
 :func:`seen_class_mask` so the seen/unseen split of the metrics is the one the ensemble used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,9 @@ def split_synonyms(class_name: str) -> List[str]:
         ValueError: when the name is not a string or yields an empty synonym (e.g. "cat,,dog").
     """
     if not isinstance(class_name, str):
-        raise ValueError(f"class name must be a str, got {type(class_name).__name__}: {class_name!r}")
+        raise ValueError(
+            f"class name must be a str, got {type(class_name).__name__}: {class_name!r}"
+        )
     synonyms = class_name.replace(", ", ",").split(",")
     if any(not s.strip() for s in synonyms):
         raise ValueError(f"class name {class_name!r} has an empty synonym (check its commas)")
@@ -122,7 +125,9 @@ def make_vocabulary(
         split_synonyms(name)
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        message = f"{source}: duplicate class names {duplicates} (the first of each wins argmax ties)"
+        message = (
+            f"{source}: duplicate class names {duplicates} (the first of each wins argmax ties)"
+        )
         if not allow_duplicates:
             raise ValueError(message + "; remove or rename them")
         logger.warning(message)
@@ -134,20 +139,24 @@ def make_vocabulary(
         mask = seen_class_mask(train_classes, names)
     else:
         mask = torch.zeros(len(names), dtype=torch.bool)
-    things = frozenset(range(len(names))) if thing_ids is None else frozenset(int(i) for i in thing_ids)
+    things = (
+        frozenset(range(len(names))) if thing_ids is None else frozenset(int(i) for i in thing_ids)
+    )
     bad = sorted(i for i in things if not 0 <= i < len(names))
     if bad:
         raise ValueError(f"{source}: thing ids {bad} are outside 0..{len(names) - 1}")
     seen_names = [n for n, s in zip(names, mask.tolist()) if s]
-    logger.info("%s: %d of %d classes seen in training: %s", source, len(seen_names), len(names), seen_names)
+    logger.info(
+        "%s: %d of %d classes seen in training: %s", source, len(seen_names), len(names), seen_names
+    )
     return Vocabulary(class_names=names, seen=mask, thing_ids=things)
 
 
-def vocabulary_from_metadata(test_metadata: Any, train_metadata: Any) -> Vocabulary:
-    """FC-CLIP's default vocabulary: the test dataset's classes, seen by the training ones."""
+def vocabulary_from_metadata(test_metadata: Any, train_classes: Sequence[str]) -> Vocabulary:
+    """FC-CLIP's default vocabulary: the test dataset's classes, seen by the training classes."""
     return make_vocabulary(
         class_names_from_metadata(test_metadata),
-        train_classes=class_names_from_metadata(train_metadata),
+        train_classes=train_classes,
         thing_ids=sorted(thing_ids_from_metadata(test_metadata)),
         allow_duplicates=True,
         source=f"dataset {getattr(test_metadata, 'name', '<unnamed>')!r}",

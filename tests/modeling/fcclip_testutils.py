@@ -1,4 +1,5 @@
 """Builders shared by the FC-CLIP tests: tiny models from configs/tests and metadata-only datasets."""
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,9 @@ def register_metadata() -> None:
         meta.set(
             stuff_classes=[c["name"] for c in cats],
             thing_classes=[c["name"] for c in cats if c["isthing"]],
-            thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(cats) if c["isthing"]},
+            thing_dataset_id_to_contiguous_id={
+                c["id"]: i for i, c in enumerate(cats) if c["isthing"]
+            },
         )
 
 
@@ -51,7 +54,11 @@ def build_tiny(kind: str, seed: int = 0):
 
 def image(h: int, w: int, seed: int = 0) -> Dict:
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w}
+    return {
+        "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
+        "height": h,
+        "width": w,
+    }
 
 
 def synthetic_train_classes() -> List[str]:

@@ -1,4 +1,5 @@
 """The frozen CLIP backbone: features, channels from modules, freezing, text tower, CLIP heads."""
+
 import math
 
 import open_clip
@@ -67,7 +68,9 @@ def test_local_weights_file_loads(tmp_path, convnext):
     torch.save(convnext.clip_model.state_dict(), path)
     torch.manual_seed(123)
     loaded = CLIP(model_name="retclip-tiny-convnext", pretrained=str(path))
-    for (k, a), b in zip(convnext.clip_model.state_dict().items(), loaded.clip_model.state_dict().values()):
+    for (k, a), b in zip(
+        convnext.clip_model.state_dict().items(), loaded.clip_model.state_dict().values()
+    ):
         assert torch.equal(a, b), k
 
 
@@ -128,3 +131,15 @@ def test_masked_attention_pool_empty_mask_is_finite(resnet):
         out = resnet.masked_attention_pool(dense, masks)
     assert out.shape == (2, 3, 32)
     assert torch.isfinite(out).all()
+
+
+def test_random_weights_touch_no_network(monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access during a random-weight build")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    backbone = CLIP(model_name="retclip-tiny-resnet", pretrained="")
+    assert backbone.kind == "resnet"

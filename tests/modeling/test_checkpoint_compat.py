@@ -1,12 +1,13 @@
 """Checkpoint compatibility with bytedance/fc-clip and the strict checkpointer's errors."""
+
 import os
 
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-
 from fcclip_testutils import REPO, build_tiny
+
 from retclip.checkpoint import CLASS_COUNT_KEYS, RetCLIPCheckpointer
 from retclip.config import add_retclip_config
 
@@ -45,7 +46,10 @@ def test_state_dict_matches_released_layout(config, tsv):
         pytest.skip(f"reference key list {path} not present")
     expected = _read_tsv(path)
     model = build_model(_real_cfg(config))
-    ours = {k: (str(tuple(v.shape)), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()}
+    ours = {
+        k: (str(tuple(v.shape)), str(v.dtype).replace("torch.", ""))
+        for k, v in model.state_dict().items()
+    }
     assert sorted(set(expected) - set(ours)) == []  # missing
     assert sorted(set(ours) - set(expected)) == []  # unexpected
     wrong = {k: (ours[k], expected[k]) for k in expected if ours[k] != expected[k]}
@@ -108,7 +112,9 @@ def test_class_count_mismatch_can_be_opted_out(tmp_path, tiny_pair):
     checkpointer = RetCLIPCheckpointer(target, allow_shape_mismatch=CLASS_COUNT_KEYS)
     checkpointer.load(path)
     assert torch.equal(target.criterion.empty_weight, before)
-    assert [k for k, *_ in checkpointer.last_incompatible.incorrect_shapes] == ["criterion.empty_weight"]
+    assert [k for k, *_ in checkpointer.last_incompatible.incorrect_shapes] == [
+        "criterion.empty_weight"
+    ]
 
 
 def test_missing_and_non_checkpoint_files_are_named(tmp_path, tiny_pair):

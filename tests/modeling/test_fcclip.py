@@ -1,10 +1,10 @@
 """FCCLIP end to end on the tiny configs: outputs, losses, gradients, vocabulary, ensemble, bad input."""
+
 import math
 
 import pytest
 import torch
 from detectron2.structures import Instances
-
 from fcclip_testutils import build_tiny, image, synthetic_test_classes
 
 SEEN = [True, True, True, True, False, True, False, False]  # synthetic test classes, by hand
@@ -92,8 +92,10 @@ def test_combine_scores_is_fcclip_geometric_ensemble(convnext_model):
         e_out = [math.exp(v) for v in clip[0, q, :8].tolist()]
         p_in = [v / sum(e_in) for v in e_in]
         p_out = [v / sum(e_out) for v in e_out]
-        s = [(pi ** (1 - (0.4 if seen else 0.8))) * (po ** (0.4 if seen else 0.8))
-             for pi, po, seen in zip(p_in, p_out, SEEN)]  # ENSEMBLE_ON_VALID_MASK off for ConvNeXt
+        s = [
+            (pi ** (1 - (0.4 if seen else 0.8))) * (po ** (0.4 if seen else 0.8))
+            for pi, po, seen in zip(p_in, p_out, SEEN)
+        ]  # ENSEMBLE_ON_VALID_MASK off for ConvNeXt
         all_e = [math.exp(v) for v in pred[0, q].tolist()]
         void = all_e[-1] / sum(all_e)
         ref = [v / sum(s) * (1 - void) for v in s] + [void]
@@ -115,7 +117,9 @@ def test_resnet_empty_masks_give_no_nan():
         text, counts = model.get_text_classifier(model.vocabulary.class_names)
         from retclip.modeling.mask_pooling import get_classification_logits
 
-        clip_logits = get_classification_logits(emb, text, model.backbone.clip_model.logit_scale, counts)
+        clip_logits = get_classification_logits(
+            emb, text, model.backbone.clip_model.logit_scale, counts
+        )
         outputs = {"pred_logits": torch.randn(1, 10, 9), "clip_logits": clip_logits, "valid": valid}
         mask_cls = model._combine_scores(outputs)
     assert valid[0, :4].tolist() == [False] * 4 and valid[0, 4:].all()
@@ -137,7 +141,9 @@ def test_custom_vocabulary_and_text_cache(convnext_model):
 
     clip.encode_text = counting
     try:
-        vocab = model.set_vocabulary(["cat, kitty", "lamp", "sky"], thing_classes=["cat, kitty", "lamp"])
+        vocab = model.set_vocabulary(
+            ["cat, kitty", "lamp", "sky"], thing_classes=["cat, kitty", "lamp"]
+        )
         assert vocab.seen.tolist() == [True, False, True] and vocab.thing_ids == {0, 1}
         with torch.no_grad():
             out1 = model([image(40, 40, 6)])
@@ -169,7 +175,12 @@ def test_bad_vocabularies_are_refused(convnext_model):
 
 @pytest.mark.parametrize(
     "shape, match",
-    [((1, 20, 20), "3 RGB channels"), ((4, 20, 20), "got 4"), ((20, 20), "CHW"), ((3, 0, 5), "empty")],
+    [
+        ((1, 20, 20), "3 RGB channels"),
+        ((4, 20, 20), "got 4"),
+        ((20, 20), "CHW"),
+        ((3, 0, 5), "empty"),
+    ],
 )
 def test_bad_images_are_refused(convnext_model, shape, match):
     bad = {"image": torch.zeros(shape, dtype=torch.uint8), "file_name": "bad.png"}

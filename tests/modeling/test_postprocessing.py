@@ -1,11 +1,16 @@
 """Semantic, panoptic and instance post-processing against hand-built cases and loop references."""
+
 import itertools
 import math
 
 import torch
 from detectron2.structures import Boxes, Instances
 
-from retclip.modeling.postprocessing import instance_inference, panoptic_inference, semantic_inference
+from retclip.modeling.postprocessing import (
+    instance_inference,
+    panoptic_inference,
+    semantic_inference,
+)
 
 P, N = 10.0, -10.0
 
@@ -39,8 +44,12 @@ def _panoptic_case():
 
 def test_panoptic_merges_stuff_drops_void_and_low_overlap():
     mask_cls, m = _panoptic_case()
-    seg, info = panoptic_inference(mask_cls, m, object_mask_threshold=0.0, overlap_threshold=0.8, thing_ids={0})
-    expected = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 0, 2], [1, 1, 0, 2]], dtype=torch.int32)
+    seg, info = panoptic_inference(
+        mask_cls, m, object_mask_threshold=0.0, overlap_threshold=0.8, thing_ids={0}
+    )
+    expected = torch.tensor(
+        [[1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 0, 2], [1, 1, 0, 2]], dtype=torch.int32
+    )
     assert seg.dtype == torch.int32 and torch.equal(seg, expected)
     assert info == [
         {"id": 1, "isthing": True, "category_id": 0},
@@ -50,7 +59,9 @@ def test_panoptic_merges_stuff_drops_void_and_low_overlap():
 
 def test_panoptic_overlap_threshold_keeps_partly_covered_segment():
     mask_cls, m = _panoptic_case()
-    seg, info = panoptic_inference(mask_cls, m, object_mask_threshold=0.0, overlap_threshold=0.2, thing_ids={0})
+    seg, info = panoptic_inference(
+        mask_cls, m, object_mask_threshold=0.0, overlap_threshold=0.2, thing_ids={0}
+    )
     assert seg[2, 2].item() == seg[3, 2].item() == 3
     assert info[-1] == {"id": 3, "isthing": False, "category_id": 2}
 
@@ -58,9 +69,13 @@ def test_panoptic_overlap_threshold_keeps_partly_covered_segment():
 def test_panoptic_object_threshold_and_empty():
     mask_cls, m = _panoptic_case()
     # class-2 query scores e^3 / (e^3 + 3) = 0.87 < 0.9: not a candidate at all
-    seg, info = panoptic_inference(mask_cls, m, object_mask_threshold=0.9, overlap_threshold=0.2, thing_ids={0})
+    seg, info = panoptic_inference(
+        mask_cls, m, object_mask_threshold=0.9, overlap_threshold=0.2, thing_ids={0}
+    )
     assert [s["category_id"] for s in info] == [0, 1]
-    seg, info = panoptic_inference(mask_cls[3:4], m[3:4], object_mask_threshold=0.0, overlap_threshold=0.8, thing_ids={0})
+    seg, info = panoptic_inference(
+        mask_cls[3:4], m[3:4], object_mask_threshold=0.0, overlap_threshold=0.8, thing_ids={0}
+    )
     assert info == [] and int(seg.abs().sum()) == 0 and seg.shape == (4, 4)
 
 
@@ -68,7 +83,9 @@ def test_instances_topk_scores_and_things_only():
     g = torch.Generator().manual_seed(1)
     mask_cls, mask_pred = torch.randn(2, 4, generator=g), torch.randn(2, 5, 5, generator=g)
     probs = mask_cls.softmax(-1)[:, :-1]
-    pairs = sorted(((probs[q, c].item(), q, c) for q in range(2) for c in range(3)), reverse=True)[:4]
+    pairs = sorted(((probs[q, c].item(), q, c) for q in range(2) for c in range(3)), reverse=True)[
+        :4
+    ]
     out = instance_inference(mask_cls, mask_pred, topk=4, thing_ids={0, 1, 2}, things_only=False)
     assert isinstance(out, Instances) and out.image_size == (5, 5) and len(out) == 4
     assert isinstance(out.pred_boxes, Boxes) and float(out.pred_boxes.tensor.abs().sum()) == 0.0

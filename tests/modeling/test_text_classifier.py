@@ -1,4 +1,5 @@
 """Text classifier (templates, prompt ensembling, chunking, cache) and vocabulary rules."""
+
 import pytest
 import torch
 
@@ -43,7 +44,9 @@ def test_prompts_are_synonym_major():
     prompts, counts = build_prompts(["sofa, couch", "cat"])
     assert counts == [2, 1]
     assert len(prompts) == 3 * 14
-    assert prompts[0] == "a photo of a sofa." and prompts[13] == "There is a large sofa in the scene."
+    assert (
+        prompts[0] == "a photo of a sofa." and prompts[13] == "There is a large sofa in the scene."
+    )
     assert prompts[14] == "a photo of a couch." and prompts[28] == "a photo of a cat."
 
 
@@ -90,7 +93,8 @@ def test_cache_encodes_each_vocabulary_once(backbone):
 
 
 @pytest.mark.parametrize(
-    "num_classes", [pytest.param(100, id="100"), pytest.param(1000, id="1000", marks=pytest.mark.slow)]
+    "num_classes",
+    [pytest.param(100, id="100"), pytest.param(1000, id="1000", marks=pytest.mark.slow)],
 )
 def test_large_vocabulary_is_encoded_in_chunks(backbone, num_classes):
     names = [f"class {i}" for i in range(num_classes)]
@@ -116,8 +120,12 @@ def test_seen_mask_on_synthetic_classes():
 
 
 def test_seen_mask_is_case_sensitive_and_synonym_exact():
-    assert seen_class_mask(["Wall", "tv, television"], ["wall", "television set", "tv"]).tolist() == [
-        False, False, True,
+    assert seen_class_mask(
+        ["Wall", "tv, television"], ["wall", "television set", "tv"]
+    ).tolist() == [
+        False,
+        False,
+        True,
     ]
 
 

@@ -7,6 +7,7 @@ newer open_clip releases keep working), and the out-of-vocabulary head that turn
 dense features into CLIP embeddings. Channels are read from the built modules, never from the
 model name, so any open_clip ConvNeXt (timm trunk) or ModifiedResNet works, tiny test ones too.
 """
+
 from __future__ import annotations
 
 import logging
@@ -120,7 +121,9 @@ class CLIP(Backbone):
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
             for name in self._out_features
         }
 
@@ -213,15 +216,31 @@ class CLIP(Backbone):
         query = (pixels.mean(0, keepdim=True) + pos[:1, None, :]).repeat_interleave(q, dim=0)
         hidden = mask_logits.reshape(b, q, h * w) <= 0
         hidden = hidden & ~hidden.all(dim=-1, keepdim=True)
-        attn_mask = hidden.unsqueeze(1).expand(-1, pool.num_heads, -1, -1).reshape(b * pool.num_heads, q, h * w)
+        attn_mask = (
+            hidden.unsqueeze(1)
+            .expand(-1, pool.num_heads, -1, -1)
+            .reshape(b * pool.num_heads, q, h * w)
+        )
         out, _ = F.multi_head_attention_forward(
-            query=query, key=key_value, value=key_value,
-            embed_dim_to_check=c, num_heads=pool.num_heads,
-            q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight,
-            v_proj_weight=pool.v_proj.weight, in_proj_weight=None,
+            query=query,
+            key=key_value,
+            value=key_value,
+            embed_dim_to_check=c,
+            num_heads=pool.num_heads,
+            q_proj_weight=pool.q_proj.weight,
+            k_proj_weight=pool.k_proj.weight,
+            v_proj_weight=pool.v_proj.weight,
+            in_proj_weight=None,
             in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
-            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-            out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
-            use_separate_proj_weight=True, training=False, need_weights=False, attn_mask=attn_mask,
+            bias_k=None,
+            bias_v=None,
+            add_zero_attn=False,
+            dropout_p=0.0,
+            out_proj_weight=pool.c_proj.weight,
+            out_proj_bias=pool.c_proj.bias,
+            use_separate_proj_weight=True,
+            training=False,
+            need_weights=False,
+            attn_mask=attn_mask,
         )
         return out.permute(1, 0, 2)

@@ -5,6 +5,7 @@ at inference: the in-vocabulary classifier of the transformer decoder and the fr
 mask-pooled classifier are combined by the geometric ensemble (:func:`retclip.ensemble.
 geometric_ensemble`), then Mask2Former's semantic/panoptic/instance post-processing runs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +26,12 @@ from ..criterion import SetCriterion
 from ..mask_pooling import MaskPooling, get_classification_logits
 from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
 from ..text_classifier import TextEmbeddingCache, append_void
-from ..vocabulary import Vocabulary, class_names_from_metadata, make_vocabulary, vocabulary_from_metadata
+from ..vocabulary import (
+    Vocabulary,
+    class_names_from_metadata,
+    make_vocabulary,
+    vocabulary_from_metadata,
+)
 from .inputs import check_batched_inputs
 
 logger = logging.getLogger(__name__)
@@ -83,9 +89,13 @@ class FCCLIP(nn.Module):
         self.overlap_threshold = overlap_threshold
         self.train_metadata = train_metadata
         self.test_metadata = test_metadata
-        self.size_divisibility = size_divisibility if size_divisibility >= 0 else backbone.size_divisibility
+        self.size_divisibility = (
+            size_divisibility if size_divisibility >= 0 else backbone.size_divisibility
+        )
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False
+        )
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
         self.mask_pooling = MaskPooling()
         self.void_embedding = nn.Embedding(1, backbone.dim_latent)
@@ -121,8 +131,12 @@ class FCCLIP(nn.Module):
             "num_queries": mf.NUM_OBJECT_QUERIES,
             "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": test.OVERLAP_THRESHOLD,
-            "train_metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
-            "test_metadata": MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None,
+            "train_metadata": (
+                MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+            ),
+            "test_metadata": (
+                MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+            ),
             "size_divisibility": mf.SIZE_DIVISIBILITY,
             "sem_seg_postprocess_before_inference": (
                 test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
@@ -161,7 +175,9 @@ class FCCLIP(nn.Module):
         if self._dataset_vocabulary is None:
             if self.test_metadata is None:
                 raise KeyError("DATASETS.TEST is empty: call set_vocabulary(class_names) first")
-            self._dataset_vocabulary = vocabulary_from_metadata(self.test_metadata, self.train_metadata)
+            self._dataset_vocabulary = vocabulary_from_metadata(
+                self.test_metadata, self.train_class_names
+            )
         return self._dataset_vocabulary
 
     def set_vocabulary(
@@ -188,7 +204,9 @@ class FCCLIP(nn.Module):
                 raise ValueError(f"thing_classes {unknown} are not in class_names")
             thing_ids = [names.index(t) for t in thing_classes]
         train = self.train_class_names if seen is None else None
-        self._custom_vocabulary = make_vocabulary(names, train_classes=train, seen=seen, thing_ids=thing_ids)
+        self._custom_vocabulary = make_vocabulary(
+            names, train_classes=train, seen=seen, thing_ids=thing_ids
+        )
         return self._custom_vocabulary
 
     def set_metadata(self, test_metadata: Any) -> None:
@@ -232,7 +250,9 @@ class FCCLIP(nn.Module):
         images = [(x - self.pixel_mean) / self.pixel_std for x in images]
         return ImageList.from_tensors(images, self.size_divisibility)
 
-    def _forward_train(self, batched_inputs: List[Dict[str, Any]], images: ImageList) -> Dict[str, torch.Tensor]:
+    def _forward_train(
+        self, batched_inputs: List[Dict[str, Any]], images: ImageList
+    ) -> Dict[str, torch.Tensor]:
         class_names = self.train_class_names
         if len(class_names) != self.sem_seg_head.num_classes:
             raise ValueError(
@@ -246,14 +266,18 @@ class FCCLIP(nn.Module):
         weights = self.criterion.weight_dict
         return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
-    def _prepare_targets(self, batched_inputs: List[Dict[str, Any]], images: ImageList) -> List[Dict]:
+    def _prepare_targets(
+        self, batched_inputs: List[Dict[str, Any]], images: ImageList
+    ) -> List[Dict]:
         """GT masks zero-padded to the batch size: [{"labels": (N,), "masks": (N, Hp, Wp)}]."""
         h_pad, w_pad = images.tensor.shape[-2:]
         targets = []
         for x in batched_inputs:
             inst = x["instances"].to(self.device)
             masks = inst.gt_masks.tensor if isinstance(inst.gt_masks, BitMasks) else inst.gt_masks
-            padded = torch.zeros((masks.shape[0], h_pad, w_pad), dtype=masks.dtype, device=masks.device)
+            padded = torch.zeros(
+                (masks.shape[0], h_pad, w_pad), dtype=masks.dtype, device=masks.device
+            )
             padded[:, : masks.shape[1], : masks.shape[2]] = masks
             targets.append({"labels": inst.gt_classes, "masks": padded})
         return targets
@@ -263,7 +287,9 @@ class FCCLIP(nn.Module):
         features = self.backbone(images.tensor)
         text_classifier, num_synonyms = self.get_text_classifier(self.vocabulary.class_names)
         outputs = self.sem_seg_head(features, text_classifier, num_synonyms)
-        clip_embeddings, valid = self._clip_embeddings(features["clip_vis_dense"], outputs["pred_masks"])
+        clip_embeddings, valid = self._clip_embeddings(
+            features["clip_vis_dense"], outputs["pred_masks"]
+        )
         clip_logits = get_classification_logits(
             clip_embeddings, text_classifier, self.backbone.clip_model.logit_scale, num_synonyms
         )
@@ -275,10 +301,14 @@ class FCCLIP(nn.Module):
             "valid": valid,
         }
 
-    def _clip_embeddings(self, dense: torch.Tensor, pred_masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _clip_embeddings(
+        self, dense: torch.Tensor, pred_masks: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Frozen-CLIP embeddings of each query's mask (B, Q, D), and whether the mask is non-empty
         at CLIP resolution (B, Q)."""
-        masks = F.interpolate(pred_masks, size=dense.shape[-2:], mode="bilinear", align_corners=False)
+        masks = F.interpolate(
+            pred_masks, size=dense.shape[-2:], mode="bilinear", align_corners=False
+        )
         valid = (masks > 0).flatten(2).any(-1)
         if self.backbone.kind == "convnext":
             embeddings = self.backbone.convnext_head(self.mask_pooling(dense, masks))
@@ -299,14 +329,21 @@ class FCCLIP(nn.Module):
         return torch.log(probs + 1e-8)
 
     def _postprocess(
-        self, mask_cls: torch.Tensor, pred_masks: torch.Tensor, batched_inputs: List[Dict[str, Any]],
+        self,
+        mask_cls: torch.Tensor,
+        pred_masks: torch.Tensor,
+        batched_inputs: List[Dict[str, Any]],
         images: ImageList,
     ) -> List[Dict[str, Any]]:
         """Masks to the padded input size, then per image to (height, width) and the outputs."""
-        pred_masks = F.interpolate(pred_masks, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
+        pred_masks = F.interpolate(
+            pred_masks, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+        )
         thing_ids = self.vocabulary.thing_ids
         results = []
-        for cls_i, masks_i, x, size in zip(mask_cls, pred_masks, batched_inputs, images.image_sizes):
+        for cls_i, masks_i, x, size in zip(
+            mask_cls, pred_masks, batched_inputs, images.image_sizes
+        ):
             height, width = x.get("height", size[0]), x.get("width", size[1])
             if self.sem_seg_postprocess_before_inference:
                 masks_i = retry_if_cuda_oom(sem_seg_postprocess)(masks_i, size, height, width)
@@ -319,12 +356,18 @@ class FCCLIP(nn.Module):
                 result["sem_seg"] = sem
             if self.panoptic_on:
                 result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
-                    cls_i, masks_i, object_mask_threshold=self.object_mask_threshold,
-                    overlap_threshold=self.overlap_threshold, thing_ids=thing_ids,
+                    cls_i,
+                    masks_i,
+                    object_mask_threshold=self.object_mask_threshold,
+                    overlap_threshold=self.overlap_threshold,
+                    thing_ids=thing_ids,
                 )
             if self.instance_on:
                 result["instances"] = retry_if_cuda_oom(instance_inference)(
-                    cls_i, masks_i, topk=self.test_topk_per_image, thing_ids=thing_ids,
+                    cls_i,
+                    masks_i,
+                    topk=self.test_topk_per_image,
+                    thing_ids=thing_ids,
                     things_only=self.panoptic_on,
                 )
             results.append(result)

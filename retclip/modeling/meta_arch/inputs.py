@@ -1,4 +1,5 @@
 """Checks of detectron2-style model inputs, so bad images fail with a message naming them."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -30,9 +31,13 @@ def check_batched_inputs(batched_inputs: List[Dict[str, Any]], training: bool) -
         image = x["image"]
         what = _describe(x, i)
         if not isinstance(image, torch.Tensor):
-            raise ValueError(f"{what}: 'image' must be a torch.Tensor (3, H, W), got {type(image).__name__}")
+            raise ValueError(
+                f"{what}: 'image' must be a torch.Tensor (3, H, W), got {type(image).__name__}"
+            )
         if image.dim() != 3:
-            raise ValueError(f"{what}: 'image' must be (3, H, W) CHW, got shape {tuple(image.shape)}")
+            raise ValueError(
+                f"{what}: 'image' must be (3, H, W) CHW, got shape {tuple(image.shape)}"
+            )
         if image.shape[0] != 3:
             raise ValueError(
                 f"{what}: expected 3 RGB channels (CHW), got {image.shape[0]} in shape "
