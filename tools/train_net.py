@@ -61,11 +61,7 @@ def main(args):
 
     trainer = Trainer(cfg)
     resume_or_load(trainer, resume=args.resume)
-    results = trainer.train()
-    last = getattr(trainer, "_last_eval_results", None)
-    if comm.is_main_process() and last:
-        print(format_metrics(last))
-    return results
+    return trainer.train()  # each evaluation logs its PQ / mAP / mIoU summary
 
 
 if __name__ == "__main__":
