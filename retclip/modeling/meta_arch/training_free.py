@@ -15,6 +15,11 @@ embedding is classified by ``MODEL.TRAINING_FREE.MODE``:
 
 Masks and scores become detectron2 outputs by :mod:`retclip.modeling.proposal_postprocessing`.
 There is no void class and nothing to train.
+
+Proposals are made on the image at its output size (``height`` x ``width``). Masks of any other
+size are an error naming both sizes, not resized: a source returning them is misaligned with the
+image (a wrong annotation file, a detector run on another resize), and resizing would hide that.
+An image without proposals gives empty outputs (void panoptic map, zero scores, no instances).
 """
 
 from __future__ import annotations
