@@ -136,7 +136,7 @@ class DatabaseBuilder:
             return {}, info
         try:
             with Image.open(record.path) as img:
-                image = np.asarray(img.convert("RGB"))
+                image = np.array(img.convert("RGB"))
         except (OSError, UnidentifiedImageError, ValueError) as e:
             logger.warning("skipping unreadable image %s (%s): %s", record.image_id, record.path, e)
             info["status"], info["error"] = "unreadable", f"{type(e).__name__}: {e}"

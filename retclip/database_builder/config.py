@@ -59,6 +59,8 @@ def add_database_build_config(cfg: CN) -> None:
     cfg.DATABASE_BUILD.GROUNDING_DINO.TEXT_THRESHOLD = 0.25
     # Per-class box NMS IoU threshold (1.0 disables).
     cfg.DATABASE_BUILD.GROUNDING_DINO.NMS_THRESHOLD = 0.8
+    # At most this many boxes per image (best scores first).
+    cfg.DATABASE_BUILD.GROUNDING_DINO.MAX_DETECTIONS = 100
 
     cfg.DATABASE_BUILD.SAM = CN()
     # segment-anything model type: "vit_h", "vit_l", "vit_b" ("tiny": test-only random model).

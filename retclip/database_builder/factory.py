@@ -51,6 +51,7 @@ def build_proposals(cfg) -> ProposalSource:
         box_threshold=b.GROUNDING_DINO.BOX_THRESHOLD,
         text_threshold=b.GROUNDING_DINO.TEXT_THRESHOLD,
         nms_threshold=b.GROUNDING_DINO.NMS_THRESHOLD,
+        max_detections=b.GROUNDING_DINO.MAX_DETECTIONS,
     )
     sam = load_sam(b.SAM.MODEL_TYPE, b.SAM.CHECKPOINT, device=device)
     return GroundingDinoSamProposals(detector=detector, segmenter=SamBoxSegmenter(sam, multimask_output=b.SAM.MULTIMASK))

@@ -79,6 +79,7 @@ class GroundingDinoDetector:
         box_threshold: float = 0.35,
         text_threshold: float = 0.25,
         nms_threshold: float = 0.8,
+        max_detections: int = 100,
         device: str = "cpu",
     ) -> None:
         """
@@ -88,6 +89,7 @@ class GroundingDinoDetector:
             box_threshold: keep a box whose best class-token probability exceeds this.
             text_threshold: and whose assigned class's best token probability exceeds this.
             nms_threshold: per-class box NMS IoU threshold (>= 1 disables NMS).
+            max_detections: keep at most this many boxes per image, best scores first.
         """
         for name, value in (("box_threshold", box_threshold), ("text_threshold", text_threshold)):
             if not 0.0 <= value <= 1.0:
@@ -98,6 +100,9 @@ class GroundingDinoDetector:
         self.box_threshold = box_threshold
         self.text_threshold = text_threshold
         self.nms_threshold = nms_threshold
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+        self.max_detections = int(max_detections)
         self.device = torch.device(device)
         self.max_text_len = int(model.config.max_text_len)
         self._dot = self.tokenizer.convert_tokens_to_ids(".")
@@ -208,5 +213,7 @@ class GroundingDinoDetector:
             from torchvision.ops import batched_nms
 
             order = batched_nms(xyxy, score, label, self.nms_threshold)
-            xyxy, score, label = xyxy[order], score[order], label[order]
-        return Detections(xyxy, score, label)
+        else:
+            order = torch.argsort(score, descending=True, stable=True)
+        order = order[: self.max_detections]
+        return Detections(xyxy[order], score[order], label[order])

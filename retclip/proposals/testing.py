@@ -12,7 +12,7 @@ from typing import Dict, Tuple
 
 import torch
 
-__all__ = ["tiny_bert_vocab", "build_tiny_grounding_dino", "build_tiny_sam", "build_sam_vit_b_random"]
+__all__ = ["tiny_bert_vocab", "build_tiny_grounding_dino", "build_grounding_dino_t_random", "build_tiny_sam", "build_sam_vit_b_random"]
 
 _VOCAB_SIZE = 1100
 
@@ -108,3 +108,24 @@ def build_sam_vit_b_random(seed: int = 0) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     return sam_model_registry["vit_b"](checkpoint=None).eval()
+
+
+def build_grounding_dino_t_random(seed: int = 0) -> Tuple:
+    """Grounding DINO-T's architecture (Swin-T, BERT-base text tower, 900 queries, 6+6 layers)
+    with random weights and the small offline tokenizer; the processor resizes like the released
+    one (shortest edge 800, longest 1333). For slow tests and speed measurements."""
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    config = GroundingDinoConfig(backbone_config=SwinConfig(out_indices=[2, 3, 4]), text_config=BertConfig())
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(config).eval()
+    tokenizer = BertTokenizerFast(vocab=tiny_bert_vocab(), do_lower_case=True)
+    return model, GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer)

@@ -33,7 +33,7 @@ def folder(tmp_path_factory):
 
 def _builder(out, tiny_gdino, tiny_sam, clip_file, box_threshold=0.3, clip_name="retclip-tiny-convnext"):
     encoder = ClipSegmentEncoder.from_names(clip_name, clip_file, min_size=128, max_size=400)
-    detector = GroundingDinoDetector(*tiny_gdino, box_threshold=box_threshold, text_threshold=0.0)
+    detector = GroundingDinoDetector(*tiny_gdino, box_threshold=box_threshold, text_threshold=0.0, max_detections=5)
     proposals = GroundingDinoSamProposals(detector=detector, segmenter=SamBoxSegmenter(tiny_sam))
     counter = ForwardCounter()
     watch_models(counter, encoder, proposals)
