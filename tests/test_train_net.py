@@ -179,8 +179,17 @@ class _Interrupt(RuntimeError):
     pass
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin contention on shared CPU cores."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.mark.slow
-def test_training_lowers_the_loss_on_fixed_data():
+def test_training_lowers_the_loss_on_fixed_data(one_thread):
     from detectron2.data import DatasetCatalog
     from retclip.data import build_dataset_mapper
     from retclip.engine import Trainer
@@ -214,7 +223,7 @@ def test_training_lowers_the_loss_on_fixed_data():
 
 
 @pytest.mark.slow
-def test_resume_continues_and_eval_only_reproduces_final_metrics(tmp_path):
+def test_resume_continues_and_eval_only_reproduces_final_metrics(tmp_path, one_thread):
     from detectron2.engine import HookBase
     from retclip.engine import Trainer
     from retclip.engine import resume_or_load as resume_fn
