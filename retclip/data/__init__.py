@@ -3,7 +3,12 @@ from .builtin import BUILTIN_DATASET_NAMES, datasets_root, register_builtin_data
 from .categories import ade20k_150_categories, coco_panoptic_categories, read_class_names
 from .mappers import DATASET_MAPPER_REGISTRY, build_dataset_mapper
 from .panoptic import load_panoptic_json, panoptic_metadata, register_panoptic_dataset
-from .synthetic_datasets import SYNTHETIC_TEST, SYNTHETIC_TRAIN, ensure_dataset_files, register_synthetic_datasets
+from .synthetic_datasets import (
+    SYNTHETIC_TEST,
+    SYNTHETIC_TRAIN,
+    ensure_dataset_files,
+    register_synthetic_datasets,
+)
 
 __all__ = [
     "BUILTIN_DATASET_NAMES",

@@ -45,7 +45,9 @@ _COCO_PANOPTIC = {
 _ADE_SPLITS = {"train": "training", "val": "validation"}
 
 BUILTIN_DATASET_NAMES: Tuple[str, ...] = tuple(_COCO_PANOPTIC) + tuple(
-    f"openvocab_ade20k_{kind}_{split}" for kind in ("panoptic", "sem_seg", "instance") for split in _ADE_SPLITS
+    f"openvocab_ade20k_{kind}_{split}"
+    for kind in ("panoptic", "sem_seg", "instance")
+    for split in _ADE_SPLITS
 )
 
 
@@ -97,7 +99,9 @@ def _register_ade20k(root: str, origin: str) -> None:
             prepare_hint=_hint("prepare_ade20k_pan_seg.py", origin),
         )
         _register_ade_sem_seg(f"openvocab_ade20k_sem_seg_{split}", image_root, sem_root, categories, origin)
-        _register_ade_instance(f"openvocab_ade20k_instance_{split}", image_root, inst_json, categories, origin)
+        _register_ade_instance(
+            f"openvocab_ade20k_instance_{split}", image_root, inst_json, categories, origin
+        )
 
 
 def _register_ade_sem_seg(

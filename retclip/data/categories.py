@@ -63,7 +63,14 @@ def read_categories(names_file: str, categories_file: str) -> Tuple[Dict[str, An
     for cat in cats:
         if cat["id"] not in names:
             raise KeyError(f"{categories_file}: category id {cat['id']} has no name in {names_file}")
-        out.append({"id": cat["id"], "name": names[cat["id"]], "isthing": int(cat["isthing"]), "color": cat["color"]})
+        out.append(
+            {
+                "id": cat["id"],
+                "name": names[cat["id"]],
+                "isthing": int(cat["isthing"]),
+                "color": cat["color"],
+            }
+        )
     if len(out) != len(names):
         extra = sorted(set(names) - {c["id"] for c in cats})
         raise KeyError(f"{names_file}: ids {extra} have no entry in {categories_file}")

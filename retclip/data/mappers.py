@@ -98,7 +98,9 @@ class COCOPanopticLSJDatasetMapper:
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations: List[Any], image_format: str) -> None:
         if not is_train:
-            raise ValueError("coco_panoptic_lsj is a training mapper; use detectron2's DatasetMapper for testing")
+            raise ValueError(
+                "coco_panoptic_lsj is a training mapper; use detectron2's DatasetMapper for testing"
+            )
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         logger.info("coco_panoptic_lsj augmentations: %s", augmentations)
@@ -110,12 +112,16 @@ class COCOPanopticLSJDatasetMapper:
         if cfg.INPUT.RANDOM_FLIP != "none":
             augs.append(
                 T.RandomFlip(
-                    horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal", vertical=cfg.INPUT.RANDOM_FLIP == "vertical"
+                    horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                    vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
                 )
             )
         augs += [
             T.ResizeScale(
-                min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE, target_height=size, target_width=size
+                min_scale=cfg.INPUT.MIN_SCALE,
+                max_scale=cfg.INPUT.MAX_SCALE,
+                target_height=size,
+                target_width=size,
             ),
             T.FixedSizeCrop(crop_size=(size, size), pad_value=128.0),
         ]
@@ -126,7 +132,10 @@ class COCOPanopticLSJDatasetMapper:
         image = read_image_checked(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
         if "pan_seg_file_name" not in dataset_dict:
-            raise KeyError(f"{dataset_dict['file_name']}: coco_panoptic_lsj needs 'pan_seg_file_name' (a panoptic dataset)")
+            raise KeyError(
+                f"{dataset_dict['file_name']}: coco_panoptic_lsj needs 'pan_seg_file_name' "
+                "(a panoptic dataset)"
+            )
         segments_info = dataset_dict.pop("segments_info")
         pan_path = dataset_dict.pop("pan_seg_file_name")
         pan_rgb = read_panoptic_ids(pan_path, segments_info)

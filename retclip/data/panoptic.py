@@ -83,7 +83,10 @@ def load_panoptic_json(
     for ann in data["annotations"]:
         image_id = ann["image_id"]
         if image_id not in images:
-            raise KeyError(f"{json_file}: annotation {ann['file_name']} refers to image id {image_id!r} absent from 'images'")
+            raise KeyError(
+                f"{json_file}: annotation {ann['file_name']} refers to image id {image_id!r} "
+                "absent from 'images'"
+            )
         img = images[image_id]
         segments = []
         for seg in ann["segments_info"]:
