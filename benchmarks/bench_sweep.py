@@ -59,6 +59,7 @@ def build_cfg(args, work, train, test):
     cfg.INPUT.MIN_SIZE_TEST = min(args.height, args.width)
     cfg.INPUT.MAX_SIZE_TEST = max(args.height, args.width)
     cfg.OUTPUT_DIR = work
+    cfg.DATALOADER.NUM_WORKERS = 0
     cfg.TEST.SCORE_CACHE_DIR = os.path.join(work, "cache")
     for key in ("SEMANTIC_ON", "PANOPTIC_ON", "INSTANCE_ON"):
         setattr(cfg.MODEL.MASK_FORMER.TEST, key, True)

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:
         f.write(text)
-    title = f"{args.note}: " if args.note else ""
+    title = args.note
     for png in pq_heatmaps(rows, args.out_dir, title=title, dpi=args.dpi):
         print(f"wrote {png}")
     print(text)

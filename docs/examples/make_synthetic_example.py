@@ -103,7 +103,7 @@ def main():
                 "--beta", "0.2,0.4,0.6,0.8,1.0", "--gamma", "0.0,0.2,0.4,0.6,0.8,1.0", "--mode", "arithmetic"])
     out = os.path.join(REPO, "docs", "examples", "synthetic_sweep")
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_report.py"), "sweep", "--sweep", sweep_dir,
-                    "--out-dir", out, "--note", "SYNTHETIC scores (no model), 24 synthetic images", "--dpi", "60"],
+                    "--out-dir", out, "--note", "SYNTHETIC scores (no model), 24 images", "--dpi", "60"],
                    check=True)
 
 

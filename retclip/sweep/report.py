@@ -91,7 +91,7 @@ def pq_heatmaps(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = ""
     paths = []
     for xkey, fixed_key in (("alpha", "beta"), ("beta", "alpha")):
         xs, ys, values = _grid(rows, xkey, "gamma", {fixed_key: best[fixed_key]})
-        fig, ax = plt.subplots(figsize=(4.2, 3.4))
+        fig, ax = plt.subplots(figsize=(4.8, 3.8))
         data = np.ma.masked_invalid(np.array(values))
         im = ax.imshow(data, origin="lower", cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(xs)), [f"{x:.1f}" for x in xs])
@@ -103,9 +103,9 @@ def pq_heatmaps(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = ""
                 if not math.isnan(v):
                     ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="white")
         ax.plot(xs.index(best[xkey]), ys.index(best["gamma"]), marker="*", markersize=16, color="red",
-                markeredgecolor="black", linestyle="none", label=f"best PQ {best['PQ']:.2f}")
-        ax.legend(loc="upper right", fontsize=7)
-        ax.set_title(f"{title}PQ, {fixed_key} = {best[fixed_key]:.1f}", fontsize=9)
+                markeredgecolor="black", linestyle="none")
+        head = f"{title}\n" if title else ""
+        ax.set_title(f"{head}PQ at {fixed_key} = {best[fixed_key]:.1f}; star = best ({best['PQ']:.2f})", fontsize=8)
         fig.colorbar(im, ax=ax, label="PQ")
         fig.tight_layout()
         path = os.path.join(out_dir, f"pq_{xkey}_gamma.png")
