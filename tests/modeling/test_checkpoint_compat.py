@@ -11,8 +11,8 @@ from fcclip_testutils import REPO, build_tiny
 from retclip.checkpoint import CLASS_COUNT_KEYS, RetCLIPCheckpointer
 from retclip.config import add_retclip_config
 
-REFERENCE = "/work/shared/design/reference"
-TSV_DIR = os.environ.get("RETCLIP_REFERENCE_DIR", REFERENCE)
+#: Key lists of bytedance/fc-clip models (copied from shared/design/reference; see fcclip-facts §1).
+TSV_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def _read_tsv(path):
@@ -41,10 +41,7 @@ def _real_cfg(name):
     ],
 )
 def test_state_dict_matches_released_layout(config, tsv):
-    path = os.path.join(TSV_DIR, tsv)
-    if not os.path.isfile(path):
-        pytest.skip(f"reference key list {path} not present")
-    expected = _read_tsv(path)
+    expected = _read_tsv(os.path.join(TSV_DIR, tsv))
     model = build_model(_real_cfg(config))
     ours = {
         k: (str(tuple(v.shape)), str(v.dtype).replace("torch.", ""))
