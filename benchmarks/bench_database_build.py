@@ -19,8 +19,18 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import retclip  # noqa: E402,F401
-from retclip.database_builder import ClipSegmentEncoder, DatabaseBuilder, FolderSource, ForwardCounter, watch_models  # noqa: E402
-from retclip.proposals import GroundingDinoDetector, GroundingDinoSamProposals, SamBoxSegmenter  # noqa: E402
+from retclip.database_builder import (
+    ClipSegmentEncoder,
+    DatabaseBuilder,
+    FolderSource,
+    ForwardCounter,
+    watch_models,
+)  # noqa: E402
+from retclip.proposals import (
+    GroundingDinoDetector,
+    GroundingDinoSamProposals,
+    SamBoxSegmenter,
+)  # noqa: E402
 from retclip.proposals import testing as T  # noqa: E402
 from retclip.testing.synthetic import TRAIN_CLASSES, make_synthetic_panoptic  # noqa: E402
 
@@ -31,10 +41,26 @@ def run(name, encoder, gdino, sam, images, labels, workdir, **det_kwargs):
     counter = ForwardCounter()
     watch_models(counter, encoder, proposals)
     (workdir / f"{name}.json").write_text(json.dumps(labels))
-    builder = DatabaseBuilder(encoder=encoder, proposals=proposals, output_dir=str(workdir / f"db_{name}"), shard_size=4, counter=counter, progress=False)
+    builder = DatabaseBuilder(
+        encoder=encoder,
+        proposals=proposals,
+        output_dir=str(workdir / f"db_{name}"),
+        shard_size=4,
+        counter=counter,
+        progress=False,
+    )
     report = builder.build(FolderSource(images, str(workdir / f"{name}.json")))
-    print(json.dumps({"pipeline": name, "images": report["images"]["ok"], "vectors": report["vectors"],
-                      "images_per_second": round(report["images_per_second"], 3), "forwards": report["forwards"]}))
+    print(
+        json.dumps(
+            {
+                "pipeline": name,
+                "images": report["images"]["ok"],
+                "vectors": report["vectors"],
+                "images_per_second": round(report["images_per_second"], 3),
+                "forwards": report["forwards"],
+            }
+        )
+    )
 
 
 def main():
@@ -48,17 +74,36 @@ def main():
     split = make_synthetic_panoptic(str(work), "train", TRAIN_CLASSES, num_images=8, seed=0)
     names = [c["name"].split(",")[0] for c in TRAIN_CLASSES]
     labels = {f: names[:4] for f in sorted(os.listdir(split.image_dir))}
-    run("tiny", ClipSegmentEncoder.from_names("retclip-tiny-convnext", "", min_size=128, max_size=400),
-        T.build_tiny_grounding_dino(), T.build_tiny_sam(), split.image_dir, labels, work, box_threshold=0.3, text_threshold=0.0, max_detections=10)
+    run(
+        "tiny",
+        ClipSegmentEncoder.from_names("retclip-tiny-convnext", "", min_size=128, max_size=400),
+        T.build_tiny_grounding_dino(),
+        T.build_tiny_sam(),
+        split.image_dir,
+        labels,
+        work,
+        box_threshold=0.3,
+        text_threshold=0.0,
+        max_detections=10,
+    )
     if not args.skip_real:
         import skimage.data
 
         real_dir = work / "real"
         real_dir.mkdir()
         Image.fromarray(skimage.data.astronaut()).save(real_dir / "astronaut.png")
-        run("real_size", ClipSegmentEncoder.from_names("RN50", "", min_size=512, max_size=1333),
-            T.build_grounding_dino_t_random(), T.build_sam_vit_b_random(), str(real_dir), {"astronaut.png": ["person", "flag", "rocket"]},
-            work, box_threshold=0.0, text_threshold=0.0, max_detections=4)
+        run(
+            "real_size",
+            ClipSegmentEncoder.from_names("RN50", "", min_size=512, max_size=1333),
+            T.build_grounding_dino_t_random(),
+            T.build_sam_vit_b_random(),
+            str(real_dir),
+            {"astronaut.png": ["person", "flag", "rocket"]},
+            work,
+            box_threshold=0.0,
+            text_threshold=0.0,
+            max_detections=4,
+        )
 
 
 if __name__ == "__main__":

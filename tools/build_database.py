@@ -17,7 +17,12 @@ import retclip  # noqa: F401  (compat steps before detectron2)
 from detectron2.engine import default_argument_parser
 from detectron2.utils.logger import setup_logger
 
-from retclip.database_builder import launch_build, rank_and_world_size, run_build, setup_build_config
+from retclip.database_builder import (
+    launch_build,
+    rank_and_world_size,
+    run_build,
+    setup_build_config,
+)
 
 
 def main(args):
@@ -26,10 +31,17 @@ def main(args):
     out = setup_build_config(args.config_file, args.opts).DATABASE_BUILD.OUTPUT_DIR
     if out:
         os.makedirs(os.path.join(out, "build"), exist_ok=True)
-    setup_logger(output=os.path.join(out, "build", f"log_rank{rank}.txt") if out else None, distributed_rank=rank, name="retclip")
+    setup_logger(
+        output=os.path.join(out, "build", f"log_rank{rank}.txt") if out else None,
+        distributed_rank=rank,
+        name="retclip",
+    )
     report = run_build(args.config_file, args.opts)
     if report is not None:
-        summary = {k: report[k] for k in ("vectors", "images_per_second", "forwards", "forwards_per_processed_image")}
+        summary = {
+            k: report[k]
+            for k in ("vectors", "images_per_second", "forwards", "forwards_per_processed_image")
+        }
         summary["unreadable_images"] = len(report["images"]["unreadable"])
         summary["images_without_labels"] = len(report["images"]["no_labels"])
         print(json.dumps(summary, indent=1))
@@ -41,5 +53,10 @@ if __name__ == "__main__":
     if args.eval_only or args.resume:
         sys.exit("build_database.py has no --eval-only/--resume: a build always resumes")
     launch_build(
-        main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,)
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
     )

@@ -24,7 +24,9 @@ def _inspect(args) -> None:
     print(f"database   {info['path']}  ({info['disk_bytes'] / 2**20:.1f} MiB on disk)")
     print(f"encoder    {info['encoder']}   dtype {info['dtype']}")
     print(f"source     {info['source']}")
-    print(f"vectors    {info['num_vectors']} in {info['num_shards']} shards, {info['num_classes']} classes")
+    print(
+        f"vectors    {info['num_vectors']} in {info['num_shards']} shards, {info['num_classes']} classes"
+    )
     width = max([len(n) for n in info["class_counts"]] + [5])
     for name, count in sorted(info["class_counts"].items(), key=lambda kv: -kv[1]):
         print(f"  {name:<{width}}  {count}")
@@ -60,12 +62,20 @@ def _merge(args) -> None:
 def _thumbnails(args) -> None:
     from retclip.database_builder.manage import class_thumbnails
 
-    n = class_thumbnails(FeatureDatabase.open(args.database), args.class_name, args.output, max_items=args.max, size=args.size)
+    n = class_thumbnails(
+        FeatureDatabase.open(args.database),
+        args.class_name,
+        args.output,
+        max_items=args.max,
+        size=args.size,
+    )
     print(f"{args.output}: {n} crops of {args.class_name!r}")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("inspect", help="per-class counts, dims, encoder, source, disk size")
     s.add_argument("database")
@@ -73,7 +83,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_inspect)
     s = sub.add_parser("add", help="build a source's images/classes into an existing database")
     s.add_argument("database")
-    s.add_argument("config_file", help="build config (tools/build_database.py's); OUTPUT_DIR is ignored")
+    s.add_argument(
+        "config_file", help="build config (tools/build_database.py's); OUTPUT_DIR is ignored"
+    )
     s.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     s.set_defaults(func=_add)
     s = sub.add_parser("remove", help="copy without some classes")

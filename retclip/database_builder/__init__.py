@@ -1,13 +1,28 @@
 """Feature database construction (paper §2.1): sources with image-level labels, Grounding DINO
 -> SAM masks, the model's CLIP dense map and mask pooling, sharded resumable distributed writes."""
+
 from .builder import DatabaseBuilder
 from .config import add_database_build_config
 from .counting import ForwardCounter
 from .distributed import launch_build, rank_and_world_size
 from .encoder import ClipSegmentEncoder, SegmentEncoder, masks_to_logits
-from .factory import build_database_builder, build_encoder, build_proposals, run_build, setup_build_config, watch_models
+from .factory import (
+    build_database_builder,
+    build_encoder,
+    build_proposals,
+    run_build,
+    setup_build_config,
+    watch_models,
+)
 from .report import image_paths, read_chunk_records, write_build_report
-from .sources import DatasetSource, FolderSource, ImageRecord, ImageSource, OpenImagesSource, build_source
+from .sources import (
+    DatasetSource,
+    FolderSource,
+    ImageRecord,
+    ImageSource,
+    OpenImagesSource,
+    build_source,
+)
 
 __all__ = [
     "DatabaseBuilder",

@@ -9,6 +9,7 @@ number of ranks. Each chunk's bookkeeping (image paths, skipped images, labels w
 detection, forward counts, seconds) goes to ``build/part<c>.json`` before its shard is written;
 :mod:`.report` sums them when all ranks are done.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,11 @@ def chunk_prefix(chunk: int) -> str:
 
 
 def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
         torch.distributed.barrier()
 
 
@@ -106,8 +111,13 @@ class DatabaseBuilder:
                 )
         if rank == 0:
             db = FeatureDatabase.create(
-                self.output_dir, self.encoder.fingerprint, source.vocabulary, source=source.name,
-                build_args=self.build_args, dtype=self.dtype, exist_ok=True,
+                self.output_dir,
+                self.encoder.fingerprint,
+                source.vocabulary,
+                source=source.name,
+                build_args=self.build_args,
+                dtype=self.dtype,
+                exist_ok=True,
             )
             (self.output_dir / RECORD_DIR).mkdir(exist_ok=True)
         _barrier()
@@ -123,14 +133,21 @@ class DatabaseBuilder:
             return source.dataset_classes
         return record.labels
 
-    def process_image(self, source: ImageSource, record: ImageRecord, vocab_index: Dict[str, int]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    def process_image(
+        self, source: ImageSource, record: ImageRecord, vocab_index: Dict[str, int]
+    ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """Rows and bookkeeping of one image.
 
         Returns:
             (rows: features N x D float32, labels N, boxes N x 4, mask_areas N, scores N;
              info: status "ok" / "no_labels" / "unreadable", undetected labels, dropped masks).
         """
-        info: Dict[str, Any] = {"image_id": record.image_id, "path": record.path, "labels": list(record.labels), "status": "ok"}
+        info: Dict[str, Any] = {
+            "image_id": record.image_id,
+            "path": record.path,
+            "labels": list(record.labels),
+            "status": "ok",
+        }
         if not record.labels:
             info["status"] = "no_labels"
             return {}, info
@@ -143,7 +160,9 @@ class DatabaseBuilder:
             return {}, info
         class_names = self._class_names(source, record)
         props = self.proposals(image, class_names, record.dataset_dict)
-        names = [class_names[int(i)] for i in props.labels.tolist()] if props.labels is not None else []
+        names = (
+            [class_names[int(i)] for i in props.labels.tolist()] if props.labels is not None else []
+        )
         keep = torch.tensor([n in vocab_index for n in names], dtype=torch.bool)
         props = props.select(keep) if len(props) else props
         names = [n for n, k in zip(names, keep.tolist()) if k]
@@ -158,10 +177,17 @@ class DatabaseBuilder:
         info["dropped_small"] = int((~valid).sum())
         if not valid.any():
             return {}, info
-        features = self.encoder.embed(dense, logits[valid.to(logits.device)]).cpu().numpy().astype(np.float32)
+        features = (
+            self.encoder.embed(dense, logits[valid.to(logits.device)])
+            .cpu()
+            .numpy()
+            .astype(np.float32)
+        )
         rows = {
             "features": features,
-            "labels": np.asarray([vocab_index[n] for n, v in zip(names, valid.tolist()) if v], dtype=np.int64),
+            "labels": np.asarray(
+                [vocab_index[n] for n, v in zip(names, valid.tolist()) if v], dtype=np.int64
+            ),
             "boxes": props.boxes[valid].numpy().astype(np.float32),
             "mask_areas": props.masks[valid].flatten(1).sum(1).numpy().astype(np.float32),
             "scores": props.scores[valid].numpy().astype(np.float32),
@@ -169,7 +195,14 @@ class DatabaseBuilder:
         return rows, info
 
     # ------------------------------------------------------------------ per chunk
-    def build_chunk(self, db: FeatureDatabase, source: ImageSource, chunk: int, records: List[ImageRecord], vocab_index: Dict[str, int]) -> Dict[str, Any]:
+    def build_chunk(
+        self,
+        db: FeatureDatabase,
+        source: ImageSource,
+        chunk: int,
+        records: List[ImageRecord],
+        vocab_index: Dict[str, int],
+    ) -> Dict[str, Any]:
         """Process one chunk, write its record JSON, then its shard; returns the record."""
         start = time.perf_counter()
         before = Counter(self.counter.snapshot())
@@ -190,19 +223,33 @@ class DatabaseBuilder:
             "forwards": {k: v for k, v in forwards.items() if v},
             "seconds": time.perf_counter() - start,
         }
-        atomic_write_json(self.output_dir / RECORD_DIR / f"{chunk_prefix(chunk)}.json", chunk_record)
+        atomic_write_json(
+            self.output_dir / RECORD_DIR / f"{chunk_prefix(chunk)}.json", chunk_record
+        )
         dim = db.embed_dim
-        cat = lambda key, shape: np.concatenate([p[key] for p in parts]) if parts else np.zeros(shape, np.float32)  # noqa: E731
+        cat = lambda key, shape: (
+            np.concatenate([p[key] for p in parts]) if parts else np.zeros(shape, np.float32)
+        )  # noqa: E731
         db.append(
-            cat("features", (0, dim)), cat("labels", (0,)).astype(np.int64), ids,
-            boxes=cat("boxes", (0, 4)), mask_areas=cat("mask_areas", (0,)), scores=cat("scores", (0,)),
-            shard_prefix=chunk_prefix(chunk), update_manifest=False,
+            cat("features", (0, dim)),
+            cat("labels", (0,)).astype(np.int64),
+            ids,
+            boxes=cat("boxes", (0, 4)),
+            mask_areas=cat("mask_areas", (0,)),
+            scores=cat("scores", (0,)),
+            shard_prefix=chunk_prefix(chunk),
+            update_manifest=False,
         )
         return chunk_record
 
     # ------------------------------------------------------------------ whole build
     def build(
-        self, source: ImageSource, *, rank: int = 0, world_size: int = 1, exclude_ids: Optional[Set[str]] = None
+        self,
+        source: ImageSource,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        exclude_ids: Optional[Set[str]] = None,
     ) -> Optional[Dict[str, Any]]:
         """Build this rank's chunks; rank 0 then lists all shards in the manifest and writes the
         build report. Returns the report on rank 0 (None elsewhere, or when MAX_SHARDS_PER_RUN
@@ -213,8 +260,12 @@ class DatabaseBuilder:
         """
         from .report import write_build_report
 
-        if isinstance(self.proposals, GroundTruthProposals) and not hasattr(source, "dataset_classes"):
-            raise ValueError("GroundTruthProposals need a dataset source (DATABASE_BUILD.SOURCE.TYPE 'dataset')")
+        if isinstance(self.proposals, GroundTruthProposals) and not hasattr(
+            source, "dataset_classes"
+        ):
+            raise ValueError(
+                "GroundTruthProposals need a dataset source (DATABASE_BUILD.SOURCE.TYPE 'dataset')"
+            )
         db = self.open_database(source, rank)
         records = [r for r in source.records() if not exclude_ids or r.image_id not in exclude_ids]
         vocab_index = {name: i for i, name in enumerate(source.vocabulary)}
@@ -225,7 +276,13 @@ class DatabaseBuilder:
         done_images = total - sum(len(chunks[c]) for c in todo)
         logger.info(
             "rank %d/%d: %d of %d chunks to build (%d images, %d already done) into %s",
-            rank, world_size, len(todo), len(mine), total - done_images, done_images, self.output_dir,
+            rank,
+            world_size,
+            len(todo),
+            len(mine),
+            total - done_images,
+            done_images,
+            self.output_dir,
         )
         finished = True
         bar = self._progress_bar(total, done_images, rank)
@@ -248,7 +305,9 @@ class DatabaseBuilder:
         if rank != 0 or not finished:
             return None
         if not all(self.chunk_done(c) for c in range(len(chunks))):
-            logger.info("some chunks are still missing (other runs stopped early); manifest not refreshed")
+            logger.info(
+                "some chunks are still missing (other runs stopped early); manifest not refreshed"
+            )
             return None
         db.refresh_manifest()
         return write_build_report(self.output_dir, source, num_chunks=len(chunks))
@@ -258,4 +317,6 @@ class DatabaseBuilder:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=initial, unit="img", desc="database build", dynamic_ncols=True)
+        return tqdm(
+            total=total, initial=initial, unit="img", desc="database build", dynamic_ncols=True
+        )

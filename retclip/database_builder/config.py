@@ -5,6 +5,7 @@ The CLIP encoder is *not* configured here: the build uses ``MODEL.FC_CLIP.CLIP_M
 ``INPUT.MAX_SIZE_TEST`` of the model config, so a database and the model that searches it share
 one encoder and one input pipeline by construction.
 """
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_database_build_config"]

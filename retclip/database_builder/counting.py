@@ -1,5 +1,6 @@
 """Counts of model forwards, taken by forward hooks on the modules that do the per-image work,
 so the "one image forward per model per image" rule is measured rather than assumed."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -28,7 +29,9 @@ class ForwardCounter:
         def hook(mod: nn.Module, args: tuple, output) -> None:
             self.calls[name] += 1
             first = args[0] if args else None
-            self.rows[name] += int(first.shape[0]) if hasattr(first, "shape") and len(first.shape) else 1
+            self.rows[name] += (
+                int(first.shape[0]) if hasattr(first, "shape") and len(first.shape) else 1
+            )
 
         self._handles.append(module.register_forward_hook(hook))
 

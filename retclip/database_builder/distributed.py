@@ -5,6 +5,7 @@ process per GPU with NCCL (it asserts CUDA). Without CUDA, :func:`launch_build` 
 processes itself with ``torch.multiprocessing`` and initialises a gloo process group, so a
 multi-process build (and its test) also runs on a CPU machine.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,15 @@ def rank_and_world_size() -> tuple:
     return 0, 1
 
 
-def _cpu_worker(local_rank: int, main: Callable, world_size: int, machine_rank: int, num_per_machine: int, dist_url: str, args: Sequence[Any]) -> None:
+def _cpu_worker(
+    local_rank: int,
+    main: Callable,
+    world_size: int,
+    machine_rank: int,
+    num_per_machine: int,
+    dist_url: str,
+    args: Sequence[Any],
+) -> None:
     rank = machine_rank * num_per_machine + local_rank
     dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size, rank=rank)
     try:
@@ -36,7 +45,13 @@ def _cpu_worker(local_rank: int, main: Callable, world_size: int, machine_rank: 
 
 
 def launch_build(
-    main: Callable, num_processes: int, *, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto", args: Sequence[Any] = ()
+    main: Callable,
+    num_processes: int,
+    *,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+    args: Sequence[Any] = (),
 ) -> None:
     """Run ``main(*args)`` on ``num_processes`` processes per machine.
 
@@ -50,7 +65,14 @@ def launch_build(
     if torch.cuda.is_available() or world_size == 1:
         from detectron2.engine import launch
 
-        launch(main, num_processes, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url, args=tuple(args))
+        launch(
+            main,
+            num_processes,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=tuple(args),
+        )
         return
     if dist_url == "auto":
         if num_machines != 1:

@@ -7,6 +7,7 @@ bilinearly resized to the dense size and binarised at > 0 (``MaskPooling``); the
 (ConvNeXt: ``trunk.head`` + ``visual.head``; ResNet: the masked attention pool). The backbone is
 the model's own ``retclip.modeling.backbone.CLIP``; nothing of it is re-implemented here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,7 +66,13 @@ class ClipSegmentEncoder(nn.Module):
     """:class:`SegmentEncoder` over RetCLIP's frozen CLIP backbone (ConvNeXt or ModifiedResNet)."""
 
     def __init__(
-        self, backbone: nn.Module, *, pretrained: str, min_size: int = 800, max_size: int = 1333, size_divisibility: int = 32
+        self,
+        backbone: nn.Module,
+        *,
+        pretrained: str,
+        min_size: int = 800,
+        max_size: int = 1333,
+        size_divisibility: int = 32,
     ) -> None:
         """
         Args:
@@ -77,20 +84,30 @@ class ClipSegmentEncoder(nn.Module):
         """
         super().__init__()
         self.backbone = backbone
-        self.min_size, self.max_size, self.size_divisibility = int(min_size), int(max_size), int(size_divisibility)
+        self.min_size, self.max_size, self.size_divisibility = (
+            int(min_size),
+            int(max_size),
+            int(size_divisibility),
+        )
         mean = backbone.clip_model.visual.preprocess_cfg["mean"]
         std = backbone.clip_model.visual.preprocess_cfg["std"]
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(mean).view(3, 1, 1) * 255.0, persistent=False
+        )
         self.register_buffer("pixel_std", torch.tensor(std).view(3, 1, 1) * 255.0, persistent=False)
         self.pooling = MaskPooling()
-        self.fingerprint = EncoderFingerprint.from_open_clip(backbone.model_name, pretrained, backbone.dim_latent)
+        self.fingerprint = EncoderFingerprint.from_open_clip(
+            backbone.model_name, pretrained, backbone.dim_latent
+        )
 
     @classmethod
     def from_names(cls, model_name: str, pretrained: str, **kwargs) -> "ClipSegmentEncoder":
         """Build the model's backbone from open_clip name + weights (tag, local file or "")."""
         from retclip.modeling.backbone import CLIP
 
-        return cls(CLIP(model_name=model_name, pretrained=pretrained), pretrained=pretrained, **kwargs)
+        return cls(
+            CLIP(model_name=model_name, pretrained=pretrained), pretrained=pretrained, **kwargs
+        )
 
     @property
     def device(self) -> torch.device:
@@ -114,7 +131,11 @@ class ClipSegmentEncoder(nn.Module):
 
         resize = T.ResizeShortestEdge(self.min_size, self.max_size).get_transform(image)
         resized = resize.apply_image(image)
-        x = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float().to(self.device)
+        x = (
+            torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+            .float()
+            .to(self.device)
+        )
         x = (x - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
         d = self.size_divisibility
@@ -139,7 +160,9 @@ class ClipSegmentEncoder(nn.Module):
         n = mask_logits.shape[0]
         if n == 0:
             return torch.zeros((0, self.fingerprint.embed_dim), device=dense.device)
-        masks = F.interpolate(mask_logits[None].to(dense), size=dense.shape[-2:], mode="bilinear", align_corners=False)
+        masks = F.interpolate(
+            mask_logits[None].to(dense), size=dense.shape[-2:], mode="bilinear", align_corners=False
+        )
         if self.backbone.kind == "convnext":
             pooled = self.pooling(dense[None], masks)
             emb = self.backbone.convnext_head(pooled)
@@ -152,5 +175,7 @@ class ClipSegmentEncoder(nn.Module):
         """N bool: masks with at least one pixel at the dense resolution (others pool nothing)."""
         if mask_logits.shape[0] == 0:
             return torch.zeros(0, dtype=torch.bool)
-        m = F.interpolate(mask_logits[None].float(), size=dense_size, mode="bilinear", align_corners=False)[0]
+        m = F.interpolate(
+            mask_logits[None].float(), size=dense_size, mode="bilinear", align_corners=False
+        )[0]
         return (m > 0).flatten(1).any(dim=1).cpu()

@@ -1,5 +1,6 @@
 """Builds the database builder and its models from a config (``DATABASE_BUILD`` + the model's
 ``MODEL.FC_CLIP`` CLIP and ``INPUT`` test resize)."""
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,14 @@ from .encoder import ClipSegmentEncoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_encoder", "build_proposals", "watch_models", "build_database_builder", "setup_build_config", "run_build"]
+__all__ = [
+    "build_encoder",
+    "build_proposals",
+    "watch_models",
+    "build_database_builder",
+    "setup_build_config",
+    "run_build",
+]
 
 _PROPOSALS = ("GroundingDinoSamProposals", "GroundTruthProposals")
 
@@ -43,7 +51,9 @@ def build_proposals(cfg) -> ProposalSource:
     if b.PROPOSALS == "GroundTruthProposals":
         return GroundTruthProposals()
     if b.PROPOSALS != "GroundingDinoSamProposals":
-        raise ValueError(f"DATABASE_BUILD.PROPOSALS must be one of {list(_PROPOSALS)}, got {b.PROPOSALS!r}")
+        raise ValueError(
+            f"DATABASE_BUILD.PROPOSALS must be one of {list(_PROPOSALS)}, got {b.PROPOSALS!r}"
+        )
     device = cfg.MODEL.DEVICE
     detector = GroundingDinoDetector.from_pretrained(
         b.GROUNDING_DINO.MODEL,
@@ -54,10 +64,14 @@ def build_proposals(cfg) -> ProposalSource:
         max_detections=b.GROUNDING_DINO.MAX_DETECTIONS,
     )
     sam = load_sam(b.SAM.MODEL_TYPE, b.SAM.CHECKPOINT, device=device)
-    return GroundingDinoSamProposals(detector=detector, segmenter=SamBoxSegmenter(sam, multimask_output=b.SAM.MULTIMASK))
+    return GroundingDinoSamProposals(
+        detector=detector, segmenter=SamBoxSegmenter(sam, multimask_output=b.SAM.MULTIMASK)
+    )
 
 
-def watch_models(counter: ForwardCounter, encoder: ClipSegmentEncoder, proposals: ProposalSource) -> None:
+def watch_models(
+    counter: ForwardCounter, encoder: ClipSegmentEncoder, proposals: ProposalSource
+) -> None:
     """Hook the per-image modules: CLIP image tower, Grounding DINO vision/text backbones, SAM
     image encoder and mask decoder."""
     counter.watch("clip.image", encoder.image_module)
@@ -73,12 +87,22 @@ def _build_args(cfg) -> Dict[str, Any]:
     return {
         "proposals": b.PROPOSALS,
         "shard_size": b.SHARD_SIZE,
-        "grounding_dino": dict(b.GROUNDING_DINO) if b.PROPOSALS == "GroundingDinoSamProposals" else None,
-        "sam": {"model_type": b.SAM.MODEL_TYPE, "checkpoint": b.SAM.CHECKPOINT, "multimask": b.SAM.MULTIMASK}
-        if b.PROPOSALS == "GroundingDinoSamProposals"
-        else None,
+        "grounding_dino": (
+            dict(b.GROUNDING_DINO) if b.PROPOSALS == "GroundingDinoSamProposals" else None
+        ),
+        "sam": (
+            {
+                "model_type": b.SAM.MODEL_TYPE,
+                "checkpoint": b.SAM.CHECKPOINT,
+                "multimask": b.SAM.MULTIMASK,
+            }
+            if b.PROPOSALS == "GroundingDinoSamProposals"
+            else None
+        ),
         "clip_input": {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST},
-        "source": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in b.SOURCE.items()},
+        "source": {
+            k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in b.SOURCE.items()
+        },
     }
 
 
@@ -118,7 +142,9 @@ def setup_build_config(config_file: str, opts: Sequence[str] = ()):
     return cfg
 
 
-def run_build(config_file: str, opts: Sequence[str] = (), progress: bool = True) -> Optional[Dict[str, Any]]:
+def run_build(
+    config_file: str, opts: Sequence[str] = (), progress: bool = True
+) -> Optional[Dict[str, Any]]:
     """One process's part of a build (the ``main`` that :func:`launch_build` runs on every rank).
 
     Returns the build report on rank 0 when the database is complete, else None.

@@ -1,5 +1,6 @@
 """Editing finished databases: add images/classes by building and merging, remove classes,
 merge two databases, and a thumbnail grid of one class's segments for people to look at."""
+
 from __future__ import annotations
 
 import logging
@@ -46,7 +47,9 @@ def add_to_database(cfg, db_dir: str, *, progress: bool = True) -> FeatureDataba
         )
     present = existing.image_ids() | set(image_paths(db_dir))
     builder.build(build_source(cfg), exclude_ids=present)
-    added = FeatureDatabase.open(cfg.DATABASE_BUILD.OUTPUT_DIR, expected_fingerprint=existing.fingerprint)
+    added = FeatureDatabase.open(
+        cfg.DATABASE_BUILD.OUTPUT_DIR, expected_fingerprint=existing.fingerprint
+    )
     merged_dir = db_dir + ".merged"
     if os.path.exists(merged_dir):
         shutil.rmtree(merged_dir)
@@ -67,7 +70,13 @@ def add_to_database(cfg, db_dir: str, *, progress: bool = True) -> FeatureDataba
 
 
 def class_thumbnails(
-    db: FeatureDatabase, class_name: str, output: str, *, max_items: int = 16, size: int = 96, paths: Optional[Dict[str, str]] = None
+    db: FeatureDatabase,
+    class_name: str,
+    output: str,
+    *,
+    max_items: int = 16,
+    size: int = 96,
+    paths: Optional[Dict[str, str]] = None,
 ) -> int:
     """Write a PNG grid of crops (stored boxes) of one class's segments; returns the crop count.
 

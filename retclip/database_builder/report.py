@@ -1,5 +1,6 @@
 """The build report: sums the per-chunk records of a finished build into ``build/report.json``
 (skipped images, labels the detector never found, forward counts per model, images/s)."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,9 @@ def read_chunk_records(db_dir: str) -> List[Dict[str, Any]]:
 
 def image_paths(db_dir: str) -> Dict[str, str]:
     """Image id -> source image path, from the build records (for thumbnails)."""
-    return {img["image_id"]: img["path"] for rec in read_chunk_records(db_dir) for img in rec["images"]}
+    return {
+        img["image_id"]: img["path"] for rec in read_chunk_records(db_dir) for img in rec["images"]
+    }
 
 
 def write_build_report(db_dir: Path, source, *, num_chunks: int) -> Dict[str, Any]:
@@ -58,7 +61,13 @@ def write_build_report(db_dir: Path, source, *, num_chunks: int) -> Dict[str, An
             status[img["status"]] += 1
             labelled.update(img["labels"])
             if img["status"] == "unreadable":
-                unreadable.append({"image_id": img["image_id"], "path": img["path"], "error": img.get("error", "")})
+                unreadable.append(
+                    {
+                        "image_id": img["image_id"],
+                        "path": img["path"],
+                        "error": img.get("error", ""),
+                    }
+                )
             elif img["status"] == "no_labels":
                 no_labels.append(img["image_id"])
             else:
@@ -71,20 +80,33 @@ def write_build_report(db_dir: Path, source, *, num_chunks: int) -> Dict[str, An
         "encoder": str(db.fingerprint),
         "source": getattr(source, "name", ""),
         "source_findings": getattr(source, "report", {}),
-        "images": {"total": sum(status.values()), "ok": ok, "no_labels": no_labels, "unreadable": unreadable},
+        "images": {
+            "total": sum(status.values()),
+            "ok": ok,
+            "no_labels": no_labels,
+            "unreadable": unreadable,
+        },
         "vectors": len(db),
         "segments_per_class": dict(zip(db.class_names, db.class_counts)),
         "images_per_label": dict(sorted(labelled.items())),
         "labels_without_detection": dict(sorted(undetected.items())),
         "masks_empty_at_clip_resolution": dropped,
         "forwards": dict(sorted(forwards.items())),
-        "forwards_per_processed_image": {k: v / ok for k, v in sorted(forwards.items())} if ok else {},
+        "forwards_per_processed_image": (
+            {k: v / ok for k, v in sorted(forwards.items())} if ok else {}
+        ),
         "seconds": seconds,
         "images_per_second": ok / seconds if seconds > 0 else 0.0,
     }
     atomic_write_json(Path(db_dir) / "build" / REPORT_NAME, report)
     logger.info(
         "database %s: %d vectors from %d images (%d unreadable, %d without labels), %.2f images/s; forwards %s",
-        db_dir, len(db), ok, len(unreadable), len(no_labels), report["images_per_second"], report["forwards"],
+        db_dir,
+        len(db),
+        ok,
+        len(unreadable),
+        len(no_labels),
+        report["images_per_second"],
+        report["forwards"],
     )
     return report

@@ -5,6 +5,7 @@ by image id, so every rank of a distributed build and every resumed run sees the
 Problems found while reading the labels (unknown Open Images MIDs, listed images without a file)
 go into ``source.report`` for the build report rather than stopping the build.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,7 +18,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageRecord", "ImageSource", "DatasetSource", "OpenImagesSource", "FolderSource", "build_source"]
+__all__ = [
+    "ImageRecord",
+    "ImageSource",
+    "DatasetSource",
+    "OpenImagesSource",
+    "FolderSource",
+    "build_source",
+]
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,9 @@ def _filter_vocabulary(vocabulary: List[str], classes: Sequence[str], where: str
     by_name = {v.split(",")[0].strip().lower(): v for v in vocabulary}
     missing = [c for c in classes if c.split(",")[0].strip().lower() not in by_name]
     if missing:
-        raise KeyError(f"{where}: classes {missing} are not in the source's {len(vocabulary)} classes")
+        raise KeyError(
+            f"{where}: classes {missing} are not in the source's {len(vocabulary)} classes"
+        )
     return [by_name[c.split(",")[0].strip().lower()] for c in classes]
 
 
@@ -67,16 +77,22 @@ class DatasetSource(ImageSource):
     """A registered detectron2 dataset; image labels are the classes of its annotated segments
     (panoptic ``segments_info``, else the values of its semantic PNG)."""
 
-    def __init__(self, dataset_name: str, *, classes: Sequence[str] = (), max_images: int = 0) -> None:
+    def __init__(
+        self, dataset_name: str, *, classes: Sequence[str] = (), max_images: int = 0
+    ) -> None:
         from detectron2.data import DatasetCatalog, MetadataCatalog
 
         if dataset_name not in DatasetCatalog.list():
-            raise KeyError(f"dataset {dataset_name!r} is not registered with detectron2 (DatasetCatalog)")
+            raise KeyError(
+                f"dataset {dataset_name!r} is not registered with detectron2 (DatasetCatalog)"
+            )
         self.name = dataset_name
         meta = MetadataCatalog.get(dataset_name)
         all_classes = list(meta.get("stuff_classes", None) or meta.get("thing_classes", None) or [])
         if not all_classes:
-            raise ValueError(f"dataset {dataset_name!r} has no stuff_classes/thing_classes in its metadata")
+            raise ValueError(
+                f"dataset {dataset_name!r} has no stuff_classes/thing_classes in its metadata"
+            )
         self.dataset_classes = all_classes
         self.vocabulary = _filter_vocabulary(all_classes, classes, dataset_name)
         self._keep = {c for c in self.vocabulary}
@@ -94,7 +110,9 @@ class DatasetSource(ImageSource):
             values = np.unique(np.asarray(Image.open(d["sem_seg_file_name"])))
             ids = {int(v) for v in values if int(v) != self._ignore}
         else:
-            raise KeyError(f"{self.name}: dataset dict of {d.get('file_name')} has neither segments_info nor sem_seg_file_name")
+            raise KeyError(
+                f"{self.name}: dataset dict of {d.get('file_name')} has neither segments_info nor sem_seg_file_name"
+            )
         names = [self.dataset_classes[i] for i in sorted(ids) if 0 <= i < len(self.dataset_classes)]
         return [n for n in names if n in self._keep]
 
@@ -167,7 +185,9 @@ class OpenImagesSource(ImageSource):
             for c in classes:
                 mid = c if c in mid_to_name else name_to_mid.get(c.lower())
                 if mid is None:
-                    raise KeyError(f"class {c!r} is neither a MID nor a name in {class_descriptions}")
+                    raise KeyError(
+                        f"class {c!r} is neither a MID nor a name in {class_descriptions}"
+                    )
                 wanted_mids.append(mid)
         unknown: Counter = Counter()
         labels: Dict[str, set] = {}
@@ -175,7 +195,9 @@ class OpenImagesSource(ImageSource):
             try:
                 confidence = float(row["Confidence"])
             except ValueError as e:
-                raise ValueError(f"{labels_file}: bad Confidence {row['Confidence']!r} for image {row['ImageID']}") from e
+                raise ValueError(
+                    f"{labels_file}: bad Confidence {row['Confidence']!r} for image {row['ImageID']}"
+                ) from e
             mid = row["LabelName"].strip()
             if mid not in mid_to_name:
                 unknown[mid] += 1
@@ -184,7 +206,13 @@ class OpenImagesSource(ImageSource):
                 continue
             labels.setdefault(row["ImageID"].strip(), set()).add(mid_to_name[mid])
         if unknown:
-            logger.warning("%s: %d unknown MIDs (not in %s), e.g. %s", labels_file, len(unknown), class_descriptions, list(unknown)[:5])
+            logger.warning(
+                "%s: %d unknown MIDs (not in %s), e.g. %s",
+                labels_file,
+                len(unknown),
+                class_descriptions,
+                list(unknown)[:5],
+            )
         if wanted_mids is not None:
             self.vocabulary = [mid_to_name[m] for m in wanted_mids]
         else:
@@ -208,7 +236,9 @@ class FolderSource(ImageSource):
     ";") or a JSON object ``{"relative/path.jpg": ["cat", "sofa"]}``. The image id is the
     relative path; the vocabulary is the sorted union of labels (or ``classes``)."""
 
-    def __init__(self, image_dir: str, labels_file: str, *, classes: Sequence[str] = (), max_images: int = 0) -> None:
+    def __init__(
+        self, image_dir: str, labels_file: str, *, classes: Sequence[str] = (), max_images: int = 0
+    ) -> None:
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"image directory not found: {image_dir}")
         self.name = f"folder:{os.path.basename(os.path.normpath(image_dir))}"
@@ -220,13 +250,20 @@ class FolderSource(ImageSource):
             if not isinstance(table, dict):
                 raise ValueError(f"{labels_file} must hold a JSON object image -> list of labels")
         else:
-            table = {r["image"]: [x for x in r["labels"].split(";")] for r in _read_csv(labels_file, ["image", "labels"])}
-        parsed = {img: sorted({str(x).strip() for x in names if str(x).strip()}) for img, names in table.items()}
+            table = {
+                r["image"]: [x for x in r["labels"].split(";")]
+                for r in _read_csv(labels_file, ["image", "labels"])
+            }
+        parsed = {
+            img: sorted({str(x).strip() for x in names if str(x).strip()})
+            for img, names in table.items()
+        }
         union = sorted({n for names in parsed.values() for n in names})
         self.vocabulary = _filter_vocabulary(union, classes, labels_file) if classes else union
         keep = set(self.vocabulary)
         self._records = [
-            ImageRecord(img, os.path.join(image_dir, img), tuple(n for n in names if n in keep)) for img, names in parsed.items()
+            ImageRecord(img, os.path.join(image_dir, img), tuple(n for n in names if n in keep))
+            for img, names in parsed.items()
         ]
         self._max_images = max_images
         self.report = {}
@@ -243,8 +280,15 @@ def build_source(cfg) -> ImageSource:
         return DatasetSource(s.DATASET, classes=classes, max_images=s.MAX_IMAGES)
     if s.TYPE == "open_images":
         return OpenImagesSource(
-            s.IMAGE_DIR, s.LABELS_FILE, s.CLASS_DESCRIPTIONS, classes=classes, min_confidence=s.MIN_CONFIDENCE, max_images=s.MAX_IMAGES
+            s.IMAGE_DIR,
+            s.LABELS_FILE,
+            s.CLASS_DESCRIPTIONS,
+            classes=classes,
+            min_confidence=s.MIN_CONFIDENCE,
+            max_images=s.MAX_IMAGES,
         )
     if s.TYPE == "folder":
         return FolderSource(s.IMAGE_DIR, s.LABELS_FILE, classes=classes, max_images=s.MAX_IMAGES)
-    raise ValueError(f"DATABASE_BUILD.SOURCE.TYPE must be 'dataset', 'open_images' or 'folder', got {s.TYPE!r}")
+    raise ValueError(
+        f"DATABASE_BUILD.SOURCE.TYPE must be 'dataset', 'open_images' or 'folder', got {s.TYPE!r}"
+    )

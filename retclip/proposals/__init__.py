@@ -1,6 +1,13 @@
 """Mask proposal sources (ground truth, SAM point grid, Grounding DINO -> SAM) behind one call
 signature and one registry, shared by the database builder and the training-free model."""
-from .base import PROPOSAL_REGISTRY, Proposals, ProposalSource, build_proposal_source, masks_to_boxes
+
+from .base import (
+    PROPOSAL_REGISTRY,
+    Proposals,
+    ProposalSource,
+    build_proposal_source,
+    masks_to_boxes,
+)
 from .grounding_dino import Detections, GroundingDinoDetector
 from .grounding_dino_sam import GroundingDinoSamProposals
 from .ground_truth import GroundTruthProposals

@@ -4,6 +4,7 @@ The database builder and the training-free model both need "some masks for this 
 with a class hint per mask"; keeping one dataclass and one call signature lets either of them swap
 ground-truth masks, SAM's point grid or Grounding DINO -> SAM by a config string.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +15,13 @@ import torch
 from detectron2.utils.registry import Registry
 from torch import Tensor
 
-__all__ = ["Proposals", "ProposalSource", "PROPOSAL_REGISTRY", "build_proposal_source", "masks_to_boxes"]
+__all__ = [
+    "Proposals",
+    "ProposalSource",
+    "PROPOSAL_REGISTRY",
+    "build_proposal_source",
+    "masks_to_boxes",
+]
 
 PROPOSAL_REGISTRY = Registry("PROPOSAL_SOURCE")
 PROPOSAL_REGISTRY.__doc__ = """
@@ -49,13 +56,21 @@ class Proposals:
     def __post_init__(self) -> None:
         n = self.masks.shape[0]
         if self.masks.dim() != 3 or self.masks.dtype != torch.bool:
-            raise ValueError(f"Proposals.masks must be an N x H x W bool tensor, got {self.masks.dtype} {tuple(self.masks.shape)}")
+            raise ValueError(
+                f"Proposals.masks must be an N x H x W bool tensor, got {self.masks.dtype} {tuple(self.masks.shape)}"
+            )
         if self.scores.shape != (n,):
-            raise ValueError(f"Proposals.scores must have shape ({n},), got {tuple(self.scores.shape)}")
+            raise ValueError(
+                f"Proposals.scores must have shape ({n},), got {tuple(self.scores.shape)}"
+            )
         if self.boxes.shape != (n, 4):
-            raise ValueError(f"Proposals.boxes must have shape ({n}, 4), got {tuple(self.boxes.shape)}")
+            raise ValueError(
+                f"Proposals.boxes must have shape ({n}, 4), got {tuple(self.boxes.shape)}"
+            )
         if self.labels is not None and self.labels.shape != (n,):
-            raise ValueError(f"Proposals.labels must have shape ({n},), got {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"Proposals.labels must have shape ({n},), got {tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -129,7 +144,12 @@ class ProposalSource:
 
 def check_image(image: np.ndarray) -> None:
     """Raise ValueError unless ``image`` is an H x W x 3 uint8 array."""
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+    if (
+        not isinstance(image, np.ndarray)
+        or image.ndim != 3
+        or image.shape[2] != 3
+        or image.dtype != np.uint8
+    ):
         desc = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
         raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {desc}")
 

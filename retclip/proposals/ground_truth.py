@@ -1,5 +1,6 @@
 """Ground-truth masks as proposals: the upper bound of the training-free variant and the
 "GT masks instead of detector + SAM" ablation of the database build."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,9 @@ def read_panoptic_segments(dataset_dict: Dict[str, Any]) -> tuple:
     """
     for key in ("pan_seg_file_name", "segments_info"):
         if key not in dataset_dict:
-            raise KeyError(f"dataset dict of {dataset_dict.get('file_name', '?')} has no {key!r}: not a panoptic dataset")
+            raise KeyError(
+                f"dataset dict of {dataset_dict.get('file_name', '?')} has no {key!r}: not a panoptic dataset"
+            )
     path = dataset_dict["pan_seg_file_name"]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"panoptic PNG not found: {path}")
@@ -70,7 +73,9 @@ class GroundTruthProposals(ProposalSource):
     ) -> Proposals:
         check_image(image)
         if dataset_dict is None:
-            raise ValueError("GroundTruthProposals needs the image's dataset_dict (with pan_seg_file_name)")
+            raise ValueError(
+                "GroundTruthProposals needs the image's dataset_dict (with pan_seg_file_name)"
+            )
         masks, cats, crowd = read_panoptic_segments(dataset_dict)
         if masks.shape[1:] != image.shape[:2]:
             raise ValueError(

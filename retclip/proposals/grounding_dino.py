@@ -7,6 +7,7 @@ the Swin backbone run once per image for the whole batch (the text-image fusion 
 decoder depend on the text, so they run once per chunk). Each box is assigned to the class whose
 tokens score highest, which is more robust than decoding token phrases back to text.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,11 +57,16 @@ def _share_backbone(backbone: nn.Module, batch: int) -> Iterator[None]:
 
     def post_hook(module: nn.Module, args: tuple, output: tuple) -> tuple:
         features, positions = output
-        features = [(f.expand(batch, *f.shape[1:]), m.expand(batch, *m.shape[1:])) for f, m in features]
+        features = [
+            (f.expand(batch, *f.shape[1:]), m.expand(batch, *m.shape[1:])) for f, m in features
+        ]
         positions = [p.expand(batch, *p.shape[1:]) for p in positions]
         return features, positions
 
-    handles = [backbone.register_forward_pre_hook(pre_hook, prepend=True), backbone.register_forward_hook(post_hook, prepend=True)]
+    handles = [
+        backbone.register_forward_pre_hook(pre_hook, prepend=True),
+        backbone.register_forward_hook(post_hook, prepend=True),
+    ]
     try:
         yield
     finally:
@@ -111,12 +117,16 @@ class GroundingDinoDetector:
         self._token_cache: dict = {}
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, device: str = "cpu", **kwargs) -> "GroundingDinoDetector":
+    def from_pretrained(
+        cls, name_or_path: str, *, device: str = "cpu", **kwargs
+    ) -> "GroundingDinoDetector":
         """Load model and processor from a Hugging Face hub name or a local directory."""
         from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
 
         if not name_or_path:
-            raise ValueError("Grounding DINO needs a hub name or a local directory (DATABASE_BUILD.GROUNDING_DINO.MODEL)")
+            raise ValueError(
+                "Grounding DINO needs a hub name or a local directory (DATABASE_BUILD.GROUNDING_DINO.MODEL)"
+            )
         processor = GroundingDinoProcessor.from_pretrained(name_or_path)
         model = GroundingDinoForObjectDetection.from_pretrained(name_or_path)
         return cls(model, processor, device=device, **kwargs)
@@ -131,7 +141,9 @@ class GroundingDinoDetector:
             ids = self.tokenizer(prompt_name(name), add_special_tokens=False)["input_ids"]
             limit = self.max_text_len - 3  # [CLS], ".", [SEP]
             if len(ids) > limit:
-                logger.warning("class name %r has %d tokens; truncated to %d", name, len(ids), limit)
+                logger.warning(
+                    "class name %r has %d tokens; truncated to %d", name, len(ids), limit
+                )
                 ids = ids[:limit]
             self._token_cache[name] = list(ids)
         return self._token_cache[name]
@@ -149,7 +161,9 @@ class GroundingDinoDetector:
             length += cost
         return chunks
 
-    def _text_batch(self, names: Sequence[str], chunks: List[List[int]]) -> Tuple[dict, List[List[Tuple[int, int, int]]]]:
+    def _text_batch(
+        self, names: Sequence[str], chunks: List[List[int]]
+    ) -> Tuple[dict, List[List[Tuple[int, int, int]]]]:
         """Padded input ids of the chunks and, per chunk, (class index, first token, end token)."""
         rows, spans = [], []
         for chunk in chunks:
@@ -163,8 +177,14 @@ class GroundingDinoDetector:
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
-        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
-        text = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": torch.zeros_like(input_ids)}
+        attention = torch.tensor(
+            [[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long
+        )
+        text = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "token_type_ids": torch.zeros_like(input_ids),
+        }
         return text, spans
 
     @torch.no_grad()
@@ -194,7 +214,9 @@ class GroundingDinoDetector:
         cxcywh = outputs.pred_boxes.float().cpu()  # C x Q x 4, relative to the image
         boxes, scores, labels = [], [], []
         for c, chunk_spans in enumerate(spans):
-            per_class = torch.stack([probs[c, :, s:e].max(dim=1).values for _, s, e in chunk_spans], dim=1)
+            per_class = torch.stack(
+                [probs[c, :, s:e].max(dim=1).values for _, s, e in chunk_spans], dim=1
+            )
             best, arg = per_class.max(dim=1)
             keep = (best > self.box_threshold) & (best > self.text_threshold)
             if keep.any():

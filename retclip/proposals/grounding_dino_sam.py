@@ -1,5 +1,6 @@
 """Grounding DINO boxes for the given class names, turned into masks by SAM box prompts: the
 class-aware masks of the paper's database construction (§2.1) and training-free variant (§2.2)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence

@@ -1,5 +1,6 @@
 """SAM (segment-anything) as a mask source: box prompts (all boxes of an image decoded in one
 batch over a single image embedding) and the automatic point-grid generator."""
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,13 @@ class SamBoxSegmenter:
     Uses segment-anything's ``SamPredictor`` (``set_image`` once, ``predict_torch`` on the boxes).
     """
 
-    def __init__(self, sam: torch.nn.Module, *, multimask_output: bool = False, max_boxes_per_batch: int = 256) -> None:
+    def __init__(
+        self,
+        sam: torch.nn.Module,
+        *,
+        multimask_output: bool = False,
+        max_boxes_per_batch: int = 256,
+    ) -> None:
         """
         Args:
             sam: a ``segment_anything.modeling.Sam``.
@@ -90,7 +97,10 @@ class SamBoxSegmenter:
         masks, ious = [], []
         for start in range(0, len(prompts), self.max_boxes_per_batch):
             m, iou, _ = self.predictor.predict_torch(
-                None, None, boxes=prompts[start : start + self.max_boxes_per_batch], multimask_output=self.multimask_output
+                None,
+                None,
+                boxes=prompts[start : start + self.max_boxes_per_batch],
+                multimask_output=self.multimask_output,
             )
             best = iou.argmax(dim=1)
             rows = torch.arange(len(best), device=best.device)

@@ -5,6 +5,7 @@ The tokenizer is a real ``BertTokenizerFast`` over a small vocabulary that keeps
 special tokens ([CLS] 101, [SEP] 102, "." 1012, "?" 1029; Grounding DINO hard-codes them) and
 spells any lower-case word with single-letter word pieces.
 """
+
 from __future__ import annotations
 
 import string
@@ -12,7 +13,13 @@ from typing import Dict, Tuple
 
 import torch
 
-__all__ = ["tiny_bert_vocab", "build_tiny_grounding_dino", "build_grounding_dino_t_random", "build_tiny_sam", "build_sam_vit_b_random"]
+__all__ = [
+    "tiny_bert_vocab",
+    "build_tiny_grounding_dino",
+    "build_grounding_dino_t_random",
+    "build_tiny_sam",
+    "build_sam_vit_b_random",
+]
 
 _VOCAB_SIZE = 1100
 
@@ -20,7 +27,15 @@ _VOCAB_SIZE = 1100
 def tiny_bert_vocab() -> Dict[str, int]:
     """Token -> id of a 1100-entry WordPiece vocabulary with BERT's special-token ids."""
     tokens = [f"[unused{i}]" for i in range(_VOCAB_SIZE)]
-    special = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}
+    special = {
+        0: "[PAD]",
+        100: "[UNK]",
+        101: "[CLS]",
+        102: "[SEP]",
+        103: "[MASK]",
+        1012: ".",
+        1029: "?",
+    }
     for i, tok in special.items():
         tokens[i] = tok
     chars = string.ascii_lowercase + string.digits
@@ -32,7 +47,9 @@ def tiny_bert_vocab() -> Dict[str, int]:
     return {tok: i for i, tok in enumerate(tokens)}
 
 
-def build_tiny_grounding_dino(*, max_text_len: int = 256, num_queries: int = 16, image_size: int = 64, seed: int = 0) -> Tuple:
+def build_tiny_grounding_dino(
+    *, max_text_len: int = 256, num_queries: int = 16, image_size: int = 64, seed: int = 0
+) -> Tuple:
     """A random-weight ``GroundingDinoForObjectDetection`` (tiny Swin + 1-layer BERT, d_model 32)
     and its ``GroundingDinoProcessor``; ``save_pretrained`` both to test loading from a directory.
 
@@ -54,10 +71,21 @@ def build_tiny_grounding_dino(*, max_text_len: int = 256, num_queries: int = 16,
     )
 
     swin = SwinConfig(
-        image_size=image_size, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4, out_indices=[2, 3, 4]
+        image_size=image_size,
+        patch_size=4,
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=4,
+        out_indices=[2, 3, 4],
     )
     bert = BertConfig(
-        vocab_size=_VOCAB_SIZE, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=max(300, max_text_len)
+        vocab_size=_VOCAB_SIZE,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=max(300, max_text_len),
     )
     config = GroundingDinoConfig(
         backbone_config=swin,
@@ -77,22 +105,41 @@ def build_tiny_grounding_dino(*, max_text_len: int = 256, num_queries: int = 16,
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(config).eval()
     tokenizer = BertTokenizerFast(vocab=tiny_bert_vocab(), do_lower_case=True)
-    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": image_size, "longest_edge": int(image_size * 1.5)})
+    image_processor = GroundingDinoImageProcessor(
+        size={"shortest_edge": image_size, "longest_edge": int(image_size * 1.5)}
+    )
     return model, GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def build_tiny_sam(*, image_size: int = 64, seed: int = 0) -> torch.nn.Module:
     """A random-weight segment-anything ``Sam`` (1-block ViT, width 32, 8 x 8 embedding)."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     torch.manual_seed(seed)
     patch, dim = 8, 32
     grid = image_size // patch
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            img_size=image_size, patch_size=patch, embed_dim=dim, depth=1, num_heads=2, out_chans=dim, window_size=0
+            img_size=image_size,
+            patch_size=patch,
+            embed_dim=dim,
+            depth=1,
+            num_heads=2,
+            out_chans=dim,
+            window_size=0,
         ),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(image_size, image_size), mask_in_chans=4),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=4,
+        ),
         mask_decoder=MaskDecoder(
             transformer_dim=dim,
             transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
@@ -124,8 +171,12 @@ def build_grounding_dino_t_random(seed: int = 0) -> Tuple:
         SwinConfig,
     )
 
-    config = GroundingDinoConfig(backbone_config=SwinConfig(out_indices=[2, 3, 4]), text_config=BertConfig())
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(out_indices=[2, 3, 4]), text_config=BertConfig()
+    )
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(config).eval()
     tokenizer = BertTokenizerFast(vocab=tiny_bert_vocab(), do_lower_case=True)
-    return model, GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer)
+    return model, GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer
+    )

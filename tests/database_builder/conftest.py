@@ -1,4 +1,5 @@
 """Fixtures of the database-builder tests: tiny models, a numpy reference for mask pooling."""
+
 import numpy as np
 import open_clip
 import pytest
@@ -46,9 +47,12 @@ def bilinear_np(x: np.ndarray, size) -> np.ndarray:
     return top * (1 - wy)[:, None] + bottom * wy[:, None]
 
 
-def reference_embedding(encoder, dense: np.ndarray, mask: np.ndarray, resized, padded) -> np.ndarray:
+def reference_embedding(
+    encoder, dense: np.ndarray, mask: np.ndarray, resized, padded
+) -> np.ndarray:
     """The segment embedding computed independently: +-1 mask -> bilinear to the resized image ->
-    pad with -1 -> bilinear to the dense size -> > 0 -> numpy mean of dense features -> CLIP head."""
+    pad with -1 -> bilinear to the dense size -> > 0 -> numpy mean of dense features -> CLIP head.
+    """
     logits = bilinear_np(mask.astype(np.float64) * 2 - 1, resized)
     padded_logits = -np.ones(padded)
     padded_logits[: resized[0], : resized[1]] = logits
@@ -56,7 +60,9 @@ def reference_embedding(encoder, dense: np.ndarray, mask: np.ndarray, resized, p
     pooled = dense[:, binary].sum(axis=1) / (binary.sum() + 1e-8)
     visual = encoder.backbone.clip_model.visual
     with torch.no_grad():
-        emb = visual.head(visual.trunk.head(torch.from_numpy(pooled).float().view(1, -1, 1, 1)))[0].numpy()
+        emb = visual.head(visual.trunk.head(torch.from_numpy(pooled).float().view(1, -1, 1, 1)))[
+            0
+        ].numpy()
     return emb / np.linalg.norm(emb)
 
 

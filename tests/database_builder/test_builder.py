@@ -1,4 +1,5 @@
 """End-to-end builds in-process: tiny Grounding DINO + tiny SAM + tiny CLIP on synthetic images."""
+
 import json
 
 import numpy as np
@@ -6,7 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from retclip.database_builder import ClipSegmentEncoder, DatabaseBuilder, FolderSource, ForwardCounter, masks_to_logits, watch_models
+from retclip.database_builder import (
+    ClipSegmentEncoder,
+    DatabaseBuilder,
+    FolderSource,
+    ForwardCounter,
+    masks_to_logits,
+    watch_models,
+)
 from retclip.proposals import GroundingDinoDetector, GroundingDinoSamProposals, SamBoxSegmenter
 from retclip.retrieval import FeatureDatabase
 from retclip.testing.synthetic import TRAIN_CLASSES, make_synthetic_panoptic
@@ -21,24 +29,39 @@ def folder(tmp_path_factory):
     pan = json.load(open(split.panoptic_json))
     names = {c["id"]: c["name"].split(",")[0] for c in TRAIN_CLASSES}
     files = {im["id"]: im["file_name"] for im in pan["images"]}
-    labels = {files[a["image_id"]]: sorted({names[s["category_id"]] for s in a["segments_info"]}) for a in pan["annotations"]}
+    labels = {
+        files[a["image_id"]]: sorted({names[s["category_id"]] for s in a["segments_info"]})
+        for a in pan["annotations"]
+    }
     (root / "train" / "images" / "zz_corrupt.jpg").write_bytes(b"this is not a jpeg")
     labels["zz_corrupt.jpg"] = ["cat"]
     labels["zz_missing.jpg"] = ["car"]
-    Image.fromarray(np.zeros((96, 128, 3), np.uint8)).save(root / "train" / "images" / "zz_unlabelled.jpg")
+    Image.fromarray(np.zeros((96, 128, 3), np.uint8)).save(
+        root / "train" / "images" / "zz_unlabelled.jpg"
+    )
     labels["zz_unlabelled.jpg"] = []
     (root / "labels.json").write_text(json.dumps(labels))
     return str(root / "train" / "images"), str(root / "labels.json")
 
 
-def _builder(out, tiny_gdino, tiny_sam, clip_file, box_threshold=0.3, clip_name="retclip-tiny-convnext"):
+def _builder(
+    out, tiny_gdino, tiny_sam, clip_file, box_threshold=0.3, clip_name="retclip-tiny-convnext"
+):
     encoder = ClipSegmentEncoder.from_names(clip_name, clip_file, min_size=128, max_size=400)
-    detector = GroundingDinoDetector(*tiny_gdino, box_threshold=box_threshold, text_threshold=0.0, max_detections=5)
+    detector = GroundingDinoDetector(
+        *tiny_gdino, box_threshold=box_threshold, text_threshold=0.0, max_detections=5
+    )
     proposals = GroundingDinoSamProposals(detector=detector, segmenter=SamBoxSegmenter(tiny_sam))
     counter = ForwardCounter()
     watch_models(counter, encoder, proposals)
     builder = DatabaseBuilder(
-        encoder=encoder, proposals=proposals, output_dir=str(out), shard_size=3, dtype="float32", counter=counter, progress=False
+        encoder=encoder,
+        proposals=proposals,
+        output_dir=str(out),
+        shard_size=3,
+        dtype="float32",
+        counter=counter,
+        progress=False,
     )
     return builder, counter
 
@@ -69,7 +92,9 @@ def test_one_forward_per_model_per_image(built):
     _, _, report, db = built
     f = report["forwards"]
     images_with_rows = len(set(db.load_all().image_ids))
-    assert f["grounding_dino.image"] == 4  # every readable labelled image, however many prompt chunks
+    assert (
+        f["grounding_dino.image"] == 4
+    )  # every readable labelled image, however many prompt chunks
     assert f["grounding_dino.text_prompts"] >= 4
     assert f["sam.image"] <= 4 and f["clip.image"] <= f["sam.image"]
     assert f["clip.image"] == images_with_rows
@@ -86,19 +111,27 @@ def test_features_equal_independent_pooling(built, numpy_embedding):
     x, resized = enc.preprocess(image)
     dense = enc.dense_features(x[None])[0]
     mine = [i for i, img in enumerate(rows.image_ids) if img == record.image_id]
-    valid = enc.valid_masks(tuple(dense.shape[-2:]), masks_to_logits(props.masks, resized, tuple(x.shape[-2:])))
+    valid = enc.valid_masks(
+        tuple(dense.shape[-2:]), masks_to_logits(props.masks, resized, tuple(x.shape[-2:]))
+    )
     assert len(mine) == int(valid.sum())
     kept = np.flatnonzero(valid.numpy())
     for row, p in zip(mine, kept):
-        ref = numpy_embedding(enc, dense.double().numpy(), props.masks[p].numpy(), resized, tuple(x.shape[-2:]))
+        ref = numpy_embedding(
+            enc, dense.double().numpy(), props.masks[p].numpy(), resized, tuple(x.shape[-2:])
+        )
         np.testing.assert_allclose(rows.features[row], ref, atol=3e-5)
         assert source.vocabulary[rows.labels[row]] == record.labels[int(props.labels[p])]
         np.testing.assert_allclose(rows.boxes[row], props.boxes[p].numpy(), atol=1e-4)
         assert rows.mask_areas[row] == props.masks[p].sum()
 
 
-def test_labels_without_detection_are_counted(tmp_path, folder, tiny_gdino, tiny_sam, tiny_clip_file):
-    builder, counter = _builder(tmp_path / "db", tiny_gdino, tiny_sam, tiny_clip_file, box_threshold=1.0)
+def test_labels_without_detection_are_counted(
+    tmp_path, folder, tiny_gdino, tiny_sam, tiny_clip_file
+):
+    builder, counter = _builder(
+        tmp_path / "db", tiny_gdino, tiny_sam, tiny_clip_file, box_threshold=1.0
+    )
     report = builder.build(FolderSource(*folder))
     counter.close()
     assert report["vectors"] == 0
@@ -118,4 +151,6 @@ def test_other_encoder_is_refused(built, folder, tiny_gdino, tiny_sam):
     with pytest.raises(ValueError) as err:
         other.build(FolderSource(*folder))
     counter.close()
-    assert str(builder.encoder.fingerprint) in str(err.value) and str(other.encoder.fingerprint) in str(err.value)
+    assert str(builder.encoder.fingerprint) in str(err.value) and str(
+        other.encoder.fingerprint
+    ) in str(err.value)

@@ -8,13 +8,17 @@ from retclip.database_builder import ClipSegmentEncoder, masks_to_logits
 def test_bilinear_reference_agrees_with_torch(numpy_bilinear):
     """Guards the numpy reference itself (used to check the encoder below)."""
     x = np.random.default_rng(0).random((7, 11))
-    ref = torch.nn.functional.interpolate(torch.from_numpy(x)[None, None], size=(3, 5), mode="bilinear", align_corners=False)
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(x)[None, None], size=(3, 5), mode="bilinear", align_corners=False
+    )
     np.testing.assert_allclose(numpy_bilinear(x, (3, 5)), ref[0, 0].numpy(), atol=1e-12)
 
 
 @pytest.fixture(scope="module")
 def encoder(tiny_clip_file):
-    return ClipSegmentEncoder.from_names("retclip-tiny-convnext", tiny_clip_file, min_size=128, max_size=400)
+    return ClipSegmentEncoder.from_names(
+        "retclip-tiny-convnext", tiny_clip_file, min_size=128, max_size=400
+    )
 
 
 def test_preprocess_resizes_normalises_pads(encoder):
@@ -43,7 +47,9 @@ def test_embed_matches_numpy_pooling(encoder, numpy_embedding):
     assert got.shape == (3, encoder.fingerprint.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
     for i in range(3):
-        ref = numpy_embedding(encoder, dense.double().numpy(), masks[i], resized, tuple(x.shape[-2:]))
+        ref = numpy_embedding(
+            encoder, dense.double().numpy(), masks[i], resized, tuple(x.shape[-2:])
+        )
         np.testing.assert_allclose(got[i], ref, atol=2e-5)
     assert encoder.embed(dense, logits[:0]).shape == (0, encoder.fingerprint.embed_dim)
 
@@ -53,7 +59,10 @@ def test_fingerprint_hashes_weight_file(encoder, tiny_clip_file):
 
     digest = hashlib.sha256(open(tiny_clip_file, "rb").read()).hexdigest()
     assert encoder.fingerprint.weights == "sha256:" + digest
-    assert encoder.fingerprint.model_name == "retclip-tiny-convnext" and encoder.fingerprint.embed_dim == 32
+    assert (
+        encoder.fingerprint.model_name == "retclip-tiny-convnext"
+        and encoder.fingerprint.embed_dim == 32
+    )
 
 
 def test_resnet_encoder_is_normalised():

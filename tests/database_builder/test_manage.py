@@ -1,5 +1,6 @@
 """tools/inspect_database.py: inspect, add (build into an existing database), remove, merge,
 thumbnails; on small ground-truth-mask databases of the synthetic train split."""
+
 import json
 import runpy
 from pathlib import Path
@@ -18,9 +19,16 @@ TOOL = runpy.run_path(str(REPO / "tools" / "inspect_database.py"), run_name="ins
 
 def _opts(out, clip_file, max_images, classes=None):
     opts = [
-        "DATABASE_BUILD.OUTPUT_DIR", str(out), "DATABASE_BUILD.SOURCE.DATASET", "retclip_synthetic_train",
-        "MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS", clip_file, "INPUT.MIN_SIZE_TEST", "96",
-        "DATABASE_BUILD.SOURCE.MAX_IMAGES", str(max_images),
+        "DATABASE_BUILD.OUTPUT_DIR",
+        str(out),
+        "DATABASE_BUILD.SOURCE.DATASET",
+        "retclip_synthetic_train",
+        "MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS",
+        clip_file,
+        "INPUT.MIN_SIZE_TEST",
+        "96",
+        "DATABASE_BUILD.SOURCE.MAX_IMAGES",
+        str(max_images),
     ]
     if classes:
         opts += ["DATABASE_BUILD.SOURCE.CLASSES", json.dumps(classes)]
@@ -30,7 +38,9 @@ def _opts(out, clip_file, max_images, classes=None):
 @pytest.fixture(scope="module")
 def small_db(tmp_path_factory, tiny_clip_file):
     out = tmp_path_factory.mktemp("m") / "db"
-    report = run_build(CONFIG, _opts(out, tiny_clip_file, 4, ["person", "car", "sky"]), progress=False)
+    report = run_build(
+        CONFIG, _opts(out, tiny_clip_file, 4, ["person", "car", "sky"]), progress=False
+    )
     assert report["images"]["ok"] == 4
     return out
 
@@ -50,26 +60,59 @@ def test_inspect_prints_counts(small_db, capsys):
 def test_remove_and_merge(small_db, tmp_path):
     db = FeatureDatabase.open(small_db)
     counts = dict(zip(db.class_names, db.class_counts))
-    assert TOOL["main"](["remove", str(small_db), "--classes", "sky", "--output", str(tmp_path / "nosky")]) == 0
+    assert (
+        TOOL["main"](
+            ["remove", str(small_db), "--classes", "sky", "--output", str(tmp_path / "nosky")]
+        )
+        == 0
+    )
     nosky = FeatureDatabase.open(tmp_path / "nosky")
     assert "sky" not in nosky.class_names and len(nosky) == len(db) - counts["sky"]
-    assert TOOL["main"](["merge", str(small_db), str(tmp_path / "nosky"), "--output", str(tmp_path / "both")]) == 0
+    assert (
+        TOOL["main"](
+            ["merge", str(small_db), str(tmp_path / "nosky"), "--output", str(tmp_path / "both")]
+        )
+        == 0
+    )
     both = FeatureDatabase.open(tmp_path / "both")
     assert len(both) == len(db) + len(nosky)
-    assert TOOL["main"](["remove", str(small_db), "--classes", "unicorn", "--output", str(tmp_path / "x")]) == 2
+    assert (
+        TOOL["main"](
+            ["remove", str(small_db), "--classes", "unicorn", "--output", str(tmp_path / "x")]
+        )
+        == 2
+    )
 
 
 def test_thumbnails_grid(small_db, tmp_path):
     db = FeatureDatabase.open(small_db)
     name = db.class_names[int(np.argmax(db.class_counts))]
     out = tmp_path / "grid.png"
-    assert TOOL["main"](["thumbnails", str(small_db), "--class", name, "--output", str(out), "--size", "32", "--max", "4"]) == 0
+    assert (
+        TOOL["main"](
+            [
+                "thumbnails",
+                str(small_db),
+                "--class",
+                name,
+                "--output",
+                str(out),
+                "--size",
+                "32",
+                "--max",
+                "4",
+            ]
+        )
+        == 0
+    )
     grid = np.asarray(Image.open(out))
     n = min(4, max(db.class_counts))
     cols = int(np.ceil(np.sqrt(n)))
     assert grid.shape[1] == cols * 32 and grid.shape[0] == int(np.ceil(n / cols)) * 32
     assert grid.std() > 0  # real crops, not an empty canvas
-    assert TOOL["main"](["thumbnails", str(small_db), "--class", "unicorn", "--output", str(out)]) == 2
+    assert (
+        TOOL["main"](["thumbnails", str(small_db), "--class", "unicorn", "--output", str(out)]) == 2
+    )
 
 
 def test_add_images_and_classes(small_db, tmp_path, tiny_clip_file):
@@ -87,5 +130,12 @@ def test_add_images_and_classes(small_db, tmp_path, tiny_clip_file):
     assert set(rows_before.image_ids) < ids_after and len(ids_after) <= 6
     assert len(after) > len(before)
     # Another encoder is refused, naming both fingerprints.
-    other = ["add", str(target), CONFIG, *_opts(tmp_path / "i", "", 6), "MODEL.FC_CLIP.CLIP_MODEL_NAME", "retclip-tiny-resnet"]
+    other = [
+        "add",
+        str(target),
+        CONFIG,
+        *_opts(tmp_path / "i", "", 6),
+        "MODEL.FC_CLIP.CLIP_MODEL_NAME",
+        "retclip-tiny-resnet",
+    ]
     assert TOOL["main"](other) == 2

@@ -1,5 +1,6 @@
 """Resumption (in-process stop/restart; SIGKILL of the real tool) and the 2-process gloo build,
 each compared with an uninterrupted single-process build of the same ground-truth-mask database."""
+
 import os
 import signal
 import subprocess
@@ -61,8 +62,12 @@ def test_stop_and_resume_in_process(tmp_path, tiny_clip_file, reference):
     cfg = _cfg(_opts(out, tiny_clip_file, **{"DATABASE_BUILD.MAX_SHARDS_PER_RUN": 3}))
     builder = build_database_builder(cfg, progress=False)
     assert builder.build(build_source(cfg)) is None  # stopped after 3 of 8 shards
-    assert sorted(p.name for p in (out / "shards").glob("*.safetensors")) == [f"part{c:06d}-000000.safetensors" for c in range(3)]
-    (out / "shards" / ".part000003-000000.safetensors.x.tmp").write_bytes(b"half a shard")  # a killed write
+    assert sorted(p.name for p in (out / "shards").glob("*.safetensors")) == [
+        f"part{c:06d}-000000.safetensors" for c in range(3)
+    ]
+    (out / "shards" / ".part000003-000000.safetensors.x.tmp").write_bytes(
+        b"half a shard"
+    )  # a killed write
     assert builder.build(build_source(cfg)) is None
     report = builder.build(build_source(cfg))
     assert report is not None and report["images"]["ok"] == 8
@@ -73,8 +78,17 @@ def test_stop_and_resume_in_process(tmp_path, tiny_clip_file, reference):
 
 def _run_tool(out, clip_file, synth_dir, *extra_args, **extra_opts):
     env = dict(os.environ, RETCLIP_SYNTHETIC_DIR=str(synth_dir), HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, str(TOOL), "--config-file", str(CONFIG), *extra_args, *_opts(out, clip_file, **extra_opts)]
-    return subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        str(TOOL),
+        "--config-file",
+        str(CONFIG),
+        *extra_args,
+        *_opts(out, clip_file, **extra_opts),
+    ]
+    return subprocess.Popen(
+        cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _kill_after_new_shards(proc, shard_dir, n_new, timeout=240):
@@ -97,8 +111,12 @@ def _kill_after_new_shards(proc, shard_dir, n_new, timeout=240):
 def test_sigkill_twice_then_finish_is_identical(tmp_path, tiny_clip_file, reference):
     out, synth = tmp_path / "db", tmp_path / "synth"
     shard_dir = out / "shards"
-    first = _kill_after_new_shards(_run_tool(out, tiny_clip_file, synth, **{"DATABASE_BUILD.SHARD_DELAY_S": 0.3}), shard_dir, 2)
-    second = _kill_after_new_shards(_run_tool(out, tiny_clip_file, synth, **{"DATABASE_BUILD.SHARD_DELAY_S": 0.3}), shard_dir, 2)
+    first = _kill_after_new_shards(
+        _run_tool(out, tiny_clip_file, synth, **{"DATABASE_BUILD.SHARD_DELAY_S": 0.3}), shard_dir, 2
+    )
+    second = _kill_after_new_shards(
+        _run_tool(out, tiny_clip_file, synth, **{"DATABASE_BUILD.SHARD_DELAY_S": 0.3}), shard_dir, 2
+    )
     assert 2 <= first < second < 8
     proc = _run_tool(out, tiny_clip_file, synth)
     log, _ = proc.communicate(timeout=300)
@@ -120,7 +138,9 @@ def test_two_gloo_processes_equal_single_process(tmp_path, tiny_clip_file, refer
     launch_build(run_build, 2, args=(str(CONFIG), _opts(out, tiny_clip_file), False))
     got, ref = _rows(out), _rows(reference.path)
     assert [r[:2] for r in got] == [r[:2] for r in ref]
-    np.testing.assert_allclose(np.array([r[2] for r in got]), np.array([r[2] for r in ref]), atol=1e-6)
+    np.testing.assert_allclose(
+        np.array([r[2] for r in got]), np.array([r[2] for r in ref]), atol=1e-6
+    )
     db = FeatureDatabase.open(out)
     assert db.manifest["class_counts"] == reference.manifest["class_counts"]
     # rank r wrote chunks r, r + 2, ...; rank 0 listed all of them

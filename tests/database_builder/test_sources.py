@@ -3,7 +3,11 @@ import json
 import pytest
 
 from retclip.database_builder import DatasetSource, FolderSource, OpenImagesSource
-from retclip.testing.synthetic import TRAIN_CLASSES, make_synthetic_panoptic, register_synthetic_panoptic
+from retclip.testing.synthetic import (
+    TRAIN_CLASSES,
+    make_synthetic_panoptic,
+    register_synthetic_panoptic,
+)
 
 
 def _touch(path):
@@ -15,7 +19,9 @@ def test_open_images_subset(tmp_path):
     images = tmp_path / "images"
     for i in ("a1", "b2", "c3"):
         _touch(images / f"{i}.jpg")
-    (tmp_path / "classes.csv").write_text("LabelName,DisplayName\n/m/01yrx,Cat\n/m/0cmf2,Airplane\n/m/02crq1,Couch\n")
+    (tmp_path / "classes.csv").write_text(
+        "LabelName,DisplayName\n/m/01yrx,Cat\n/m/0cmf2,Airplane\n/m/02crq1,Couch\n"
+    )
     (tmp_path / "labels.csv").write_text(
         "ImageID,Source,LabelName,Confidence\n"
         "b2,human,/m/01yrx,1\n"
@@ -34,10 +40,21 @@ def test_open_images_subset(tmp_path):
     assert src.report["unknown_mids"] == {"/m/0yyyy": 1, "/m/0zzzz": 2}
     assert src.report["missing_files"] == 1
     # Class subset by name or MID, and a count limit.
-    sub = OpenImagesSource(str(images), str(tmp_path / "labels.csv"), str(tmp_path / "classes.csv"), classes=["/m/01yrx", "couch"], max_images=1)
+    sub = OpenImagesSource(
+        str(images),
+        str(tmp_path / "labels.csv"),
+        str(tmp_path / "classes.csv"),
+        classes=["/m/01yrx", "couch"],
+        max_images=1,
+    )
     assert sub.vocabulary == ["Cat", "Couch"] and [r.image_id for r in sub.records()] == ["a1"]
     with pytest.raises(KeyError, match="Dog"):
-        OpenImagesSource(str(images), str(tmp_path / "labels.csv"), str(tmp_path / "classes.csv"), classes=["Dog"])
+        OpenImagesSource(
+            str(images),
+            str(tmp_path / "labels.csv"),
+            str(tmp_path / "classes.csv"),
+            classes=["Dog"],
+        )
     (tmp_path / "bad.csv").write_text("ImageID,Label\n")
     with pytest.raises(KeyError, match="LabelName"):
         OpenImagesSource(str(images), str(tmp_path / "bad.csv"), str(tmp_path / "classes.csv"))
@@ -46,8 +63,12 @@ def test_open_images_subset(tmp_path):
 def test_open_images_descriptions_without_header(tmp_path):
     _touch(tmp_path / "im" / "x.jpg")
     (tmp_path / "classes.csv").write_text("/m/01yrx,Cat\n")
-    (tmp_path / "labels.csv").write_text("ImageID,Source,LabelName,Confidence\nx,human,/m/01yrx,1\n")
-    src = OpenImagesSource(str(tmp_path / "im"), str(tmp_path / "labels.csv"), str(tmp_path / "classes.csv"))
+    (tmp_path / "labels.csv").write_text(
+        "ImageID,Source,LabelName,Confidence\nx,human,/m/01yrx,1\n"
+    )
+    src = OpenImagesSource(
+        str(tmp_path / "im"), str(tmp_path / "labels.csv"), str(tmp_path / "classes.csv")
+    )
     assert src.records()[0].labels == ("Cat",)
 
 

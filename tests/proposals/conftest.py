@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random Grounding DINO (+ processor) and tiny SAM, built once per session.
 The builders live in retclip/proposals/testing.py so other test folders can reuse them."""
+
 import numpy as np
 import pytest
 

@@ -5,7 +5,13 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from retclip.proposals import PROPOSAL_REGISTRY, GroundTruthProposals, Proposals, build_proposal_source, masks_to_boxes
+from retclip.proposals import (
+    PROPOSAL_REGISTRY,
+    GroundTruthProposals,
+    Proposals,
+    build_proposal_source,
+    masks_to_boxes,
+)
 from retclip.testing.synthetic import TRAIN_CLASSES, make_synthetic_panoptic
 
 
@@ -16,7 +22,9 @@ def test_proposals_validate_shapes():
     with pytest.raises(ValueError, match="bool"):
         Proposals(masks=masks.float(), scores=torch.zeros(2), labels=None, boxes=torch.zeros(2, 4))
     with pytest.raises(ValueError, match="labels"):
-        Proposals(masks=masks, scores=torch.zeros(2), labels=torch.zeros(1), boxes=torch.zeros(2, 4))
+        Proposals(
+            masks=masks, scores=torch.zeros(2), labels=torch.zeros(1), boxes=torch.zeros(2, 4)
+        )
     empty = Proposals.empty(4, 5)
     assert len(empty) == 0 and empty.image_size == (4, 5) and empty.labels.dtype == torch.long
 
@@ -50,7 +58,9 @@ def test_ground_truth_proposals_match_coco_rle(tmp_path):
     dataset_dict = {
         "file_name": f"{split.image_dir}/{pan['images'][0]['file_name']}",
         "pan_seg_file_name": f"{split.panoptic_dir}/{ann['file_name']}",
-        "segments_info": [dict(s, category_id=contiguous[s["category_id"]]) for s in ann["segments_info"]],
+        "segments_info": [
+            dict(s, category_id=contiguous[s["category_id"]]) for s in ann["segments_info"]
+        ],
     }
     image = np.zeros((96, 128, 3), np.uint8)
     props = GroundTruthProposals()(image, [c["name"] for c in TRAIN_CLASSES], dataset_dict)
@@ -63,8 +73,12 @@ def test_ground_truth_proposals_match_coco_rle(tmp_path):
         ref = mask_utils.decode(a["segmentation"]).astype(bool)
         assert any(torch.equal(m, torch.from_numpy(ref)) for m in props.masks)
     # Areas agree with the panoptic JSON.
-    assert sorted(props.masks.flatten(1).sum(1).tolist()) == sorted(s["area"] for s in ann["segments_info"])
+    assert sorted(props.masks.flatten(1).sum(1).tolist()) == sorted(
+        s["area"] for s in ann["segments_info"]
+    )
     with pytest.raises(ValueError, match="dataset_dict"):
         GroundTruthProposals()(image)
     with pytest.raises(FileNotFoundError):
-        GroundTruthProposals()(image, None, dict(dataset_dict, pan_seg_file_name=str(tmp_path / "none.png")))
+        GroundTruthProposals()(
+            image, None, dict(dataset_dict, pan_seg_file_name=str(tmp_path / "none.png"))
+        )
