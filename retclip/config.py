@@ -194,6 +194,10 @@ def add_retclip_config(cfg: CN) -> None:
         add_training_free_config(cfg)
     if not hasattr(cfg.TEST, "SCORE_CACHE_DIR"):
         add_sweep_config(cfg)
+    if not hasattr(cfg, "CPU_THREADS"):
+        # torch intra-op threads for CPU-only runs of tools/train_net.py; 0 keeps torch's default.
+        # 1 suits tiny models on shared cores (OpenMP spin contention makes more threads slower).
+        cfg.CPU_THREADS = 0
     from retclip.database_builder.config import add_database_build_config  # DATABASE_BUILD block
 
     add_database_build_config(cfg)

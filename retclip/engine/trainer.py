@@ -64,9 +64,13 @@ def check_config(cfg: Any) -> None:
 
 
 def resolve_device(cfg: Any) -> None:
-    """On a machine without CUDA: run on CPU and turn AMP off, each with a warning (cfg unfrozen)."""
+    """On a machine without CUDA: run on CPU and turn AMP off, each with a warning, and apply
+    CPU_THREADS (cfg must be unfrozen)."""
     if torch.cuda.is_available():
         return
+    if cfg.get("CPU_THREADS", 0) > 0:
+        torch.set_num_threads(cfg.CPU_THREADS)
+        logger.info("CPU run: %d torch thread(s) (CPU_THREADS)", cfg.CPU_THREADS)
     if cfg.MODEL.DEVICE.startswith("cuda"):
         logger.warning("CUDA is not available: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
