@@ -15,9 +15,10 @@ another model, database or vocabulary (its ``model.ensemble_fingerprint()`` diff
 naming the entries that differ.
 
 Size: mask logits are Q x h x w at the resized input size. At ADE20k-150 val settings (2000
-images, shortest edge 640, about 640 x 853, Q = 250) that is ~0.55 GB per image in float32, ~1.1 TB
-for the whole split (float16: half). ``mask_dtype="float16"`` halves it; metrics then match a
-full evaluation to ~1e-3 instead of exactly.
+images resized to 800 on the short side, about 800 x 1067, Q = 250) that is ~0.85 GB per image in
+float32, ~1.7 TB for the split. ``mask_dtype="float16"`` halves it; metrics then match a full
+evaluation to ~1e-3 (PQ / mIoU points) instead of exactly (measured on synthetic scores: at most
+0.0009, mask AP unchanged).
 """
 from __future__ import annotations
 

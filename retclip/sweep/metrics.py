@@ -8,8 +8,8 @@ and mIoU from a confusion matrix counted by ``hotcoco.semantic.SemanticEval``.
 
 The numbers are those of detectron2's ``COCOPanopticEvaluator`` (panopticapi), ``COCOEvaluator``
 (pycocotools, segm) and ``SemSegEvaluator`` (same keys, same formulas, x100);
-``tests/sweep/test_metrics_equivalence.py`` checks this on perturbed ground truth. Beyond them it
-reports the seen / unseen split of PQ, AP and mIoU for a per-class ``seen`` mask.
+``tests/sweep/test_metrics_equivalence.py`` checks this on perturbed ground truth, including the
+seen / unseen split of PQ and mIoU that :func:`retclip.evaluation.build_evaluator` adds.
 """
 from __future__ import annotations
 
