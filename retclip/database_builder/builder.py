@@ -206,6 +206,7 @@ class DatabaseBuilder:
         """Process one chunk, write its record JSON, then its shard; returns the record."""
         start = time.perf_counter()
         before = Counter(self.counter.snapshot())
+        seconds_before = Counter(self.counter.seconds_snapshot())
         parts: List[Dict[str, Any]] = []
         ids: List[str] = []
         infos = []
@@ -217,10 +218,13 @@ class DatabaseBuilder:
                 ids += [record.image_id] * len(rows["labels"])
         forwards = Counter(self.counter.snapshot())
         forwards.subtract(before)
+        model_seconds = Counter(self.counter.seconds_snapshot())
+        model_seconds.subtract(seconds_before)
         chunk_record = {
             "chunk": chunk,
             "images": infos,
             "forwards": {k: v for k, v in forwards.items() if v},
+            "model_seconds": {k: v for k, v in model_seconds.items() if v > 0},
             "seconds": time.perf_counter() - start,
         }
         atomic_write_json(
@@ -309,6 +313,8 @@ class DatabaseBuilder:
                 "some chunks are still missing (other runs stopped early); manifest not refreshed"
             )
             return None
+        for stale in (self.output_dir / "shards").glob(".*.tmp"):  # writes cut by a kill
+            stale.unlink()
         db.refresh_manifest()
         return write_build_report(self.output_dir, source, num_chunks=len(chunks))
 

@@ -3,6 +3,7 @@ so the "one image forward per model per image" rule is measured rather than assu
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Dict, List
 
@@ -21,23 +22,34 @@ class ForwardCounter:
     def __init__(self) -> None:
         self.calls: Counter = Counter()
         self.rows: Counter = Counter()
+        self.seconds: Counter = Counter()
+        self._started: Dict[str, float] = {}
         self._handles: List = []
 
     def watch(self, name: str, module: nn.Module) -> None:
         """Count forwards of ``module`` under ``name``."""
 
+        def pre_hook(mod: nn.Module, args: tuple) -> None:
+            self._started[name] = time.perf_counter()
+
         def hook(mod: nn.Module, args: tuple, output) -> None:
+            self.seconds[name] += time.perf_counter() - self._started.pop(name, time.perf_counter())
             self.calls[name] += 1
             first = args[0] if args else None
-            self.rows[name] += (
-                int(first.shape[0]) if hasattr(first, "shape") and len(first.shape) else 1
-            )
+            has_batch = hasattr(first, "shape") and len(first.shape)
+            self.rows[name] += int(first.shape[0]) if has_batch else 1
 
+        # The timer starts after other pre-hooks (e.g. the shared-backbone slicing) have run.
+        self._handles.append(module.register_forward_pre_hook(pre_hook))
         self._handles.append(module.register_forward_hook(hook))
 
     def snapshot(self) -> Dict[str, int]:
         """Rows per watched module so far (images for image encoders, prompts for text ones)."""
         return dict(self.rows)
+
+    def seconds_snapshot(self) -> Dict[str, float]:
+        """Seconds spent inside each watched module so far."""
+        return dict(self.seconds)
 
     def close(self) -> None:
         """Remove the hooks."""

@@ -115,9 +115,8 @@ class ClipSegmentEncoder(nn.Module):
 
     @property
     def image_module(self) -> nn.Module:
-        """The first layer of the image tower: one call per image forward (for counting)."""
-        visual = self.backbone.clip_model.visual
-        return visual.trunk.stem if self.backbone.kind == "convnext" else visual.conv1
+        """The module that runs once per image forward (for counting and timing)."""
+        return self.backbone
 
     def preprocess(self, image: np.ndarray) -> Tuple[Tensor, Tuple[int, int]]:
         """Resize (shortest edge, as detectron2's ResizeShortestEdge at test time), normalise, pad.

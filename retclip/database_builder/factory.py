@@ -76,6 +76,7 @@ def watch_models(
     image encoder and mask decoder."""
     counter.watch("clip.image", encoder.image_module)
     if isinstance(proposals, GroundingDinoSamProposals):
+        counter.watch("grounding_dino.calls", proposals.detector.model)
         counter.watch("grounding_dino.image", proposals.detector.backbone)
         counter.watch("grounding_dino.text_prompts", proposals.detector.model.model.text_backbone)
         counter.watch("sam.image", proposals.segmenter.sam.image_encoder)

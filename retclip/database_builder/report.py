@@ -52,10 +52,12 @@ def write_build_report(db_dir: Path, source, *, num_chunks: int) -> Dict[str, An
     labelled: Counter = Counter()
     undetected: Counter = Counter()
     forwards: Counter = Counter()
+    model_seconds: Counter = Counter()
     unreadable, no_labels = [], []
     dropped, seconds = 0, 0.0
     for rec in records:
         forwards.update(rec["forwards"])
+        model_seconds.update(rec.get("model_seconds", {}))
         seconds += rec["seconds"]
         for img in rec["images"]:
             status[img["status"]] += 1
@@ -96,6 +98,7 @@ def write_build_report(db_dir: Path, source, *, num_chunks: int) -> Dict[str, An
             {k: v / ok for k, v in sorted(forwards.items())} if ok else {}
         ),
         "seconds": seconds,
+        "model_seconds": {k: round(v, 3) for k, v in sorted(model_seconds.items())},
         "images_per_second": ok / seconds if seconds > 0 else 0.0,
     }
     atomic_write_json(Path(db_dir) / "build" / REPORT_NAME, report)

@@ -48,6 +48,7 @@ def test_real_size_pipeline_on_astronaut(tmp_path):
     report = builder.build(FolderSource(str(tmp_path), str(tmp_path / "labels.json")))
     assert report["forwards"] == {
         "clip.image": 1,
+        "grounding_dino.calls": 1,
         "grounding_dino.image": 1,
         "grounding_dino.text_prompts": 1,
         "sam.image": 1,

@@ -71,6 +71,7 @@ def test_stop_and_resume_in_process(tmp_path, tiny_clip_file, reference):
     assert builder.build(build_source(cfg)) is None
     report = builder.build(build_source(cfg))
     assert report is not None and report["images"]["ok"] == 8
+    assert not list((out / "shards").glob(".*.tmp"))  # the killed write's leftover is removed
     db = FeatureDatabase.open(out)
     assert db.content_hash() == reference.content_hash()  # same shards, byte for byte
     assert db.manifest["class_counts"] == reference.manifest["class_counts"]
