@@ -12,6 +12,7 @@ Prints: the full evaluation (reference metrics, as ``--eval-only`` computes them
 with the hotcoco and with the reference metrics, the one-time cache write, the cache size, and
 the ratios full / sweep-point.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,9 @@ def timed(fn):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", choices=sorted(CONFIGS), default="tiny")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--height", type=int, default=96)
@@ -85,39 +88,70 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="bench_sweep_")
     try:
         train, test = make_and_register_synthetic(
-            os.path.join(work, "data"), prefix="bench_sweep", num_train=1, num_test=args.images,
-            height=args.height, width=args.width,
+            os.path.join(work, "data"),
+            prefix="bench_sweep",
+            num_train=1,
+            num_test=args.images,
+            height=args.height,
+            width=args.width,
         )
         cfg = build_cfg(args, work, train, test)
         t_build, model = timed(lambda: build_model(cfg).eval())
         loader = build_detection_test_loader(cfg, test)
         with torch.no_grad():
             model(next(iter(loader)))  # warm-up: text embeddings are cached from here on
-            t_cache, _ = timed(lambda: inference_on_dataset(
-                model, loader, add_score_cache(cfg, model, build_evaluator(cfg, test, work + "/e0"), test)))
+            t_cache, _ = timed(
+                lambda: inference_on_dataset(
+                    model,
+                    loader,
+                    add_score_cache(cfg, model, build_evaluator(cfg, test, work + "/e0"), test),
+                )
+            )
             model.return_ensemble_inputs = False
-            t_full, _ = timed(lambda: inference_on_dataset(model, loader, build_evaluator(cfg, test, work + "/e1")))
+            t_full, _ = timed(
+                lambda: inference_on_dataset(
+                    model, loader, build_evaluator(cfg, test, work + "/e1")
+                )
+            )
         cache_dir = score_cache_dir(cfg, test)
-        size_mb = sum(os.path.getsize(os.path.join(cache_dir, "shards", f))
-                      for f in os.listdir(os.path.join(cache_dir, "shards"))) / 2**20
+        size_mb = (
+            sum(
+                os.path.getsize(os.path.join(cache_dir, "shards", f))
+                for f in os.listdir(os.path.join(cache_dir, "shards"))
+            )
+            / 2**20
+        )
         point = GridPoint(0.4, 0.7, 0.3)
         sweep = {}
         for backend in ("hotcoco", "reference"):
-            runner = SweepRunner(cache_dir, os.path.join(work, "sweep_" + backend), mode="arithmetic",
-                                 backend=backend, cfg=cfg)
+            runner = SweepRunner(
+                cache_dir,
+                os.path.join(work, "sweep_" + backend),
+                mode="arithmetic",
+                backend=backend,
+                cfg=cfg,
+            )
             state = runner._open()
             runner._evaluate_point(state, GridPoint(0.5, 0.5, 0.5))  # warm: ground truth read once
             sweep[backend], _ = timed(lambda: runner._evaluate_point(state, point))
         q = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
-        print(f"RetCLIP {args.size} (Q={q}, K=8 synthetic classes, random weights), {args.images} images of "
-              f"{args.height}x{args.width}, CPU, {args.threads} thread(s); model build {t_build:.1f} s")
+        print(
+            f"RetCLIP {args.size} (Q={q}, K=8 synthetic classes, random weights), {args.images} images of "
+            f"{args.height}x{args.width}, CPU, {args.threads} thread(s); model build {t_build:.1f} s"
+        )
         print(f"full re-evaluation (forward + reference metrics): {t_full:8.3f} s")
-        print(f"sweep point, hotcoco metrics:                      {sweep['hotcoco']:8.3f} s"
-              f"   ratio {t_full / sweep['hotcoco']:6.1f}x")
-        print(f"sweep point, reference metrics:                    {sweep['reference']:8.3f} s"
-              f"   ratio {t_full / sweep['reference']:6.1f}x")
-        print(f"one-time cache write (evaluation + writer):        {t_cache:8.3f} s; cache {size_mb:.1f} MB "
-              f"({size_mb / args.images:.1f} MB/image)")
+        print(
+            f"sweep point, hotcoco metrics:                      {sweep['hotcoco']:8.3f} s"
+            f"   ratio {t_full / sweep['hotcoco']:6.1f}x"
+        )
+        print(
+            f"sweep point, reference metrics:                    {sweep['reference']:8.3f} s"
+            f"   ratio {t_full / sweep['reference']:6.1f}x"
+        )
+        print(
+            f"one-time cache write (evaluation + writer):        {t_cache:8.3f} s; cache {size_mb:.1f} MB "
+            f"({size_mb / args.images:.1f} MB/image)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -9,6 +9,7 @@
 
 The markdown goes to --out (default: stdout; for "sweep" also <out-dir>/table.md).
 """
+
 import argparse
 import os
 import sys
@@ -22,11 +23,19 @@ from retclip.sweep.runner import read_rows  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="kind", required=True)
     t = sub.add_parser("table", help="Tables 1-3 from metrics_eval.json files")
-    t.add_argument("--expected", required=True, help="configs/expected/table<N>.json (rows, labels, paper numbers)")
-    t.add_argument("--results", required=True, help="folder with one <row>/metrics_eval.json per row")
+    t.add_argument(
+        "--expected",
+        required=True,
+        help="configs/expected/table<N>.json (rows, labels, paper numbers)",
+    )
+    t.add_argument(
+        "--results", required=True, help="folder with one <row>/metrics_eval.json per row"
+    )
     t.add_argument("--out", help="markdown file (default: stdout)")
     t.add_argument("--note", default="", help="text after the title (e.g. 'synthetic data')")
     s = sub.add_parser("sweep", help="Table 4 layout and PQ heatmaps from a sweep")

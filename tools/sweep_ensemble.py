@@ -17,6 +17,7 @@ then sweep (one row per point in OUTPUT/sweep.jsonl and sweep.csv; re-running sk
 needs ``--config-file`` (the evaluation config); the default ``hotcoco`` gives the same numbers
 (see tests/sweep/test_metrics_equivalence.py), faster.
 """
+
 import argparse
 import json
 import logging
@@ -38,8 +39,12 @@ from retclip.sweep.runner import SweepRunner  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cache", required=True, help="score cache directory (TEST.SCORE_CACHE_DIR/<dataset>)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--cache", required=True, help="score cache directory (TEST.SCORE_CACHE_DIR/<dataset>)"
+    )
     p.add_argument("--output-dir", required=True, help="where sweep.jsonl / sweep.csv are written")
     p.add_argument("--alpha", help="comma-separated alpha values (seen classes)")
     p.add_argument("--beta", help="comma-separated beta values (unseen classes)")
@@ -47,16 +52,25 @@ def parse_args(argv=None):
     p.add_argument("--grid", help="YAML/JSON grid file (alpha/beta/gamma lists and/or points)")
     p.add_argument("--mode", choices=ENSEMBLE_MODES, default="arithmetic", help="ensemble form")
     p.add_argument("--metrics-backend", choices=METRICS_BACKENDS, default="hotcoco")
-    p.add_argument("--workers", type=int, default=1, help="grid points evaluated in parallel processes")
     p.add_argument(
-        "--threads", type=int, default=1,
+        "--workers", type=int, default=1, help="grid points evaluated in parallel processes"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
         help="torch threads per process (1 is fastest for small masks and with --workers)",
     )
-    p.add_argument("--config-file", help="evaluation config (needed by --metrics-backend reference)")
     p.add_argument(
-        "--expect-fingerprint", help="JSON file with model.ensemble_fingerprint(); a cache that differs is refused"
+        "--config-file", help="evaluation config (needed by --metrics-backend reference)"
     )
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE overrides for --config-file")
+    p.add_argument(
+        "--expect-fingerprint",
+        help="JSON file with model.ensemble_fingerprint(); a cache that differs is refused",
+    )
+    p.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config KEY VALUE overrides for --config-file"
+    )
     return p.parse_args(argv)
 
 
@@ -78,13 +92,20 @@ def main(argv=None) -> int:
         with open(args.expect_fingerprint) as f:
             expected = json.load(f)
     runner = SweepRunner(
-        args.cache, args.output_dir, mode=args.mode, backend=args.metrics_backend, cfg=cfg,
-        expected_fingerprint=expected, workers=args.workers,
+        args.cache,
+        args.output_dir,
+        mode=args.mode,
+        backend=args.metrics_backend,
+        cfg=cfg,
+        expected_fingerprint=expected,
+        workers=args.workers,
     )
     rows = runner.run(points)
     keys = {p.key(args.mode) for p in points}
     rows = [r for r in rows if (r["mode"], r["alpha"], r["beta"], r["gamma"]) in keys]
-    print(f"{'alpha':>6}{'beta':>6}{'gamma':>6}{'PQ':>8}{'mAP':>8}{'mIoU':>8}{'PQ_seen':>9}{'PQ_unseen':>10}")
+    print(
+        f"{'alpha':>6}{'beta':>6}{'gamma':>6}{'PQ':>8}{'mAP':>8}{'mIoU':>8}{'PQ_seen':>9}{'PQ_unseen':>10}"
+    )
     for r in sorted(rows, key=lambda r: (r["alpha"], r["beta"], r["gamma"])):
         print(
             f"{r['alpha']:>6.2f}{r['beta']:>6.2f}{r['gamma']:>6.2f}{r['PQ']:>8.2f}{r['mAP']:>8.2f}"
@@ -93,9 +114,13 @@ def main(argv=None) -> int:
     finite = [r for r in rows if not math.isnan(r["PQ"])]
     if finite:
         best = max(finite, key=lambda r: r["PQ"])
-        print(f"best PQ {best['PQ']:.2f} at alpha {best['alpha']}, beta {best['beta']}, gamma {best['gamma']}")
+        print(
+            f"best PQ {best['PQ']:.2f} at alpha {best['alpha']}, beta {best['beta']}, gamma {best['gamma']}"
+        )
     if runner.missing_image_ids:
-        print(f"note: {len(runner.missing_image_ids)} images of the dataset are missing from the cache")
+        print(
+            f"note: {len(runner.missing_image_ids)} images of the dataset are missing from the cache"
+        )
     print(f"results: {runner.jsonl}")
     return 0
 

@@ -10,6 +10,7 @@ data where the weights matter; the numbers say nothing about RetCLIP.
 
     python docs/examples/make_synthetic_example.py [--workdir /tmp/sweep_example]
 """
+
 import argparse
 import os
 import subprocess
@@ -29,8 +30,13 @@ from retclip.sweep.cache import ScoreCacheWriter  # noqa: E402
 from retclip.testing.synthetic import make_and_register_synthetic  # noqa: E402
 
 POSTPROCESS = {
-    "semantic_on": True, "panoptic_on": True, "instance_on": True, "object_mask_threshold": 0.0,
-    "overlap_threshold": 0.8, "sem_seg_postprocess_before_inference": True, "topk": 100,
+    "semantic_on": True,
+    "panoptic_on": True,
+    "instance_on": True,
+    "object_mask_threshold": 0.0,
+    "overlap_threshold": 0.8,
+    "sem_seg_postprocess_before_inference": True,
+    "topk": 100,
 }
 SEEN = [True, True, True, True, False, True, False, False]  # the synthetic split's synonym rule
 
@@ -69,25 +75,46 @@ def synthetic_inputs(record, num_classes, rng):
         masks[i, y : y + 20, x : x + 30] = 3.0
     t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt)
     return {
-        "in_vocab_logits": t(iv), "clip_logits": t(clip), "retrieval_scores": t(ret),
-        "retrieval_available": torch.ones(num_classes, dtype=torch.bool), "seen": t(SEEN, torch.bool),
-        "valid": None, "mask_logits": t(masks), "image_size": (h, w), "output_size": (h, w),
+        "in_vocab_logits": t(iv),
+        "clip_logits": t(clip),
+        "retrieval_scores": t(ret),
+        "retrieval_available": torch.ones(num_classes, dtype=torch.bool),
+        "seen": t(SEEN, torch.bool),
+        "valid": None,
+        "mask_logits": t(masks),
+        "image_size": (h, w),
+        "output_size": (h, w),
     }
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--workdir", default=None)
     p.add_argument("--num-images", type=int, default=24)
     args = p.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="sweep_example_")
-    _, test = make_and_register_synthetic(os.path.join(work, "data"), prefix="retclip_example",
-                                          num_train=1, num_test=args.num_images, seed=7)
+    _, test = make_and_register_synthetic(
+        os.path.join(work, "data"),
+        prefix="retclip_example",
+        num_train=1,
+        num_test=args.num_images,
+        seed=7,
+    )
     num_classes = len(MetadataCatalog.get(test).stuff_classes)
     cache_dir = os.path.join(work, "cache")
-    writer = ScoreCacheWriter(cache_dir, dataset_name=test, postprocess=POSTPROCESS,
-                              fingerprint={"model": "synthetic scores (no model)", "databases": "synthetic",
-                                           "vocabulary": "synthetic test split", "ensemble_mode": "arithmetic"})
+    writer = ScoreCacheWriter(
+        cache_dir,
+        dataset_name=test,
+        postprocess=POSTPROCESS,
+        fingerprint={
+            "model": "synthetic scores (no model)",
+            "databases": "synthetic",
+            "vocabulary": "synthetic test split",
+            "ensemble_mode": "arithmetic",
+        },
+    )
     writer.reset()
     rng = np.random.default_rng(0)
     for record in DatasetCatalog.get(test):
@@ -99,12 +126,39 @@ def main():
     sys.path.insert(0, os.path.join(REPO, "tools"))
     from sweep_ensemble import main as sweep_main
 
-    sweep_main(["--cache", cache_dir, "--output-dir", sweep_dir, "--alpha", "0.0,0.2,0.4,0.6,0.8,1.0",
-                "--beta", "0.2,0.4,0.6,0.8,1.0", "--gamma", "0.0,0.2,0.4,0.6,0.8,1.0", "--mode", "arithmetic"])
+    sweep_main(
+        [
+            "--cache",
+            cache_dir,
+            "--output-dir",
+            sweep_dir,
+            "--alpha",
+            "0.0,0.2,0.4,0.6,0.8,1.0",
+            "--beta",
+            "0.2,0.4,0.6,0.8,1.0",
+            "--gamma",
+            "0.0,0.2,0.4,0.6,0.8,1.0",
+            "--mode",
+            "arithmetic",
+        ]
+    )
     out = os.path.join(REPO, "docs", "examples", "synthetic_sweep")
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_report.py"), "sweep", "--sweep", sweep_dir,
-                    "--out-dir", out, "--note", "SYNTHETIC scores (no model), 24 images", "--dpi", "60"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "make_report.py"),
+            "sweep",
+            "--sweep",
+            sweep_dir,
+            "--out-dir",
+            out,
+            "--note",
+            "SYNTHETIC scores (no model), 24 images",
+            "--dpi",
+            "60",
+        ],
+        check=True,
+    )
 
 
 if __name__ == "__main__":

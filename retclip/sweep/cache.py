@@ -20,6 +20,7 @@ float32, ~1.7 TB for the split. ``mask_dtype="float16"`` halves it; metrics then
 evaluation to ~1e-3 (PQ / mIoU points) instead of exactly (measured on synthetic scores: at most
 0.0009, mask AP unchanged).
 """
+
 from __future__ import annotations
 
 import json
@@ -142,7 +143,9 @@ class ScoreCacheWriter(DatasetEvaluator):
         max_images_per_shard: int = 64,
     ) -> None:
         if mask_dtype not in _MASK_DTYPES:
-            raise ValueError(f"mask_dtype must be one of {sorted(_MASK_DTYPES)}, got {mask_dtype!r}")
+            raise ValueError(
+                f"mask_dtype must be one of {sorted(_MASK_DTYPES)}, got {mask_dtype!r}"
+            )
         if shard_mb <= 0:
             raise ValueError(f"shard_mb must be positive, got {shard_mb}")
         self.cache_dir = os.path.expanduser(cache_dir)
@@ -158,7 +161,9 @@ class ScoreCacheWriter(DatasetEvaluator):
         self._shard_index = 0
 
     @classmethod
-    def from_config(cls, cfg: Any, dataset_name: str, fingerprint: Mapping[str, Any]) -> Dict[str, Any]:
+    def from_config(
+        cls, cfg: Any, dataset_name: str, fingerprint: Mapping[str, Any]
+    ) -> Dict[str, Any]:
         test = cfg.MODEL.MASK_FORMER.TEST
         postprocess = {
             "semantic_on": bool(test.SEMANTIC_ON),
@@ -207,7 +212,9 @@ class ScoreCacheWriter(DatasetEvaluator):
             fresh = self._manifest()
             if os.path.isfile(manifest_path):
                 old = ScoreCache.read_manifest(self.cache_dir)
-                check = {k: old.get(k) for k in ("fingerprint", "dataset", "mask_dtype", "postprocess")}
+                check = {
+                    k: old.get(k) for k in ("fingerprint", "dataset", "mask_dtype", "postprocess")
+                }
                 want = {k: fresh[k] for k in check}
                 diffs = compare_fingerprints(_flatten(check), _flatten(want))
                 if diffs:
@@ -227,9 +234,15 @@ class ScoreCacheWriter(DatasetEvaluator):
                 continue
             if int(m.group(1)) == rank:
                 self._shard_index = max(self._shard_index, int(m.group(2)) + 1)
-            self._done.update(info["image_id"] for info in _shard_infos(os.path.join(shard_dir, name)))
+            self._done.update(
+                info["image_id"] for info in _shard_infos(os.path.join(shard_dir, name))
+            )
         if self._done:
-            logger.info("Score cache %s already holds %d images; they are skipped", self.cache_dir, len(self._done))
+            logger.info(
+                "Score cache %s already holds %d images; they are skipped",
+                self.cache_dir,
+                len(self._done),
+            )
 
     # ---------------------------------------------------------------- process
     def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
@@ -242,8 +255,13 @@ class ScoreCacheWriter(DatasetEvaluator):
             if inp["image_id"] in self._done:
                 continue
             self._pending.append(self._entry(inp, out["ensemble_inputs"]))
-            self._pending_bytes += sum(t.numel() * t.element_size() for t in self._pending[-1].tensors.values())
-            if self._pending_bytes >= self.shard_bytes or len(self._pending) >= self.max_images_per_shard:
+            self._pending_bytes += sum(
+                t.numel() * t.element_size() for t in self._pending[-1].tensors.values()
+            )
+            if (
+                self._pending_bytes >= self.shard_bytes
+                or len(self._pending) >= self.max_images_per_shard
+            ):
                 self._flush()
 
     def _entry(self, inp: Dict[str, Any], ens: Mapping[str, Any]) -> CachedImage:
@@ -258,7 +276,9 @@ class ScoreCacheWriter(DatasetEvaluator):
             value = value.detach().cpu()
             if key == "mask_logits":
                 value = value.to(_MASK_DTYPES[self.mask_dtype])
-            tensors[key] = value.contiguous().clone()  # own storage: safetensors refuses shared tensors
+            tensors[key] = (
+                value.contiguous().clone()
+            )  # own storage: safetensors refuses shared tensors
         h, w = (int(x) for x in ens["image_size"])
         if tuple(tensors["mask_logits"].shape[-2:]) != (h, w):
             raise ValueError(
@@ -289,7 +309,12 @@ class ScoreCacheWriter(DatasetEvaluator):
         save_file(flat, tmp, metadata=metadata)
         os.replace(tmp, os.path.join(shard_dir, name))
         self._done.update(e.info["image_id"] for e in self._pending)
-        logger.info("Score cache: wrote %s (%d images, %.1f MB)", name, len(self._pending), self._pending_bytes / 2**20)
+        logger.info(
+            "Score cache: wrote %s (%d images, %.1f MB)",
+            name,
+            len(self._pending),
+            self._pending_bytes / 2**20,
+        )
         self._shard_index += 1
         self._pending, self._pending_bytes = [], 0
 
@@ -332,7 +357,9 @@ class ScoreCache:
         StaleCacheError: fingerprint mismatch, or a shard written by another model.
     """
 
-    def __init__(self, cache_dir: str, expected_fingerprint: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(
+        self, cache_dir: str, expected_fingerprint: Optional[Mapping[str, Any]] = None
+    ) -> None:
         self.cache_dir = os.path.expanduser(cache_dir)
         self.manifest = self.read_manifest(self.cache_dir)
         self.fingerprint: Dict[str, Any] = self.manifest["fingerprint"]
@@ -353,7 +380,9 @@ class ScoreCache:
             shard_fp = json.loads(meta.get("fingerprint", "{}"))
             diffs = compare_fingerprints(shard_fp, self.fingerprint)
             if diffs:
-                raise StaleCacheError(f"shard {path} was written by another model than the manifest's: {'; '.join(diffs)}")
+                raise StaleCacheError(
+                    f"shard {path} was written by another model than the manifest's: {'; '.join(diffs)}"
+                )
             for i, info in enumerate(json.loads(meta.get("images", "[]"))):
                 self._index[info["image_id"]] = (path, i, info)
         expected = self.manifest.get("expected_image_ids") or []
@@ -377,7 +406,9 @@ class ScoreCache:
     def check_fingerprint(self, expected: Mapping[str, Any]) -> None:
         diffs = compare_fingerprints(self.fingerprint, _jsonable(expected))
         if diffs:
-            raise StaleCacheError(f"score cache {self.cache_dir} does not match the current model: {'; '.join(diffs)}")
+            raise StaleCacheError(
+                f"score cache {self.cache_dir} does not match the current model: {'; '.join(diffs)}"
+            )
 
     @property
     def image_ids(self) -> List[Any]:
@@ -391,7 +422,11 @@ class ScoreCache:
         text = f"{len(self)} of {expected} images cached"
         if self.missing_image_ids:
             shown = self.missing_image_ids[:10]
-            more = "" if len(self.missing_image_ids) <= 10 else f" and {len(self.missing_image_ids) - 10} more"
+            more = (
+                ""
+                if len(self.missing_image_ids) <= 10
+                else f" and {len(self.missing_image_ids) - 10} more"
+            )
             text += f"; missing image ids {shown}{more}"
         if self.partial_files:
             text += f"; unfinished shard files ignored: {self.partial_files}"
@@ -415,7 +450,9 @@ class ScoreCache:
             with safe_open(path, framework="pt") as f:
                 keys = set(f.keys())
                 for i, info in items:
-                    tensors = {k: f.get_tensor(f"{i}.{k}") for k in TENSOR_FIELDS if f"{i}.{k}" in keys}
+                    tensors = {
+                        k: f.get_tensor(f"{i}.{k}") for k in TENSOR_FIELDS if f"{i}.{k}" in keys
+                    }
                     tensors["mask_logits"] = tensors["mask_logits"].float()
                     yield CachedImage(info=dict(info), tensors=tensors)
 

@@ -10,6 +10,7 @@ reproduction scripts run this at the end::
 Exit status 0 when every present row is within tolerance, 1 when one is not, 2 when nothing was
 found to check. Rows without results are reported as missing (a partial reproduction).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,16 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-__all__ = ["Check", "load_expected", "metric_value", "read_results", "check_table", "check_sweep", "format_checks", "main"]
+__all__ = [
+    "Check",
+    "load_expected",
+    "metric_value",
+    "read_results",
+    "check_table",
+    "check_sweep",
+    "format_checks",
+    "main",
+]
 
 
 @dataclass
@@ -53,12 +63,18 @@ def load_expected(path: str) -> Dict[str, Any]:
                     raise KeyError(f"{path}: rows[{i}] has no {key!r}")
             missing = set(row["expected"]) - set(row["tolerance"])
             if missing:
-                raise KeyError(f"{path}: row {row['name']!r} has no tolerance for {sorted(missing)}")
+                raise KeyError(
+                    f"{path}: row {row['name']!r} has no tolerance for {sorted(missing)}"
+                )
             unknown = set(row["expected"]) - set(spec["metrics"])
             if unknown:
-                raise KeyError(f"{path}: row {row['name']!r} expects unknown metrics {sorted(unknown)}")
+                raise KeyError(
+                    f"{path}: row {row['name']!r} expects unknown metrics {sorted(unknown)}"
+                )
     elif "points" not in spec:
-        raise KeyError(f"{path}: an expected-metrics file has 'rows' (tables 1-3) or 'points' (table 4)")
+        raise KeyError(
+            f"{path}: an expected-metrics file has 'rows' (tables 1-3) or 'points' (table 4)"
+        )
     return spec
 
 
@@ -84,7 +100,15 @@ def check_table(spec: Mapping[str, Any], results_root: str) -> List[Check]:
         results = read_results(results_root, row["name"]) or {}
         for metric, expected in row["expected"].items():
             task, key = spec["metrics"][metric]
-            checks.append(Check(row["name"], metric, metric_value(results, task, key), expected, row["tolerance"][metric]))
+            checks.append(
+                Check(
+                    row["name"],
+                    metric,
+                    metric_value(results, task, key),
+                    expected,
+                    row["tolerance"][metric],
+                )
+            )
     return checks
 
 
@@ -98,10 +122,20 @@ def check_sweep(spec: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> L
         key = (round(p["alpha"], 6), round(p["beta"], 6), round(p["gamma"], 6))
         row = by_point.get(key)
         got = None if row is None else float(row["PQ"])
-        checks.append(Check(f"a={key[0]} b={key[1]} g={key[2]}", "PQ", got, p["paper_PQ"], spec["tolerance"]["PQ"]))
+        checks.append(
+            Check(
+                f"a={key[0]} b={key[1]} g={key[2]}",
+                "PQ",
+                got,
+                p["paper_PQ"],
+                spec["tolerance"]["PQ"],
+            )
+        )
     found = [c.got for c in checks if c.got is not None and not math.isnan(c.got)]
     best_paper = max(p["paper_PQ"] for p in spec["points"])
-    checks.append(Check("best point", "PQ", max(found) if found else None, best_paper, spec["best_tolerance"]))
+    checks.append(
+        Check("best point", "PQ", max(found) if found else None, best_paper, spec["best_tolerance"])
+    )
     return checks
 
 
@@ -109,20 +143,30 @@ def format_checks(checks: Sequence[Check]) -> str:
     lines = [f"{'row':<36}{'metric':<8}{'got':>8}{'expected':>10}{'tol':>6}  status"]
     for c in checks:
         got = "-" if c.got is None or math.isnan(c.got) else f"{c.got:.2f}"
-        lines.append(f"{c.row:<36}{c.metric:<8}{got:>8}{c.expected:>10.2f}{c.tolerance:>6.1f}  {c.status}")
+        lines.append(
+            f"{c.row:<36}{c.metric:<8}{got:>8}{c.expected:>10.2f}{c.tolerance:>6.1f}  {c.status}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Check reproduction results against expected metrics.")
+    parser = argparse.ArgumentParser(
+        description="Check reproduction results against expected metrics."
+    )
     parser.add_argument("expected", help="configs/expected/table<N>.json")
-    parser.add_argument("results", help="results root (tables 1-3) or sweep.jsonl / its folder (table 4)")
+    parser.add_argument(
+        "results", help="results root (tables 1-3) or sweep.jsonl / its folder (table 4)"
+    )
     args = parser.parse_args(argv)
     spec = load_expected(args.expected)
     if "rows" in spec:
         checks = check_table(spec, args.results)
     else:
-        path = os.path.join(args.results, "sweep.jsonl") if os.path.isdir(args.results) else args.results
+        path = (
+            os.path.join(args.results, "sweep.jsonl")
+            if os.path.isdir(args.results)
+            else args.results
+        )
         from .runner import read_rows
 
         checks = check_sweep(spec, read_rows(path))
@@ -138,7 +182,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{statuses.count('FAIL')} metric(s) outside tolerance")
         return 1
     if "missing" in statuses:
-        print(f"{statuses.count('missing')} metric(s) missing (partial reproduction); the rest within tolerance")
+        print(
+            f"{statuses.count('missing')} metric(s) missing (partial reproduction); the rest within tolerance"
+        )
     else:
         print("all metrics within tolerance")
     return 0

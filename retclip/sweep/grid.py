@@ -10,6 +10,7 @@ A grid file (YAML or JSON) holds either or both::
     points:                     # ... plus these points
       - [1.0, 1.0, 0.3]
 """
+
 from __future__ import annotations
 
 import itertools
@@ -20,7 +21,14 @@ from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["GridPoint", "check_weight", "parse_values", "product_grid", "load_grid_file", "make_grid"]
+__all__ = [
+    "GridPoint",
+    "check_weight",
+    "parse_values",
+    "product_grid",
+    "load_grid_file",
+    "make_grid",
+]
 
 _DECIMALS = 6
 
@@ -54,14 +62,16 @@ class GridPoint:
 
 
 def parse_values(text: str, name: str) -> List[float]:
-    """"0.3,0.4,0.5" -> [0.3, 0.4, 0.5], each checked (the error names ``name``)."""
+    """ "0.3,0.4,0.5" -> [0.3, 0.4, 0.5], each checked (the error names ``name``)."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if not parts:
         raise ValueError(f"{name}: no values in {text!r}")
     return [check_weight(name, p) for p in parts]
 
 
-def product_grid(alphas: Sequence[float], betas: Sequence[float], gammas: Sequence[float]) -> List[GridPoint]:
+def product_grid(
+    alphas: Sequence[float], betas: Sequence[float], gammas: Sequence[float]
+) -> List[GridPoint]:
     return [GridPoint(a, b, g) for a, b, g in itertools.product(alphas, betas, gammas)]
 
 
@@ -81,21 +91,30 @@ def load_grid_file(path: str) -> List[GridPoint]:
     with open(path) as f:
         data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: a grid file is a mapping with alpha/beta/gamma lists and/or points")
+        raise ValueError(
+            f"{path}: a grid file is a mapping with alpha/beta/gamma lists and/or points"
+        )
     unknown = set(data) - {"alpha", "beta", "gamma", "points"}
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; valid: alpha, beta, gamma, points")
+        raise ValueError(
+            f"{path}: unknown keys {sorted(unknown)}; valid: alpha, beta, gamma, points"
+        )
     points: List[GridPoint] = []
     lists = [data.get(k) for k in ("alpha", "beta", "gamma")]
     if any(v is not None for v in lists):
         if any(v is None for v in lists):
             raise ValueError(f"{path}: give all of alpha, beta and gamma lists, or only points")
-        checked = [[check_weight(f"{path}: {k}", x) for x in _as_list(v)] for k, v in zip(("alpha", "beta", "gamma"), lists)]
+        checked = [
+            [check_weight(f"{path}: {k}", x) for x in _as_list(v)]
+            for k, v in zip(("alpha", "beta", "gamma"), lists)
+        ]
         points.extend(product_grid(*checked))
     for i, p in enumerate(data.get("points") or []):
         if not isinstance(p, (list, tuple)) or len(p) != 3:
             raise ValueError(f"{path}: points[{i}] must be [alpha, beta, gamma], got {p!r}")
-        points.append(GridPoint(*(check_weight(f"{path}: points[{i}].{n}", x) for n, x in zip("abg", p))))
+        points.append(
+            GridPoint(*(check_weight(f"{path}: points[{i}].{n}", x) for n, x in zip("abg", p)))
+        )
     if not points:
         raise ValueError(f"{path}: the grid is empty")
     return _dedupe(points)
@@ -116,8 +135,16 @@ def make_grid(
     given = [alpha, beta, gamma]
     if any(v is not None for v in given):
         if any(v is None for v in given):
-            raise ValueError("give all of --alpha, --beta and --gamma (comma-separated values), or --grid FILE")
-        points.extend(product_grid(parse_values(alpha, "alpha"), parse_values(beta, "beta"), parse_values(gamma, "gamma")))
+            raise ValueError(
+                "give all of --alpha, --beta and --gamma (comma-separated values), or --grid FILE"
+            )
+        points.extend(
+            product_grid(
+                parse_values(alpha, "alpha"),
+                parse_values(beta, "beta"),
+                parse_values(gamma, "gamma"),
+            )
+        )
     if grid_file:
         points.extend(load_grid_file(grid_file))
     if not points:

@@ -5,6 +5,7 @@ same inference pass also writes the cache, and asks the model for its ensemble i
 
     evaluator = add_score_cache(cfg, model, build_evaluator(cfg, name), name)
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +26,9 @@ def score_cache_dir(cfg: Any, dataset_name: str) -> str:
     return os.path.join(os.path.expanduser(cfg.TEST.SCORE_CACHE_DIR), dataset_name)
 
 
-def add_score_cache(cfg: Any, model: Any, evaluator: DatasetEvaluator, dataset_name: str) -> DatasetEvaluator:
+def add_score_cache(
+    cfg: Any, model: Any, evaluator: DatasetEvaluator, dataset_name: str
+) -> DatasetEvaluator:
     """``evaluator`` plus a :class:`ScoreCacheWriter` when ``TEST.SCORE_CACHE_DIR`` is set.
 
     Sets ``model.return_ensemble_inputs = True`` (a RetCLIP model; others are refused with the

@@ -11,6 +11,7 @@ The numbers are those of detectron2's ``COCOPanopticEvaluator`` (panopticapi), `
 ``tests/sweep/test_metrics_equivalence.py`` checks this on perturbed ground truth, including the
 seen / unseen split of PQ and mIoU that :func:`retclip.evaluation.build_evaluator` adds.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,7 +22,6 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from PIL import Image
@@ -114,7 +114,9 @@ def semseg_metrics(
     return res
 
 
-def panoptic_average(per_class: Mapping[Any, Mapping[str, float]], category_ids: Sequence[int]) -> Dict[str, float]:
+def panoptic_average(
+    per_class: Mapping[Any, Mapping[str, float]], category_ids: Sequence[int]
+) -> Dict[str, float]:
     """PQ / SQ / RQ (x100) over the given dataset category ids, with panopticapi's arithmetic
     (``PQStat.pq_average``): classes with tp + fp + fn == 0 are skipped; NaN if none is left.
 
@@ -169,7 +171,9 @@ class _GroundTruth:
         self.coco = None
         if "segm" in tasks:
             if not self.meta.get("json_file"):
-                raise KeyError(f"dataset {dataset_name!r} has no json_file in its metadata (needed for mask AP)")
+                raise KeyError(
+                    f"dataset {dataset_name!r} has no json_file in its metadata (needed for mask AP)"
+                )
             self.coco = hotcoco.COCO(self.meta.json_file)
         self.ignore_label = int(self.meta.get("ignore_label", 255))
 
@@ -226,7 +230,9 @@ class FastPanopticEvaluator(DatasetEvaluator):
         self._panoptic: Dict[Any, List[Dict[str, Any]]] = {}
         self._instances: List[Dict[str, Any]] = []
         self._image_ids: List[Any] = []
-        self._sem = hotcoco.semantic.SemanticEval(len(self.gt.class_names), ignore_index=self.gt.ignore_label)
+        self._sem = hotcoco.semantic.SemanticEval(
+            len(self.gt.class_names), ignore_index=self.gt.ignore_label
+        )
 
     # ------------------------------------------------------------------ process
     def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
@@ -243,7 +249,9 @@ class FastPanopticEvaluator(DatasetEvaluator):
     def _add_panoptic(self, inp: Dict[str, Any], out: Dict[str, Any]) -> None:
         ids, segments_info = out["panoptic_seg"]
         if segments_info is None:
-            raise ValueError("panoptic_seg without segments_info is not supported by the fast evaluator")
+            raise ValueError(
+                "panoptic_seg without segments_info is not supported by the fast evaluator"
+            )
         ids = ids.cpu().numpy()
         segments = []
         for seg in segments_info:
@@ -269,10 +277,17 @@ class FastPanopticEvaluator(DatasetEvaluator):
         rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
         for rle, score, cls in zip(rles, inst.scores.tolist(), inst.pred_classes.tolist()):
             if cls not in self.gt.thing_rev:
-                raise KeyError(f"instance class {cls} is not a thing class of {self.dataset_name!r}")
+                raise KeyError(
+                    f"instance class {cls} is not a thing class of {self.dataset_name!r}"
+                )
             rle["counts"] = rle["counts"].decode("ascii")
             self._instances.append(
-                {"image_id": inp["image_id"], "category_id": self.gt.thing_rev[cls], "segmentation": rle, "score": score}
+                {
+                    "image_id": inp["image_id"],
+                    "category_id": self.gt.thing_rev[cls],
+                    "segmentation": rle,
+                    "score": score,
+                }
             )
 
     # ------------------------------------------------------------------ evaluate
@@ -283,7 +298,9 @@ class FastPanopticEvaluator(DatasetEvaluator):
         if "segm" in self.tasks:
             results["segm"] = self._eval_segm()
         if "sem_seg" in self.tasks:
-            results["sem_seg"] = semseg_metrics(self._sem.confusion(), self.gt.class_names, self.seen)
+            results["sem_seg"] = semseg_metrics(
+                self._sem.confusion(), self.gt.class_names, self.seen
+            )
         return results
 
     def _seen_dataset_ids(self) -> Tuple[List[int], List[int]]:
@@ -298,7 +315,9 @@ class FastPanopticEvaluator(DatasetEvaluator):
 
         missing = [i for i in self._image_ids if i not in self.gt.panoptic]
         if missing:
-            raise KeyError(f"images {missing[:5]} have no panoptic ground truth in {self.dataset_name!r}")
+            raise KeyError(
+                f"images {missing[:5]} have no panoptic ground truth in {self.dataset_name!r}"
+            )
         images, gt_anns, pred_anns = [], [], []
         for image_id in self._image_ids:
             entry = self.gt.panoptic[image_id]
@@ -342,7 +361,8 @@ class FastPanopticEvaluator(DatasetEvaluator):
         ev.summary_lines()  # fills ev.stats without printing (summarize() prints)
         stats = list(ev.stats)
         res: Dict[str, float] = OrderedDict(
-            (k, float(stats[i] * 100) if stats[i] >= 0 else float("nan")) for i, k in enumerate(_AP_KEYS)
+            (k, float(stats[i] * 100) if stats[i] >= 0 else float("nan"))
+            for i, k in enumerate(_AP_KEYS)
         )
         precisions = np.asarray(ev.eval["precision"])
         thing_names = list(self.gt.meta.thing_classes)

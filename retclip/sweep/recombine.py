@@ -7,6 +7,7 @@ resize to the output size, then the semantic / panoptic / instance functions of
 :mod:`retclip.modeling.postprocessing`. Both call the same library functions as the model, so a
 sweep point gives the outputs of a full evaluation at that point.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,11 +17,22 @@ import torch
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from retclip.ensemble import arithmetic_ensemble, geometric_ensemble
-from retclip.modeling.postprocessing import instance_inference, panoptic_inference, semantic_inference
+from retclip.modeling.postprocessing import (
+    instance_inference,
+    panoptic_inference,
+    semantic_inference,
+)
 
 from .cache import CachedImage
 
-__all__ = ["ENSEMBLE_MODES", "PostprocessSettings", "combine_scores", "has_retrieval", "postprocess", "recombine"]
+__all__ = [
+    "ENSEMBLE_MODES",
+    "PostprocessSettings",
+    "combine_scores",
+    "has_retrieval",
+    "postprocess",
+    "recombine",
+]
 
 ENSEMBLE_MODES = ("arithmetic", "geometric")
 
@@ -63,7 +75,12 @@ class PostprocessSettings:
 
 
 def combine_scores(
-    tensors: Mapping[str, torch.Tensor], mode: str, alpha: float, beta: float, gamma: float, has_retrieval: bool = True
+    tensors: Mapping[str, torch.Tensor],
+    mode: str,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    has_retrieval: bool = True,
 ) -> torch.Tensor:
     """Ensemble of one image's cached scores -> (Q, K+1) log-probabilities, void last.
 
@@ -84,17 +101,30 @@ def combine_scores(
     }
     if mode == "geometric":
         probs = geometric_ensemble(
-            tensors["in_vocab_logits"], tensors["clip_logits"], tensors["seen"], alpha, beta, gamma=gamma, **common
+            tensors["in_vocab_logits"],
+            tensors["clip_logits"],
+            tensors["seen"],
+            alpha,
+            beta,
+            gamma=gamma,
+            **common,
         )
     else:
         probs = arithmetic_ensemble(
-            tensors["in_vocab_logits"], tensors["clip_logits"], seen=tensors["seen"], alpha=alpha, beta=beta,
-            gamma=gamma, **common,
+            tensors["in_vocab_logits"],
+            tensors["clip_logits"],
+            seen=tensors["seen"],
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
+            **common,
         )
     return torch.log(probs + 1e-8)
 
 
-def postprocess(mask_cls: torch.Tensor, image: CachedImage, settings: PostprocessSettings) -> Dict[str, Any]:
+def postprocess(
+    mask_cls: torch.Tensor, image: CachedImage, settings: PostprocessSettings
+) -> Dict[str, Any]:
     """One image's outputs ("sem_seg", "panoptic_seg", "instances") from its class
     log-probabilities (Q, K+1) and cached mask logits (Q, h, w), as ``FCCLIP._postprocess``."""
     masks = image.tensors["mask_logits"]
@@ -111,12 +141,19 @@ def postprocess(mask_cls: torch.Tensor, image: CachedImage, settings: Postproces
         result["sem_seg"] = sem
     if settings.panoptic_on:
         result["panoptic_seg"] = panoptic_inference(
-            mask_cls, masks, object_mask_threshold=settings.object_mask_threshold,
-            overlap_threshold=settings.overlap_threshold, thing_ids=settings.thing_ids,
+            mask_cls,
+            masks,
+            object_mask_threshold=settings.object_mask_threshold,
+            overlap_threshold=settings.overlap_threshold,
+            thing_ids=settings.thing_ids,
         )
     if settings.instance_on:
         result["instances"] = instance_inference(
-            mask_cls, masks, topk=settings.topk, thing_ids=settings.thing_ids, things_only=settings.panoptic_on
+            mask_cls,
+            masks,
+            topk=settings.topk,
+            thing_ids=settings.thing_ids,
+            things_only=settings.panoptic_on,
         )
     return result
 
@@ -131,7 +168,9 @@ def recombine(
     has_retrieval: bool = True,
 ) -> Dict[str, Any]:
     """:func:`combine_scores` then :func:`postprocess` for one cached image."""
-    return postprocess(combine_scores(image.tensors, mode, alpha, beta, gamma, has_retrieval), image, settings)
+    return postprocess(
+        combine_scores(image.tensors, mode, alpha, beta, gamma, has_retrieval), image, settings
+    )
 
 
 def has_retrieval(manifest: Mapping[str, Any]) -> bool:

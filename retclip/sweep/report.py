@@ -5,6 +5,7 @@ Tables 1-3 take one ``metrics_eval.json`` per row (rows and labels from
 fractions like the paper. Table 4 takes sweep rows. Heatmaps show PQ over alpha x gamma (at the
 best beta) and beta x gamma (at the best alpha), the best point marked; matplotlib's Agg backend.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,11 @@ def table_markdown(spec: Mapping[str, Any], results_root: str, note: str = "") -
     labels = list(spec["label_columns"])
     metrics = list(spec["metrics"])
     head = labels + [f"{m}" for m in metrics] + [f"{m} (paper)" for m in metrics]
-    lines = [f"**{spec['title']}**" + (f" - {note}" if note else ""), "", "| " + " | ".join(head) + " |"]
+    lines = [
+        f"**{spec['title']}**" + (f" - {note}" if note else ""),
+        "",
+        "| " + " | ".join(head) + " |",
+    ]
     lines.append("|" + "|".join("---" for _ in head) + "|")
     for row in spec["rows"]:
         results = read_results(results_root, row["name"]) or {}
@@ -40,12 +45,17 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
     return max(finite, key=lambda r: r["PQ"]) if finite else None
 
 
-def sweep_markdown(rows: Sequence[Mapping[str, Any]], spec: Optional[Mapping[str, Any]] = None, note: str = "") -> str:
+def sweep_markdown(
+    rows: Sequence[Mapping[str, Any]], spec: Optional[Mapping[str, Any]] = None, note: str = ""
+) -> str:
     """Table 4 layout (alpha, beta, gamma, PQ) plus mAP, mIoU and the seen/unseen PQ; the paper's
     PQ beside ours where the point is one of Table 4's; the best PQ in bold."""
     paper = {}
     if spec is not None:
-        paper = {(round(p["alpha"], 6), round(p["beta"], 6), round(p["gamma"], 6)): p["paper_PQ"] for p in spec["points"]}
+        paper = {
+            (round(p["alpha"], 6), round(p["beta"], 6), round(p["gamma"], 6)): p["paper_PQ"]
+            for p in spec["points"]
+        }
     best = best_row(rows)
     title = spec["title"] if spec else "Ensemble sweep"
     lines = [f"**{title}**" + (f" - {note}" if note else ""), ""]
@@ -56,13 +66,24 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], spec: Optional[Mapping[str
         if best is not None and r is best:
             pq = f"**{pq}**"
         key = (r["alpha"], r["beta"], r["gamma"])
-        cells = [f"{r['alpha']:.1f}", f"{r['beta']:.1f}", f"{r['gamma']:.1f}", pq, _fmt(paper.get(key)),
-                 _fmt(r.get("PQ_seen")), _fmt(r.get("PQ_unseen")), _fmt(r.get("mAP")), _fmt(r.get("mIoU"))]
+        cells = [
+            f"{r['alpha']:.1f}",
+            f"{r['beta']:.1f}",
+            f"{r['gamma']:.1f}",
+            pq,
+            _fmt(paper.get(key)),
+            _fmt(r.get("PQ_seen")),
+            _fmt(r.get("PQ_unseen")),
+            _fmt(r.get("mAP")),
+            _fmt(r.get("mIoU")),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _grid(rows: Sequence[Mapping[str, Any]], xkey: str, ykey: str, fixed: Dict[str, float]) -> Tuple[List[float], List[float], List[List[float]]]:
+def _grid(
+    rows: Sequence[Mapping[str, Any]], xkey: str, ykey: str, fixed: Dict[str, float]
+) -> Tuple[List[float], List[float], List[List[float]]]:
     sel = [r for r in rows if all(abs(r[k] - v) < 1e-9 for k, v in fixed.items())]
     xs = sorted({r[xkey] for r in sel})
     ys = sorted({r[ykey] for r in sel})
@@ -72,7 +93,9 @@ def _grid(rows: Sequence[Mapping[str, Any]], xkey: str, ykey: str, fixed: Dict[s
     return xs, ys, values
 
 
-def pq_heatmaps(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "", dpi: int = 80) -> List[str]:
+def pq_heatmaps(
+    rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = "", dpi: int = 80
+) -> List[str]:
     """Write pq_alpha_gamma.png and pq_beta_gamma.png; returns their paths.
 
     alpha x gamma is drawn at the best point's beta, beta x gamma at its alpha; cells without a
@@ -102,10 +125,20 @@ def pq_heatmaps(rows: Sequence[Mapping[str, Any]], out_dir: str, title: str = ""
             for j, v in enumerate(row):
                 if not math.isnan(v):
                     ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="white")
-        ax.plot(xs.index(best[xkey]), ys.index(best["gamma"]), marker="*", markersize=16, color="red",
-                markeredgecolor="black", linestyle="none")
+        ax.plot(
+            xs.index(best[xkey]),
+            ys.index(best["gamma"]),
+            marker="*",
+            markersize=16,
+            color="red",
+            markeredgecolor="black",
+            linestyle="none",
+        )
         head = f"{title}\n" if title else ""
-        ax.set_title(f"{head}PQ at {fixed_key} = {best[fixed_key]:.1f}; star = best ({best['PQ']:.2f})", fontsize=8)
+        ax.set_title(
+            f"{head}PQ at {fixed_key} = {best[fixed_key]:.1f}; star = best ({best['PQ']:.2f})",
+            fontsize=8,
+        )
         fig.colorbar(im, ax=ax, label="PQ")
         fig.tight_layout()
         path = os.path.join(out_dir, f"pq_{xkey}_gamma.png")

@@ -6,6 +6,7 @@ and ``sweep.csv`` (headline columns), both rewritten through a temporary file af
 plus ``sweep_meta.json`` (the cache fingerprint and metric backend). Re-running skips points
 already in ``sweep.jsonl``; results from another cache or backend are refused, naming what differs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,19 @@ __all__ = ["HEADLINE", "SweepRunner", "metrics_row", "read_rows"]
 
 #: CSV columns after alpha, beta, gamma, mode: PQ, mask AP ("mAP") and mIoU, with the splits.
 HEADLINE = (
-    "PQ", "PQ_th", "PQ_st", "PQ_seen", "PQ_unseen", "SQ", "RQ",
-    "mAP", "mAP_seen", "mAP_unseen", "mIoU", "mIoU_seen", "mIoU_unseen",
+    "PQ",
+    "PQ_th",
+    "PQ_st",
+    "PQ_seen",
+    "PQ_unseen",
+    "SQ",
+    "RQ",
+    "mAP",
+    "mAP_seen",
+    "mAP_unseen",
+    "mIoU",
+    "mIoU_seen",
+    "mIoU_unseen",
 )
 
 
@@ -45,21 +57,37 @@ def _nan_mean(values: Sequence[float]) -> float:
 
 
 def metrics_row(
-    point: GridPoint, mode: str, results: Mapping[str, Mapping[str, float]], seen: Sequence[bool], dataset_name: str
+    point: GridPoint,
+    mode: str,
+    results: Mapping[str, Mapping[str, float]],
+    seen: Sequence[bool],
+    dataset_name: str,
 ) -> Dict[str, Any]:
     """A result row: the point, headline metrics and the full results.
 
     mAP_seen / mAP_unseen average the per-class mask AP ("AP-<class>") over seen / unseen thing
     classes (classes without ground truth, NaN, left out), so both backends split it the same way.
     """
-    pan, segm, sem = results.get("panoptic_seg", {}), results.get("segm", {}), results.get("sem_seg", {})
-    row: Dict[str, Any] = {"alpha": point.alpha, "beta": point.beta, "gamma": point.gamma, "mode": mode}
+    pan, segm, sem = (
+        results.get("panoptic_seg", {}),
+        results.get("segm", {}),
+        results.get("sem_seg", {}),
+    )
+    row: Dict[str, Any] = {
+        "alpha": point.alpha,
+        "beta": point.beta,
+        "gamma": point.gamma,
+        "mode": mode,
+    }
     for key in ("PQ", "PQ_th", "PQ_st", "PQ_seen", "PQ_unseen", "SQ", "RQ"):
         row[key] = pan.get(key, float("nan"))
     row["mAP"] = segm.get("AP", float("nan"))
     meta = MetadataCatalog.get(dataset_name)
     thing_contiguous = sorted(meta.thing_dataset_id_to_contiguous_id.values())
-    per_class = [(seen[c], segm.get(f"AP-{name}", float("nan"))) for c, name in zip(thing_contiguous, meta.thing_classes)]
+    per_class = [
+        (seen[c], segm.get(f"AP-{name}", float("nan")))
+        for c, name in zip(thing_contiguous, meta.thing_classes)
+    ]
     row["mAP_seen"] = _nan_mean([ap for s, ap in per_class if s])
     row["mAP_unseen"] = _nan_mean([ap for s, ap in per_class if not s])
     for key in ("mIoU", "mIoU_seen", "mIoU_unseen"):
@@ -97,7 +125,9 @@ def _init_worker(runner: "SweepRunner", dataset: Dict[str, Any]) -> None:
     if name not in DatasetCatalog.list():
         records = dataset["records"]
         DatasetCatalog.register(name, lambda: records)
-        MetadataCatalog.get(name).set(**{k: v for k, v in dataset["metadata"].items() if k != "name"})
+        MetadataCatalog.get(name).set(
+            **{k: v for k, v in dataset["metadata"].items() if k != "name"}
+        )
     _WORKER["runner"] = runner
     _WORKER["state"] = runner._open()
 
@@ -137,7 +167,9 @@ class SweepRunner:
         if backend not in METRICS_BACKENDS:
             raise ValueError(f"unknown metrics backend {backend!r}; valid: {METRICS_BACKENDS}")
         if backend == "reference" and cfg is None:
-            raise ValueError("the reference metrics backend needs the evaluation config (--config-file)")
+            raise ValueError(
+                "the reference metrics backend needs the evaluation config (--config-file)"
+            )
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.cache_dir = cache_dir
@@ -196,7 +228,13 @@ class SweepRunner:
         evaluator.reset()
         for image in state["cache"]:
             outputs = recombine(
-                image, state["settings"], self.mode, point.alpha, point.beta, point.gamma, self.has_retrieval
+                image,
+                state["settings"],
+                self.mode,
+                point.alpha,
+                point.beta,
+                point.gamma,
+                self.has_retrieval,
             )
             evaluator.process([image.evaluator_input], [outputs])
         results = evaluator.evaluate() or {}
@@ -248,7 +286,13 @@ class SweepRunner:
         todo = [p for p in points if p.key(self.mode) not in done]
         logger.info(
             "Sweep: %d points, %d already done, %d to run on %d images (%s ensemble, %s metrics, %d workers)",
-            len(points), len(points) - len(todo), len(todo), self.num_images, self.mode, self.backend, self.workers,
+            len(points),
+            len(points) - len(todo),
+            len(todo),
+            self.num_images,
+            self.mode,
+            self.backend,
+            self.workers,
         )
         if not todo:
             return rows
@@ -257,7 +301,9 @@ class SweepRunner:
             for point in todo:
                 rows.append(self._evaluate_point(state, point))
                 self._write(rows)
-                logger.info("Sweep point %s: PQ %.3f (%.1f s)", point, rows[-1]["PQ"], rows[-1]["seconds"])
+                logger.info(
+                    "Sweep point %s: PQ %.3f (%.1f s)", point, rows[-1]["PQ"], rows[-1]["seconds"]
+                )
             return rows
         # "spawn": forking a process whose torch / OpenMP thread pools are running can deadlock.
         from detectron2.data import DatasetCatalog

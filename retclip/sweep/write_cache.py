@@ -9,6 +9,7 @@ The cache of each test dataset goes to ``TEST.SCORE_CACHE_DIR/<dataset>``; metri
 ``OUTPUT_DIR/metrics_eval.json`` as with train_net. Re-running completes a partial cache (images
 already cached are skipped by the writer; the network still runs over them).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ def write_score_cache(cfg: Any) -> Dict[str, Any]:
     if not cfg.TEST.SCORE_CACHE_DIR:
         raise ValueError("TEST.SCORE_CACHE_DIR is empty: give the directory for the score cache")
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        cfg.MODEL.WEIGHTS, resume=False
+    )
     results = {}
     for name in cfg.DATASETS.TEST:
         evaluator = build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference", name))
@@ -80,8 +83,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from detectron2.engine import default_argument_parser, launch
 
     args = default_argument_parser().parse_args(argv)
-    launch(_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        _main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
 
 
 if __name__ == "__main__":

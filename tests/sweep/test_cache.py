@@ -1,6 +1,7 @@
 """Score cache and sweep runner on hand-made ensemble inputs (no network): exact round trip,
 float16 storage, stale caches refused naming what differs, partial caches used and reported,
 grid values checked, resumable and parallel sweeps."""
+
 import json
 import os
 
@@ -13,10 +14,20 @@ from retclip.sweep.grid import GridPoint, load_grid_file, make_grid, parse_value
 from retclip.sweep.runner import SweepRunner, read_rows
 from retclip.testing.synthetic import make_and_register_synthetic
 
-FINGERPRINT = {"model": "abc", "databases": {"primary": "db1"}, "vocabulary": "v1", "ensemble_mode": "arithmetic"}
+FINGERPRINT = {
+    "model": "abc",
+    "databases": {"primary": "db1"},
+    "vocabulary": "v1",
+    "ensemble_mode": "arithmetic",
+}
 POSTPROCESS = {
-    "semantic_on": True, "panoptic_on": True, "instance_on": True, "object_mask_threshold": 0.0,
-    "overlap_threshold": 0.8, "sem_seg_postprocess_before_inference": True, "topk": 20,
+    "semantic_on": True,
+    "panoptic_on": True,
+    "instance_on": True,
+    "object_mask_threshold": 0.0,
+    "overlap_threshold": 0.8,
+    "sem_seg_postprocess_before_inference": True,
+    "topk": 20,
 }
 Q = 6
 
@@ -24,7 +35,9 @@ Q = 6
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sweep_cache"))
-    return make_and_register_synthetic(root, prefix="sweepcache", num_train=1, num_test=4, seed=2)[1]
+    return make_and_register_synthetic(root, prefix="sweepcache", num_train=1, num_test=4, seed=2)[
+        1
+    ]
 
 
 def _pairs(dataset):
@@ -44,7 +57,12 @@ def _pairs(dataset):
             "image_size": (h, w),
             "output_size": (h, w),
         }
-        out.append(({"file_name": record["file_name"], "image_id": record["image_id"]}, {"ensemble_inputs": ens}))
+        out.append(
+            (
+                {"file_name": record["file_name"], "image_id": record["image_id"]},
+                {"ensemble_inputs": ens},
+            )
+        )
     return out
 
 
@@ -91,7 +109,9 @@ def test_round_trip_is_exact_and_sharded(full_cache):
 def test_float16_masks_halve_the_size(dataset, full_cache, tmp_path):
     cache_dir, pairs = full_cache
     _write(tmp_path, dataset, pairs, mask_dtype="float16")
-    size = lambda d: sum(os.path.getsize(os.path.join(d, "shards", f)) for f in os.listdir(os.path.join(d, "shards")))
+    size = lambda d: sum(
+        os.path.getsize(os.path.join(d, "shards", f)) for f in os.listdir(os.path.join(d, "shards"))
+    )
     assert size(str(tmp_path)) < 0.6 * size(cache_dir)
     img = ScoreCache(str(tmp_path)).load(pairs[0][0]["image_id"])
     ref = pairs[0][1]["ensemble_inputs"]["mask_logits"]
@@ -102,7 +122,11 @@ def test_float16_masks_halve_the_size(dataset, full_cache, tmp_path):
 
 @pytest.mark.parametrize(
     "change,named",
-    [({"model": "other"}, "model"), ({"databases": {"primary": "db2"}}, "databases"), ({"vocabulary": "v2"}, "vocabulary")],
+    [
+        ({"model": "other"}, "model"),
+        ({"databases": {"primary": "db2"}}, "databases"),
+        ({"vocabulary": "v2"}, "vocabulary"),
+    ],
 )
 def test_stale_cache_is_refused_naming_what_differs(full_cache, change, named):
     cache_dir, _ = full_cache
@@ -140,10 +164,18 @@ def test_partial_cache_uses_finished_images_and_reports_the_rest(dataset, tmp_pa
     assert cache.missing_image_ids == expected[2:]
     summary = cache.summary()
     assert "2 of 4 images" in summary and str(expected[3]) in summary and ".tmp" in summary
-    rows = SweepRunner(str(tmp_path), str(tmp_path / "out"), mode="arithmetic").run([GridPoint(0.4, 0.7, 0.3)])
+    rows = SweepRunner(str(tmp_path), str(tmp_path / "out"), mode="arithmetic").run(
+        [GridPoint(0.4, 0.7, 0.3)]
+    )
     assert rows[0]["num_images"] == 2 and rows[0]["PQ"] >= 0
     with pytest.raises(ValueError, match="partial"):
-        SweepRunner(str(tmp_path), str(tmp_path / "out2"), mode="arithmetic", backend="reference", cfg=object())
+        SweepRunner(
+            str(tmp_path),
+            str(tmp_path / "out2"),
+            mode="arithmetic",
+            backend="reference",
+            cfg=object(),
+        )
 
 
 def test_grid_values_outside_unit_interval_are_named(tmp_path):
@@ -157,7 +189,9 @@ def test_grid_values_outside_unit_interval_are_named(tmp_path):
     grid.write_text("points:\n  - [0.4, 0.7, 0.3]\n  - [0.4, 2.0, 0.3]\n")
     with pytest.raises(ValueError, match=r"points\[1\]\.b value 2.0"):
         load_grid_file(str(grid))
-    grid.write_text("alpha: [0.3, 0.4]\nbeta: [0.7]\ngamma: [0.0, 0.3]\npoints:\n  - [1.0, 1.0, 0.3]\n")
+    grid.write_text(
+        "alpha: [0.3, 0.4]\nbeta: [0.7]\ngamma: [0.0, 0.3]\npoints:\n  - [1.0, 1.0, 0.3]\n"
+    )
     assert len(load_grid_file(str(grid))) == 5
     assert len(make_grid("0.3,0.4", "0.7", "0.0,0.3", str(grid))) == 5  # duplicates merged
 
@@ -165,20 +199,26 @@ def test_grid_values_outside_unit_interval_are_named(tmp_path):
 def test_sweep_resumes_and_refuses_other_backends_results(full_cache, tmp_path):
     cache_dir, _ = full_cache
     out = str(tmp_path / "out")
-    first = SweepRunner(cache_dir, out, mode="arithmetic").run([GridPoint(0.4, 0.7, 0.3), GridPoint(1.0, 1.0, 0.0)])
+    first = SweepRunner(cache_dir, out, mode="arithmetic").run(
+        [GridPoint(0.4, 0.7, 0.3), GridPoint(1.0, 1.0, 0.0)]
+    )
     assert len(first) == 2
     second = SweepRunner(cache_dir, out, mode="arithmetic").run(
         [GridPoint(0.4, 0.7, 0.3), GridPoint(1.0, 1.0, 0.0), GridPoint(0.0, 0.0, 0.5)]
     )
     dump = lambda rows: json.dumps(rows, sort_keys=True)  # NaN-safe comparison
-    assert len(second) == 3 and dump(second[:2]) == dump(first)  # read back (same seconds), not re-run
+    assert len(second) == 3 and dump(second[:2]) == dump(
+        first
+    )  # read back (same seconds), not re-run
     assert len(read_rows(os.path.join(out, "sweep.jsonl"))) == 3
     with open(os.path.join(out, "sweep.csv")) as f:
         assert len(f.read().strip().splitlines()) == 4
     # Different points give different metrics: alpha = beta = 0 is the in-vocabulary classifier alone.
     assert dump(second[2]["results"]) != dump(second[0]["results"])
     with pytest.raises(StaleCacheError, match="backend"):
-        SweepRunner(cache_dir, out, mode="arithmetic", backend="reference", cfg=object()).run([GridPoint(0.4, 0.7, 0.3)])
+        SweepRunner(cache_dir, out, mode="arithmetic", backend="reference", cfg=object()).run(
+            [GridPoint(0.4, 0.7, 0.3)]
+        )
     meta = json.load(open(os.path.join(out, "sweep_meta.json")))
     assert meta["fingerprint"] == FINGERPRINT
 

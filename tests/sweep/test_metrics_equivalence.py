@@ -1,6 +1,7 @@
 """The hotcoco fast path gives the numbers of the reference evaluators (panopticapi PQ, pycocotools
 segm AP, detectron2 mIoU, with the seen/unseen split) on the same perturbed-ground-truth
 predictions, and on a subset of images it scores only that subset."""
+
 import math
 
 import numpy as np
@@ -64,7 +65,11 @@ def _perturbed_outputs(dataset, seed):
         inst.pred_boxes = Boxes(torch.zeros(len(masks), 4))
         inst.scores = torch.from_numpy(rng.random(len(masks))).float()
         inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
-        out = {"panoptic_seg": (torch.from_numpy(pred.astype(np.int32)), segs), "sem_seg": sem, "instances": inst}
+        out = {
+            "panoptic_seg": (torch.from_numpy(pred.astype(np.int32)), segs),
+            "sem_seg": sem,
+            "instances": inst,
+        }
         pairs.append(({"file_name": d["file_name"], "image_id": d["image_id"]}, out))
     return pairs
 
@@ -72,7 +77,9 @@ def _perturbed_outputs(dataset, seed):
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sweep_metrics"))
-    train, test = make_and_register_synthetic(root, prefix="sweepmetrics", num_train=2, num_test=5, seed=11)
+    train, test = make_and_register_synthetic(
+        root, prefix="sweepmetrics", num_train=2, num_test=5, seed=11
+    )
     cfg = get_cfg()
     add_retclip_config(cfg)
     cfg.DATASETS.TRAIN = (train,)

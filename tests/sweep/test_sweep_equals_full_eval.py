@@ -1,6 +1,7 @@
 """A sweep point gives the metrics of a full evaluation at that point: the tiny RetCLIP (random
 weights, a database of the synthetic test segments) is evaluated with the score cache writer on,
 then at three (alpha, beta, gamma) points both by full re-evaluation and by the sweep runner."""
+
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.data.detection_utils import read_image
-from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
+from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 from PIL import Image
 
@@ -50,7 +51,9 @@ def _rgb2id(rgb):
 def _database(model, test, path):
     """The test images' ground-truth segments embedded by the model's own CLIP (tiny, random)."""
     fp = EncoderFingerprint.from_open_clip("retclip-tiny-convnext", "", model.backbone.dim_latent)
-    db = FeatureDatabase.create(path, fp, model.vocabulary.class_names, source="sweep_test", dtype="float32")
+    db = FeatureDatabase.create(
+        path, fp, model.vocabulary.class_names, source="sweep_test", dtype="float32"
+    )
     with torch.no_grad():
         for record in DatasetCatalog.get(test):
             img = read_image(record["file_name"], format="RGB")
@@ -60,9 +63,15 @@ def _database(model, test, path):
             segs = record["segments_info"]
             masks = torch.full((1, len(segs), *images.tensor.shape[-2:]), -1.0)
             for i, s in enumerate(segs):
-                masks[0, i, : ids.shape[0], : ids.shape[1]] = torch.from_numpy(ids == s["id"]).float() * 2 - 1
+                masks[0, i, : ids.shape[0], : ids.shape[1]] = (
+                    torch.from_numpy(ids == s["id"]).float() * 2 - 1
+                )
             emb, _ = model._clip_embeddings(dense, masks)
-            db.append(emb[0].numpy(), np.array([s["category_id"] for s in segs]), [str(record["image_id"])] * len(segs))
+            db.append(
+                emb[0].numpy(),
+                np.array([s["category_id"] for s in segs]),
+                [str(record["image_id"])] * len(segs),
+            )
     return str(path)
 
 
@@ -76,15 +85,21 @@ def _full_eval(cfg, model, test, out_dir, extra=None):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sweep_e2e"))
-    train, test = make_and_register_synthetic(root, prefix="sweepe2e", num_train=2, num_test=3, seed=4)
+    train, test = make_and_register_synthetic(
+        root, prefix="sweepe2e", num_train=2, num_test=3, seed=4
+    )
     torch.manual_seed(0)
     base = build_model(_cfg(root, train, test)).eval()  # no database yet: only to embed segments
     db = _database(base, test, tmp_path_factory.mktemp("db") / "tiny")
-    cfg = _cfg(root, train, test, "MODEL.RETCLIP.DATABASE", db, "TEST.SCORE_CACHE_DIR", root + "/cache")
+    cfg = _cfg(
+        root, train, test, "MODEL.RETCLIP.DATABASE", db, "TEST.SCORE_CACHE_DIR", root + "/cache"
+    )
     model = build_model(cfg).eval()
     model.load_state_dict(base.state_dict())
     with torch.no_grad():
-        _full_eval(cfg, model, test, root + "/eval0", lambda e: add_score_cache(cfg, model, e, test))
+        _full_eval(
+            cfg, model, test, root + "/eval0", lambda e: add_score_cache(cfg, model, e, test)
+        )
     model.return_ensemble_inputs = False
     return cfg, model, test, score_cache_dir(cfg, test), root
 
@@ -99,14 +114,19 @@ def test_cache_is_complete_and_records_the_model(setup):
     assert len(cache) == len(DatasetCatalog.get(test)) and not cache.missing_image_ids
     assert cache.manifest["complete"] is True
     image = cache.load(cache.image_ids[0])
-    assert tuple(image.info["image_size"]) == (64, 85) and (image.info["height"], image.info["width"]) == (96, 128)
+    assert tuple(image.info["image_size"]) == (64, 85) and (
+        image.info["height"],
+        image.info["width"],
+    ) == (96, 128)
 
 
 def test_sweep_points_equal_full_evaluations(setup, tmp_path):
     cfg, model, test, cache_dir, root = setup
     swept = {}
     for backend in ("reference", "hotcoco"):
-        rows = SweepRunner(cache_dir, str(tmp_path / backend), mode="arithmetic", backend=backend, cfg=cfg).run(POINTS)
+        rows = SweepRunner(
+            cache_dir, str(tmp_path / backend), mode="arithmetic", backend=backend, cfg=cfg
+        ).run(POINTS)
         swept[backend] = {(r["alpha"], r["beta"], r["gamma"]): _flat(r["results"]) for r in rows}
     fulls = []
     for i, p in enumerate(POINTS):
@@ -124,7 +144,10 @@ def test_sweep_points_equal_full_evaluations(setup, tmp_path):
                 if math.isnan(value):
                     assert math.isnan(got[key]), (backend, key)
                 elif backend == "reference":
-                    assert got[key] == value, (backend, key)  # the same functions on the same tensors
+                    assert got[key] == value, (
+                        backend,
+                        key,
+                    )  # the same functions on the same tensors
                 else:
                     assert got[key] == pytest.approx(value, abs=1e-9), (backend, key)
                 compared += 1
