@@ -38,7 +38,7 @@ from retclip.sweep.recombine import ENSEMBLE_MODES  # noqa: E402
 from retclip.sweep.runner import SweepRunner  # noqa: E402
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -71,14 +71,18 @@ def parse_args(argv=None):
     p.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config KEY VALUE overrides for --config-file"
     )
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logger(name="retclip")
     logging.getLogger("retclip").setLevel(logging.INFO)
-    points = make_grid(args.alpha, args.beta, args.gamma, args.grid)
+    try:
+        points = make_grid(args.alpha, args.beta, args.gamma, args.grid)
+    except ValueError as e:  # a value outside [0, 1], a malformed list or grid file
+        parser.error(str(e))
     torch.set_num_threads(max(1, args.threads))
     cfg = None
     if args.config_file:
