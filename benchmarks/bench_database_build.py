@@ -57,7 +57,8 @@ def run(name, encoder, gdino, sam, images, labels, workdir, **det_kwargs):
                 "images": report["images"]["ok"],
                 "vectors": report["vectors"],
                 "images_per_second": round(report["images_per_second"], 3),
-                "forwards": report["forwards"], "model_seconds": report["model_seconds"],
+                "forwards": report["forwards"],
+                "model_seconds": report["model_seconds"],
             }
         )
     )

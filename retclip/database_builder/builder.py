@@ -160,9 +160,12 @@ class DatabaseBuilder:
             return {}, info
         class_names = self._class_names(source, record)
         props = self.proposals(image, class_names, record.dataset_dict)
-        names = (
-            [class_names[int(i)] for i in props.labels.tolist()] if props.labels is not None else []
-        )
+        if props.labels is None:
+            raise ValueError(
+                f"{type(self.proposals).__name__} gives no class hints; a database needs labelled "
+                "masks (GroundingDinoSamProposals or GroundTruthProposals)"
+            )
+        names = [class_names[int(i)] for i in props.labels.tolist()]
         keep = torch.tensor([n in vocab_index for n in names], dtype=torch.bool)
         props = props.select(keep) if len(props) else props
         names = [n for n, k in zip(names, keep.tolist()) if k]

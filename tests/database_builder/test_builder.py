@@ -154,3 +154,19 @@ def test_other_encoder_is_refused(built, folder, tiny_gdino, tiny_sam):
     assert str(builder.encoder.fingerprint) in str(err.value) and str(
         other.encoder.fingerprint
     ) in str(err.value)
+
+
+def test_class_agnostic_proposals_are_refused(tmp_path, folder, tiny_sam, tiny_clip_file):
+    from retclip.proposals import SamGridProposals
+
+    encoder = ClipSegmentEncoder.from_names(
+        "retclip-tiny-convnext", tiny_clip_file, min_size=128, max_size=400
+    )
+    grid = SamGridProposals(
+        sam=tiny_sam, points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
+    builder = DatabaseBuilder(
+        encoder=encoder, proposals=grid, output_dir=str(tmp_path / "db"), progress=False
+    )
+    with pytest.raises(ValueError, match="SamGridProposals gives no class hints"):
+        builder.build(FolderSource(*folder))
