@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="grid points evaluated in parallel processes"
     )
     p.add_argument(
+        "--points-per-pass",
+        type=int,
+        default=4,
+        help="grid points per pass over the cache (each cached image is read once per pass)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -103,6 +109,7 @@ def main(argv=None) -> int:
         cfg=cfg,
         expected_fingerprint=expected,
         workers=args.workers,
+        points_per_pass=args.points_per_pass,
     )
     rows = runner.run(points)
     keys = {p.key(args.mode) for p in points}

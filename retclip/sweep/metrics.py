@@ -194,6 +194,7 @@ class FastPanopticEvaluator(DatasetEvaluator):
         seen: K bools over contiguous class ids (e.g. the model's seen mask) for the
             seen / unseen split; None: no split.
         max_dets_per_image: the largest COCO maxDets (detectron2's default 100).
+        ground_truth: another evaluator's ``gt`` (same dataset and tasks), to share it.
     Returns (:meth:`evaluate`):
         {"panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", ..., "PQ_seen", ...},
         "segm": {"AP", "AP50", ..., "AP-<class>"},
@@ -209,6 +210,7 @@ class FastPanopticEvaluator(DatasetEvaluator):
         tasks: Sequence[str] = ("panoptic_seg", "segm", "sem_seg"),
         seen: Optional[Sequence[bool]] = None,
         max_dets_per_image: int = 100,
+        ground_truth: Optional["_GroundTruth"] = None,
     ) -> None:
         unknown = set(tasks) - {"panoptic_seg", "segm", "sem_seg"}
         if unknown:
@@ -217,7 +219,10 @@ class FastPanopticEvaluator(DatasetEvaluator):
         self.tasks = tuple(tasks)
         self.seen = None if seen is None else [bool(s) for s in seen]
         self.max_dets = [1, 10, int(max_dets_per_image)]
-        self.gt = _GroundTruth(dataset_name, self.tasks)
+        # One evaluator per grid point of a pass: they share the ground truth (read once).
+        self.gt = (
+            ground_truth if ground_truth is not None else _GroundTruth(dataset_name, self.tasks)
+        )
         if self.seen is not None and len(self.seen) != len(self.gt.class_names):
             raise ValueError(
                 f"seen has {len(self.seen)} entries but {dataset_name!r} has {len(self.gt.class_names)} classes"

@@ -11,7 +11,7 @@ sweep point gives the outputs of a full evaluation at that point.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, Mapping
+from typing import Any, Dict, FrozenSet, Mapping, Optional
 
 import torch
 from detectron2.modeling.postprocessing import sem_seg_postprocess
@@ -122,16 +122,34 @@ def combine_scores(
     return torch.log(probs + 1e-8)
 
 
+def prepare_masks(image: CachedImage, settings: PostprocessSettings) -> torch.Tensor:
+    """The cached mask logits as post-processing uses them (resized to the output size when
+    ``sem_seg_postprocess_before_inference``). They do not depend on the ensemble weights, so a
+    pass over several grid points computes them once per image."""
+    masks = image.tensors["mask_logits"]
+    if settings.sem_seg_postprocess_before_inference:
+        size = tuple(image.info["image_size"])
+        masks = sem_seg_postprocess(masks, size, image.info["height"], image.info["width"])
+    return masks
+
+
 def postprocess(
-    mask_cls: torch.Tensor, image: CachedImage, settings: PostprocessSettings
+    mask_cls: torch.Tensor,
+    image: CachedImage,
+    settings: PostprocessSettings,
+    masks: Optional[torch.Tensor] = None,
 ) -> Dict[str, Any]:
     """One image's outputs ("sem_seg", "panoptic_seg", "instances") from its class
-    log-probabilities (Q, K+1) and cached mask logits (Q, h, w), as ``FCCLIP._postprocess``."""
-    masks = image.tensors["mask_logits"]
+    log-probabilities (Q, K+1) and cached mask logits (Q, h, w), as ``FCCLIP._postprocess``.
+
+    Args:
+        masks: :func:`prepare_masks` of the image, if already computed.
+    """
+    if masks is None:
+        masks = prepare_masks(image, settings)
     size = tuple(image.info["image_size"])
     height, width = image.info["height"], image.info["width"]
     if settings.sem_seg_postprocess_before_inference:
-        masks = sem_seg_postprocess(masks, size, height, width)
         mask_cls = mask_cls.to(masks)
     result: Dict[str, Any] = {}
     if settings.semantic_on:

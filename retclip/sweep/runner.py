@@ -1,5 +1,7 @@
 """Run a sweep: for each grid point, recombine every cached image, post-process, evaluate; one
-result row per point, written atomically, resumable, optionally in parallel processes.
+result row per point, written atomically, resumable, optionally in parallel processes. Points go
+in passes of a few: each pass reads every cached image (and resizes its masks) once for all of
+its points, which matters when the cache is larger than the page cache.
 
 Results live in ``<output_dir>/sweep.jsonl`` (one JSON row per point, with the full metric dicts)
 and ``sweep.csv`` (headline columns), both rewritten through a temporary file after every point,
@@ -27,7 +29,14 @@ from detectron2.data import MetadataCatalog
 from .cache import ScoreCache, StaleCacheError, compare_fingerprints
 from .grid import GridPoint
 from .metrics import METRICS_BACKENDS, FastPanopticEvaluator
-from .recombine import ENSEMBLE_MODES, PostprocessSettings, has_retrieval, recombine
+from .recombine import (
+    ENSEMBLE_MODES,
+    PostprocessSettings,
+    combine_scores,
+    has_retrieval,
+    postprocess,
+    prepare_masks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +141,9 @@ def _init_worker(runner: "SweepRunner", dataset: Dict[str, Any]) -> None:
     _WORKER["state"] = runner._open()
 
 
-def _worker_point(point: GridPoint) -> Dict[str, Any]:
+def _worker_points(points: List[GridPoint]) -> List[Dict[str, Any]]:
     runner = _WORKER["runner"]
-    return runner._evaluate_point(_WORKER["state"], point)
+    return runner._evaluate_points(_WORKER["state"], points)
 
 
 class SweepRunner:
@@ -149,6 +158,8 @@ class SweepRunner:
         cfg: the evaluation config (for the reference backend: DATASETS.TRAIN, TEST flags).
         expected_fingerprint: refuse a cache whose fingerprint differs.
         workers: processes evaluating points in parallel (1 = in this process).
+        points_per_pass: points evaluated in one pass over the cache (each image is read and its
+            masks resized once per pass; memory grows with the predictions of each point).
     """
 
     def __init__(
@@ -161,6 +172,7 @@ class SweepRunner:
         cfg: Optional[Any] = None,
         expected_fingerprint: Optional[Mapping[str, Any]] = None,
         workers: int = 1,
+        points_per_pass: int = 4,
     ) -> None:
         if mode not in ENSEMBLE_MODES:
             raise ValueError(f"unknown ensemble mode {mode!r}; valid: {ENSEMBLE_MODES}")
@@ -172,12 +184,15 @@ class SweepRunner:
             )
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if points_per_pass < 1:
+            raise ValueError(f"points_per_pass must be >= 1, got {points_per_pass}")
         self.cache_dir = cache_dir
         self.output_dir = output_dir
         self.mode = mode
         self.backend = backend
         self.cfg = cfg
         self.workers = workers
+        self.points_per_pass = points_per_pass
         cache = ScoreCache(cache_dir, expected_fingerprint)
         self.manifest = cache.manifest
         self.dataset_name = self.manifest["dataset"]
@@ -202,6 +217,7 @@ class SweepRunner:
     def _open(self) -> Dict[str, Any]:
         cache = ScoreCache(self.cache_dir)
         settings = PostprocessSettings.from_manifest(self.manifest)
+        state: Dict[str, Any] = {"cache": cache, "settings": settings, "evaluators": []}
         if self.backend == "hotcoco":
             tasks = []
             meta = MetadataCatalog.get(self.dataset_name)
@@ -211,38 +227,64 @@ class SweepRunner:
                 tasks.append("segm")
             if settings.semantic_on and meta.get("sem_seg_root"):
                 tasks.append("sem_seg")
-            evaluator = FastPanopticEvaluator(
+            first = FastPanopticEvaluator(
                 self.dataset_name, tasks=tasks, seen=self.seen, max_dets_per_image=settings.topk
             )
-            scratch = None
+            state["evaluators"].append(first)
+            state["new_evaluator"] = lambda: FastPanopticEvaluator(
+                self.dataset_name,
+                tasks=tasks,
+                seen=self.seen,
+                max_dets_per_image=settings.topk,
+                ground_truth=first.gt,
+            )
         else:
             from retclip.evaluation import build_evaluator
 
-            scratch = tempfile.mkdtemp(prefix="sweep_reference_")
-            evaluator = build_evaluator(self.cfg, self.dataset_name, scratch)
-        return {"cache": cache, "settings": settings, "evaluator": evaluator, "scratch": scratch}
+            state["new_evaluator"] = lambda: build_evaluator(
+                self.cfg, self.dataset_name, tempfile.mkdtemp(prefix="sweep_reference_")
+            )
+        return state
+
+    def _evaluate_points(
+        self, state: Dict[str, Any], points: Sequence[GridPoint]
+    ) -> List[Dict[str, Any]]:
+        """One pass over the cache for several points: each image is read and its masks resized
+        once, then every point recombines and post-processes it into its own evaluator."""
+        start = time.perf_counter()
+        while len(state["evaluators"]) < len(points):
+            state["evaluators"].append(state["new_evaluator"]())
+        evaluators = state["evaluators"][: len(points)]
+        for evaluator in evaluators:
+            evaluator.reset()
+        settings = state["settings"]
+        for image in state["cache"]:
+            masks = prepare_masks(image, settings)
+            for point, evaluator in zip(points, evaluators):
+                mask_cls = combine_scores(
+                    image.tensors,
+                    self.mode,
+                    point.alpha,
+                    point.beta,
+                    point.gamma,
+                    self.has_retrieval,
+                )
+                outputs = postprocess(mask_cls, image, settings, masks)
+                evaluator.process([image.evaluator_input], [outputs])
+        rows = []
+        for point, evaluator in zip(points, evaluators):
+            results = evaluator.evaluate() or {}
+            row = metrics_row(point, self.mode, results, self.seen, self.dataset_name)
+            row["backend"] = self.backend
+            row["num_images"] = self.num_images
+            rows.append(row)
+        seconds = round((time.perf_counter() - start) / len(points), 3)
+        for row in rows:
+            row["seconds"] = seconds  # per point, averaged over the pass
+        return rows
 
     def _evaluate_point(self, state: Dict[str, Any], point: GridPoint) -> Dict[str, Any]:
-        start = time.perf_counter()
-        evaluator = state["evaluator"]
-        evaluator.reset()
-        for image in state["cache"]:
-            outputs = recombine(
-                image,
-                state["settings"],
-                self.mode,
-                point.alpha,
-                point.beta,
-                point.gamma,
-                self.has_retrieval,
-            )
-            evaluator.process([image.evaluator_input], [outputs])
-        results = evaluator.evaluate() or {}
-        row = metrics_row(point, self.mode, results, self.seen, self.dataset_name)
-        row["backend"] = self.backend
-        row["num_images"] = self.num_images
-        row["seconds"] = round(time.perf_counter() - start, 3)
-        return row
+        return self._evaluate_points(state, [point])[0]
 
     # ---------------------------------------------------------------- results
     def _check_meta(self) -> None:
@@ -277,6 +319,18 @@ class SweepRunner:
             writer.writerow(r)
         _atomic_text(self.csv, buf.getvalue())
 
+    @staticmethod
+    def _log(rows: Sequence[Dict[str, Any]]) -> None:
+        for r in rows:
+            logger.info(
+                "Sweep point alpha %.2f beta %.2f gamma %.2f: PQ %.3f (%.1f s)",
+                r["alpha"],
+                r["beta"],
+                r["gamma"],
+                r["PQ"],
+                r["seconds"],
+            )
+
     def run(self, points: Sequence[GridPoint]) -> List[Dict[str, Any]]:
         """Evaluate the points not yet in the results; returns all rows (old and new)."""
         os.makedirs(self.output_dir, exist_ok=True)
@@ -296,14 +350,15 @@ class SweepRunner:
         )
         if not todo:
             return rows
+        batches = [
+            todo[i : i + self.points_per_pass] for i in range(0, len(todo), self.points_per_pass)
+        ]
         if self.workers == 1:
             state = self._open()
-            for point in todo:
-                rows.append(self._evaluate_point(state, point))
+            for batch in batches:
+                rows.extend(self._evaluate_points(state, batch))
                 self._write(rows)
-                logger.info(
-                    "Sweep point %s: PQ %.3f (%.1f s)", point, rows[-1]["PQ"], rows[-1]["seconds"]
-                )
+                self._log(rows[-len(batch) :])
             return rows
         # "spawn": forking a process whose torch / OpenMP thread pools are running can deadlock.
         from detectron2.data import DatasetCatalog
@@ -316,9 +371,10 @@ class SweepRunner:
         with ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_init_worker, initargs=(self, dataset)
         ) as pool:
-            futures = {pool.submit(_worker_point, p): p for p in todo}
+            futures = [pool.submit(_worker_points, batch) for batch in batches]
             for future in as_completed(futures):
-                rows.append(future.result())
+                new = future.result()
+                rows.extend(new)
                 self._write(rows)
-                logger.info("Sweep point %s: PQ %.3f", futures[future], rows[-1]["PQ"])
+                self._log(new)
         return rows

@@ -1,5 +1,6 @@
 """Sweep tests run single-threaded: their tensors are small, and on shared, loaded cores torch's
 thread pool makes each small op many times slower (measured ~12x for a sweep point)."""
+
 import pytest
 import torch
 

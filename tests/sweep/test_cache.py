@@ -227,8 +227,10 @@ def test_sweep_resumes_and_refuses_other_backends_results(full_cache, tmp_path):
 def test_parallel_workers_give_the_same_rows(full_cache, tmp_path):
     cache_dir, _ = full_cache
     points = [GridPoint(0.4, 0.7, 0.3), GridPoint(0.2, 0.9, 0.6)]
-    serial = SweepRunner(cache_dir, str(tmp_path / "a"), mode="geometric").run(points)
-    parallel = SweepRunner(cache_dir, str(tmp_path / "b"), mode="geometric", workers=2).run(points)
+    serial = SweepRunner(cache_dir, str(tmp_path / "a"), mode="geometric").run(points)  # one pass
+    parallel = SweepRunner(
+        cache_dir, str(tmp_path / "b"), mode="geometric", workers=2, points_per_pass=1
+    ).run(points)
     key = lambda r: (r["alpha"], r["beta"], r["gamma"])
     for a, b in zip(sorted(serial, key=key), sorted(parallel, key=key)):
         assert json.dumps(a["results"], sort_keys=True) == json.dumps(b["results"], sort_keys=True)
