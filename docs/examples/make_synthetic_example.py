@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from retclip.sweep.cache import ScoreCacheWriter  # noqa: E402
+from retclip.sweep.writer import ScoreCacheWriter  # noqa: E402
 from retclip.testing.synthetic import make_and_register_synthetic  # noqa: E402
 
 POSTPROCESS = {

@@ -12,7 +12,7 @@ Layout of a cache directory::
 Shards and the manifest are written to a temporary name and renamed, so a killed run leaves only
 whole shards: the reader uses them and reports the images that are missing. A cache written by
 another model, database or vocabulary (its ``model.ensemble_fingerprint()`` differs) is refused,
-naming the entries that differ.
+naming the entries that differ. The writer is :class:`retclip.sweep.writer.ScoreCacheWriter`.
 
 Size: mask logits are Q x h x w at the resized input size. At ADE20k-150 val settings (2000
 images resized to 800 on the short side, about 800 x 1067, Q = 250) that is ~0.85 GB per image in
@@ -31,12 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
-from detectron2.config import configurable
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +40,6 @@ __all__ = [
     "TENSOR_FIELDS",
     "CachedImage",
     "ScoreCache",
-    "ScoreCacheWriter",
     "StaleCacheError",
     "compare_fingerprints",
 ]
@@ -110,223 +104,6 @@ class CachedImage:
         """The dict a detectron2 evaluator expects as this image's model input."""
         keys = ("image_id", "file_name", "height", "width")
         return {k: self.info[k] for k in keys}
-
-
-class ScoreCacheWriter(DatasetEvaluator):
-    """Writes the score cache from a normal ``--eval-only`` run (add it to the evaluators).
-
-    The model must put ``"ensemble_inputs"`` in each output (``model.return_ensemble_inputs =
-    True``); :func:`retclip.sweep.hooks.add_score_cache` does both from the config.
-
-    Args:
-        cache_dir: output directory (created).
-        dataset_name: the evaluated dataset (its class list, thing ids and image ids are recorded).
-        fingerprint: ``model.ensemble_fingerprint()``; a cache already in ``cache_dir`` with
-            another fingerprint is refused (:class:`StaleCacheError`), one with the same is
-            completed (images already cached are skipped).
-        postprocess: the post-processing settings of the run (thresholds, outputs on/off, top-k),
-            recorded so a sweep re-runs the same post-processing.
-        mask_dtype: "float32" (exact sweeps) or "float16" (half the size, metrics to ~1e-3).
-        shard_mb: a shard is written once its images hold this many MB (or 64 images).
-    """
-
-    @configurable
-    def __init__(
-        self,
-        cache_dir: str,
-        *,
-        dataset_name: str,
-        fingerprint: Mapping[str, Any],
-        postprocess: Mapping[str, Any],
-        mask_dtype: str = "float32",
-        shard_mb: float = 1024.0,
-        max_images_per_shard: int = 64,
-    ) -> None:
-        if mask_dtype not in _MASK_DTYPES:
-            raise ValueError(
-                f"mask_dtype must be one of {sorted(_MASK_DTYPES)}, got {mask_dtype!r}"
-            )
-        if shard_mb <= 0:
-            raise ValueError(f"shard_mb must be positive, got {shard_mb}")
-        self.cache_dir = os.path.expanduser(cache_dir)
-        self.dataset_name = dataset_name
-        self.fingerprint = _jsonable(fingerprint)
-        self.postprocess = dict(postprocess)
-        self.mask_dtype = mask_dtype
-        self.shard_bytes = int(shard_mb * 2**20)
-        self.max_images_per_shard = int(max_images_per_shard)
-        self._done: set = set()
-        self._pending: List[CachedImage] = []
-        self._pending_bytes = 0
-        self._shard_index = 0
-
-    @classmethod
-    def from_config(
-        cls, cfg: Any, dataset_name: str, fingerprint: Mapping[str, Any]
-    ) -> Dict[str, Any]:
-        test = cfg.MODEL.MASK_FORMER.TEST
-        postprocess = {
-            "semantic_on": bool(test.SEMANTIC_ON),
-            "panoptic_on": bool(test.PANOPTIC_ON),
-            "instance_on": bool(test.INSTANCE_ON),
-            "object_mask_threshold": float(test.OBJECT_MASK_THRESHOLD),
-            "overlap_threshold": float(test.OVERLAP_THRESHOLD),
-            "sem_seg_postprocess_before_inference": bool(
-                test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
-            ),
-            "topk": int(cfg.TEST.DETECTIONS_PER_IMAGE),
-        }
-        return {
-            "cache_dir": cfg.TEST.SCORE_CACHE_DIR,
-            "dataset_name": dataset_name,
-            "fingerprint": fingerprint,
-            "postprocess": postprocess,
-            "mask_dtype": cfg.TEST.SCORE_CACHE_MASK_DTYPE,
-            "shard_mb": cfg.TEST.SCORE_CACHE_SHARD_MB,
-        }
-
-    # --------------------------------------------------------------- manifest
-    def _manifest(self) -> Dict[str, Any]:
-        from retclip.modeling.vocabulary import thing_ids_from_metadata
-
-        meta = MetadataCatalog.get(self.dataset_name)
-        names = meta.get("stuff_classes") or meta.get("thing_classes")
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "fingerprint": self.fingerprint,
-            "dataset": self.dataset_name,
-            "class_names": list(names) if names else None,
-            "thing_ids": sorted(thing_ids_from_metadata(meta)),
-            "postprocess": self.postprocess,
-            "mask_dtype": self.mask_dtype,
-            "expected_image_ids": [r["image_id"] for r in DatasetCatalog.get(self.dataset_name)],
-            "complete": False,
-        }
-
-    def reset(self) -> None:
-        shard_dir = os.path.join(self.cache_dir, "shards")
-        manifest_path = os.path.join(self.cache_dir, "manifest.json")
-        self._pending, self._pending_bytes = [], 0
-        if comm.is_main_process():
-            os.makedirs(shard_dir, exist_ok=True)
-            fresh = self._manifest()
-            if os.path.isfile(manifest_path):
-                old = ScoreCache.read_manifest(self.cache_dir)
-                check = {
-                    k: old.get(k) for k in ("fingerprint", "dataset", "mask_dtype", "postprocess")
-                }
-                want = {k: fresh[k] for k in check}
-                diffs = compare_fingerprints(_flatten(check), _flatten(want))
-                if diffs:
-                    raise StaleCacheError(
-                        f"score cache {self.cache_dir} was written by another setup ({'; '.join(diffs)}); "
-                        "use a new TEST.SCORE_CACHE_DIR or delete the old one"
-                    )
-            _atomic_write_json(manifest_path, fresh)
-        comm.synchronize()
-        os.makedirs(shard_dir, exist_ok=True)
-        rank = comm.get_rank()
-        self._done = set()
-        self._shard_index = 0
-        for name in os.listdir(shard_dir):
-            m = _SHARD_RE.match(name)
-            if m is None:
-                continue
-            if int(m.group(1)) == rank:
-                self._shard_index = max(self._shard_index, int(m.group(2)) + 1)
-            self._done.update(
-                info["image_id"] for info in _shard_infos(os.path.join(shard_dir, name))
-            )
-        if self._done:
-            logger.info(
-                "Score cache %s already holds %d images; they are skipped",
-                self.cache_dir,
-                len(self._done),
-            )
-
-    # ---------------------------------------------------------------- process
-    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
-        for inp, out in zip(inputs, outputs):
-            if "ensemble_inputs" not in out:
-                raise KeyError(
-                    "model output has no 'ensemble_inputs': set model.return_ensemble_inputs = True "
-                    "(retclip.sweep.hooks.add_score_cache does) to write a score cache"
-                )
-            if inp["image_id"] in self._done:
-                continue
-            self._pending.append(self._entry(inp, out["ensemble_inputs"]))
-            self._pending_bytes += sum(
-                t.numel() * t.element_size() for t in self._pending[-1].tensors.values()
-            )
-            if (
-                self._pending_bytes >= self.shard_bytes
-                or len(self._pending) >= self.max_images_per_shard
-            ):
-                self._flush()
-
-    def _entry(self, inp: Dict[str, Any], ens: Mapping[str, Any]) -> CachedImage:
-        missing = [k for k in TENSOR_FIELDS if k != "valid" and k not in ens]
-        if missing:
-            raise KeyError(f"ensemble_inputs of image {inp['image_id']} lacks {missing}")
-        tensors = {}
-        for key in TENSOR_FIELDS:
-            value = ens.get(key)
-            if value is None:
-                continue
-            value = value.detach().cpu()
-            if key == "mask_logits":
-                value = value.to(_MASK_DTYPES[self.mask_dtype])
-            tensors[key] = (
-                value.contiguous().clone()
-            )  # own storage: safetensors refuses shared tensors
-        h, w = (int(x) for x in ens["image_size"])
-        if tuple(tensors["mask_logits"].shape[-2:]) != (h, w):
-            raise ValueError(
-                f"image {inp['image_id']}: mask_logits are {tuple(tensors['mask_logits'].shape)} but "
-                f"image_size is {(h, w)}; the contract is masks cropped to the image size"
-            )
-        height, width = (int(x) for x in ens["output_size"])
-        info = {
-            "image_id": inp["image_id"],
-            "file_name": inp.get("file_name"),
-            "height": height,
-            "width": width,
-            "image_size": [h, w],
-        }
-        return CachedImage(info=info, tensors=tensors)
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        shard_dir = os.path.join(self.cache_dir, "shards")
-        name = f"r{comm.get_rank()}-{self._shard_index:05d}.safetensors"
-        flat = {f"{i}.{k}": v for i, e in enumerate(self._pending) for k, v in e.tensors.items()}
-        metadata = {
-            "images": json.dumps([e.info for e in self._pending]),
-            "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
-        }
-        tmp = os.path.join(shard_dir, f".{name}.tmp")
-        save_file(flat, tmp, metadata=metadata)
-        os.replace(tmp, os.path.join(shard_dir, name))
-        self._done.update(e.info["image_id"] for e in self._pending)
-        logger.info(
-            "Score cache: wrote %s (%d images, %.1f MB)",
-            name,
-            len(self._pending),
-            self._pending_bytes / 2**20,
-        )
-        self._shard_index += 1
-        self._pending, self._pending_bytes = [], 0
-
-    def evaluate(self) -> None:
-        self._flush()
-        comm.synchronize()
-        if comm.is_main_process():
-            cache = ScoreCache(self.cache_dir)
-            manifest = dict(cache.manifest, complete=not cache.missing_image_ids)
-            _atomic_write_json(os.path.join(self.cache_dir, "manifest.json"), manifest)
-            logger.info("Score cache %s: %s", self.cache_dir, cache.summary())
-        return None
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 
-from .cache import ScoreCacheWriter
+from .writer import ScoreCacheWriter
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog
 
-from retclip.sweep.cache import ScoreCache, ScoreCacheWriter, StaleCacheError
+from retclip.sweep.cache import ScoreCache, StaleCacheError
+from retclip.sweep.writer import ScoreCacheWriter
 from retclip.sweep.grid import GridPoint, load_grid_file, make_grid, parse_values
 from retclip.sweep.runner import SweepRunner, read_rows
 from retclip.testing.synthetic import make_and_register_synthetic
