@@ -271,3 +271,23 @@ def test_resume_continues_and_eval_only_reproduces_final_metrics(tmp_path, one_t
     train_net.main(_args(out, "MODEL.WEIGHTS", str(out / "model_final.pth"), eval_only=True))
     # Same text = same floats to the last bit (repr round-trips), NaN entries included.
     assert (out / "metrics_eval.json").read_text() == (out / "metrics_0000004.json").read_text()
+
+
+@pytest.mark.slow
+def test_eval_only_with_score_cache_dir_writes_a_readable_cache(tmp_path, one_thread):
+    from retclip.sweep.cache import ScoreCache
+
+    train_net = _load_train_net()
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    results = train_net.main(_args(
+        out, "MODEL.META_ARCHITECTURE", "RetCLIP", "MODEL.RETCLIP.ENSEMBLE_MODE", "geometric",
+        "TEST.SCORE_CACHE_DIR", str(cache), eval_only=True,
+    ))
+    assert "panoptic_seg" in results
+    reader = ScoreCache(str(cache / "retclip_synthetic_test"))
+    from detectron2.data import DatasetCatalog
+
+    expected = {r["image_id"] for r in DatasetCatalog.get("retclip_synthetic_test")}
+    entries = list(reader)
+    assert {e.info["image_id"] for e in entries} == expected and not reader.missing_image_ids
+    assert entries[0].tensors["in_vocab_logits"].shape[-1] == 9  # 8 test classes + void

@@ -139,6 +139,18 @@ class Trainer(DefaultTrainer):
     def build_optimizer(cls, cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(cfg, model)
 
+    @classmethod
+    def test(cls, cfg: Any, model: torch.nn.Module, evaluators: Optional[List[Any]] = None) -> Dict[str, Any]:
+        """detectron2's test loop; with TEST.SCORE_CACHE_DIR the same pass also writes the score
+        cache that tools/sweep_ensemble.py recombines (meant for --eval-only runs)."""
+        if evaluators is None and cfg.TEST.SCORE_CACHE_DIR:
+            from ..sweep.hooks import add_score_cache
+
+            evaluators = [
+                add_score_cache(cfg, model, cls.build_evaluator(cfg, name), name) for name in cfg.DATASETS.TEST
+            ]
+        return super().test(cfg, model, evaluators)
+
     def build_hooks(self) -> List[Any]:
         ret = super().build_hooks()
         for i, hook in enumerate(ret):
