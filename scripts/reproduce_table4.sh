@@ -18,8 +18,9 @@
 #   RETCLIP_DATABASES        folder with ade20k_train_convnext_large_d_320/ and
 #                            openimages_convnext_large_d_320/ (required)
 #   SCORE_CACHE_DIR          where the cache goes (default OUTPUT_ROOT/cache). Size: about
-#                            0.85 GB per image in float32 at 800 x 1067 and 250 queries, ~1.7 TB for
-#                            the 2000 val images; CACHE_DTYPE=float16 halves it (PQ to ~1e-3).
+#                            54 MB per image in float32 at 800 x 1088 padded and 250 queries
+#                            (decoder-resolution masks), ~110 GB for the 2000 val images;
+#                            CACHE_DTYPE=float16 halves it (PQ to ~1e-3).
 #   CACHE_DTYPE              float32 (default, sweep == full evaluation exactly) or float16
 #   GRID                     grid file (default configs/sweep/table4.yaml;
 #                            configs/sweep/table4_dense.yaml for full heatmaps)

@@ -81,7 +81,8 @@ def synthetic_inputs(record, num_classes, rng):
         "retrieval_available": torch.ones(num_classes, dtype=torch.bool),
         "seen": t(SEEN, torch.bool),
         "valid": None,
-        "mask_logits": t(masks),
+        "mask_logits": t(masks),  # full-resolution here: the padded size equals the image size
+        "padded_size": (h, w),
         "image_size": (h, w),
         "output_size": (h, w),
     }

@@ -14,9 +14,11 @@ whole shards: the reader uses them and reports the images that are missing. A ca
 another model, database or vocabulary (its ``model.ensemble_fingerprint()`` differs) is refused,
 naming the entries that differ. The writer is :class:`retclip.sweep.writer.ScoreCacheWriter`.
 
-Size: mask logits are Q x h x w at the resized input size. At ADE20k-150 val settings (2000
-images resized to 800 on the short side, about 800 x 1067, Q = 250) that is ~0.85 GB per image in
-float32, ~1.7 TB for the split. ``mask_dtype="float16"`` halves it; metrics then match a full
+Size: mask logits are kept at the decoder's resolution, Q x H/4 x W/4 of the padded input (the
+sweep upsamples them exactly as the model's post-processing does). At ADE20k-150 val settings
+(2000 images resized to 800 on the short side, padded to about 800 x 1088, Q = 250) that is
+~54 MB per image in float32, ~110 GB for the split. ``mask_dtype="float16"`` halves it; metrics
+then match a full
 evaluation to ~1e-3 (PQ / mIoU points) instead of exactly (measured on synthetic scores: at most
 0.0009, mask AP unchanged).
 """
@@ -44,7 +46,7 @@ __all__ = [
     "compare_fingerprints",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: decoder-resolution mask logits + padded_size
 #: Tensors stored per image (``valid`` only when the model gives one).
 TENSOR_FIELDS = (
     "in_vocab_logits",
@@ -89,11 +91,12 @@ class CachedImage:
     """One cached image.
 
     Attributes:
-        info: {"image_id", "file_name", "height", "width", "image_size": [h, w]} - what the
-            evaluators read from a model input, plus the cropped mask size.
+        info: {"image_id", "file_name", "height", "width", "image_size": [h, w],
+            "padded_size": [Hp, Wp]} - what the evaluators read from a model input, plus the
+            image size inside the padded batch and the padded size.
         tensors: ``TENSOR_FIELDS`` -> tensors (in_vocab_logits / clip_logits (Q, K+1),
             retrieval_scores (Q, K), retrieval_available / seen (K,) bool, valid (Q,) bool or
-            absent, mask_logits (Q, h, w) float32 (float16 caches are cast back)).
+            absent, mask_logits (Q, Hp/4, Wp/4) float32 (float16 caches are cast back)).
     """
 
     info: Dict[str, Any]

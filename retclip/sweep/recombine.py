@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Mapping, Optional
 
 import torch
+import torch.nn.functional as F
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from retclip.ensemble import arithmetic_ensemble, geometric_ensemble
@@ -123,10 +124,12 @@ def combine_scores(
 
 
 def prepare_masks(image: CachedImage, settings: PostprocessSettings) -> torch.Tensor:
-    """The cached mask logits as post-processing uses them (resized to the output size when
-    ``sem_seg_postprocess_before_inference``). They do not depend on the ensemble weights, so a
-    pass over several grid points computes them once per image."""
-    masks = image.tensors["mask_logits"]
+    """The cached mask logits as post-processing uses them: upsampled from the decoder's
+    resolution to the padded input (as ``FCCLIP._postprocess``), then cropped and resized to the
+    output size when ``sem_seg_postprocess_before_inference``. They do not depend on the ensemble
+    weights, so a pass over several grid points computes them once per image."""
+    padded = tuple(image.info["padded_size"])
+    masks = F.interpolate(image.tensors["mask_logits"][None], size=padded, mode="bilinear", align_corners=False)[0]
     if settings.sem_seg_postprocess_before_inference:
         size = tuple(image.info["image_size"])
         masks = sem_seg_postprocess(masks, size, image.info["height"], image.info["width"])
@@ -140,7 +143,8 @@ def postprocess(
     masks: Optional[torch.Tensor] = None,
 ) -> Dict[str, Any]:
     """One image's outputs ("sem_seg", "panoptic_seg", "instances") from its class
-    log-probabilities (Q, K+1) and cached mask logits (Q, h, w), as ``FCCLIP._postprocess``.
+    log-probabilities (Q, K+1) and cached decoder-resolution mask logits, as
+    ``FCCLIP._postprocess``.
 
     Args:
         masks: :func:`prepare_masks` of the image, if already computed.

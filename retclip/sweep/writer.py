@@ -203,10 +203,14 @@ class ScoreCacheWriter(DatasetEvaluator):
                 value.contiguous().clone()
             )  # own storage: safetensors refuses shared tensors
         h, w = (int(x) for x in ens["image_size"])
-        if tuple(tensors["mask_logits"].shape[-2:]) != (h, w):
+        if "padded_size" not in ens:
+            raise KeyError(f"ensemble_inputs of image {inp['image_id']} lacks 'padded_size'")
+        hp, wp = (int(x) for x in ens["padded_size"])
+        if tensors["mask_logits"].ndim != 3 or h > hp or w > wp:
             raise ValueError(
-                f"image {inp['image_id']}: mask_logits are {tuple(tensors['mask_logits'].shape)} but "
-                f"image_size is {(h, w)}; the contract is masks cropped to the image size"
+                f"image {inp['image_id']}: mask_logits {tuple(tensors['mask_logits'].shape)}, image_size "
+                f"{(h, w)}, padded_size {(hp, wp)}; the contract is (Q, h', w') decoder-resolution "
+                "masks of a padded input at least as large as the image"
             )
         height, width = (int(x) for x in ens["output_size"])
         info = {
@@ -215,6 +219,7 @@ class ScoreCacheWriter(DatasetEvaluator):
             "height": height,
             "width": width,
             "image_size": [h, w],
+            "padded_size": [hp, wp],
         }
         return CachedImage(info=info, tensors=tensors)
 

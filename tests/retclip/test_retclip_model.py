@@ -117,7 +117,10 @@ def test_retrieval_changes_scores_and_ensemble_inputs_reproduce_outputs(models):
                    "retrieval_scores": ens["retrieval_scores"], "retrieval_available": ens["retrieval_available"],
                    "valid": ens["valid"]}
         mask_cls = torch.log(retclip.ensemble_probabilities(outputs, 0.4, 0.7, 0.3) + 1e-8)
-        masks = torch.nn.functional.interpolate(ens["mask_logits"][None], size=ens["output_size"],
+        padded = torch.nn.functional.interpolate(ens["mask_logits"][None], size=ens["padded_size"],
+                                                 mode="bilinear", align_corners=False)
+        h, w = ens["image_size"]
+        masks = torch.nn.functional.interpolate(padded[:, :, :h, :w], size=ens["output_size"],
                                                 mode="bilinear", align_corners=False)[0]
         seg, info = panoptic_inference(mask_cls, masks, object_mask_threshold=retclip.object_mask_threshold,
                                        overlap_threshold=retclip.overlap_threshold,

@@ -54,7 +54,8 @@ def _pairs(dataset):
             "retrieval_available": torch.rand(k, generator=g) > 0.3,
             "seen": torch.tensor([True, True, True, True, False, True, False, False]),
             "valid": None,
-            "mask_logits": torch.randn(Q, h, w, generator=g) * 4,
+            "mask_logits": torch.randn(Q, (h + 31) // 32 * 8, (w + 31) // 32 * 8, generator=g) * 4,
+            "padded_size": ((h + 31) // 32 * 32, (w + 31) // 32 * 32),
             "image_size": (h, w),
             "output_size": (h, w),
         }
@@ -148,9 +149,12 @@ def test_missing_ensemble_inputs_and_bad_mask_size_are_errors(dataset, tmp_path)
     inp, out = _pairs(dataset)[0]
     with pytest.raises(KeyError, match="return_ensemble_inputs"):
         writer.process([inp], [{}])
-    bad = dict(out["ensemble_inputs"], image_size=(10, 10))
-    with pytest.raises(ValueError, match="cropped to the image size"):
+    bad = dict(out["ensemble_inputs"], image_size=(10_000, 10))
+    with pytest.raises(ValueError, match="padded input at least as large as the image"):
         writer.process([inp], [{"ensemble_inputs": bad}])
+    no_pad = {k: v for k, v in out["ensemble_inputs"].items() if k != "padded_size"}
+    with pytest.raises(KeyError, match="padded_size"):
+        writer.process([inp], [{"ensemble_inputs": no_pad}])
 
 
 def test_partial_cache_uses_finished_images_and_reports_the_rest(dataset, tmp_path):

@@ -171,8 +171,12 @@ class RetCLIP(FCCLIP):
     def _ensemble_inputs(
         self, outputs: Dict[str, Any], batched_inputs: List[Dict[str, Any]], images: ImageList
     ) -> List[Dict[str, Any]]:
-        """Per image, CPU tensors of everything the ensemble and post-processing need."""
-        masks = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
+        """Per image, CPU tensors of everything the ensemble and post-processing need.
+
+        Mask logits stay at the decoder's resolution (H/4 x W/4 of the padded batch, 16x smaller
+        than upsampled); post-processing upsamples them to ``padded_size`` first, as here.
+        """
+        padded_size = (int(images.tensor.shape[-2]), int(images.tensor.shape[-1]))
         num_classes = outputs["pred_logits"].shape[-1] - 1
         seen = self.vocabulary.seen.cpu()
         per_image = []
@@ -189,7 +193,8 @@ class RetCLIP(FCCLIP):
                     "retrieval_available": outputs["retrieval_available"].cpu(),
                     "seen": seen,
                     "valid": outputs["valid"][b].cpu() if self.ensemble_on_valid_mask else None,
-                    "mask_logits": masks[b, :, : size[0], : size[1]].float().cpu(),
+                    "mask_logits": outputs["pred_masks"][b].float().cpu(),
+                    "padded_size": padded_size,
                     "image_size": (int(size[0]), int(size[1])),
                     "output_size": (int(x.get("height", size[0])), int(x.get("width", size[1]))),
                 }
