@@ -64,8 +64,8 @@ def add_database_build_config(cfg: CN) -> None:
     cfg.DATABASE_BUILD.GROUNDING_DINO.MAX_DETECTIONS = 100
 
     cfg.DATABASE_BUILD.SAM = CN()
-    # segment-anything model type: "vit_h", "vit_l", "vit_b" ("tiny": test-only random model).
-    cfg.DATABASE_BUILD.SAM.MODEL_TYPE = "vit_h"
+    # segment-anything model type: "vit_b" (the paper's), "vit_l", "vit_h" ("tiny": tests only).
+    cfg.DATABASE_BUILD.SAM.MODEL_TYPE = "vit_b"
     # Local SAM checkpoint (.pth state dict, loaded with weights_only=True); "" = random weights.
     cfg.DATABASE_BUILD.SAM.CHECKPOINT = ""
     # Ask for 3 masks per box and keep the best by predicted IoU.

@@ -1,5 +1,6 @@
 """Builds the database builder and its models from a config (``DATABASE_BUILD`` + the model's
-``MODEL.FC_CLIP`` CLIP and ``INPUT`` test resize)."""
+CLIP: ``MODEL.FC_CLIP`` and the ``INPUT`` test resize for FC-CLIP/RetCLIP, ``MODEL.TRAINING_FREE``
+for the training-free variant, so database features and retrieval keys share one space)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,14 @@ __all__ = [
 _PROPOSALS = ("GroundingDinoSamProposals", "GroundTruthProposals")
 
 
-def build_encoder(cfg) -> ClipSegmentEncoder:
-    """The model's CLIP backbone as a segment encoder, on ``MODEL.DEVICE``."""
+def build_encoder(cfg):
+    """The model's CLIP as a segment encoder, on ``MODEL.DEVICE``: the dense CLIP ViT of
+    ``MODEL.TRAINING_FREE`` when ``MODEL.META_ARCHITECTURE`` is "TrainingFreeRetCLIP", else the
+    convolutional CLIP backbone of ``MODEL.FC_CLIP``."""
+    if cfg.MODEL.META_ARCHITECTURE == "TrainingFreeRetCLIP":
+        from retclip.modeling.vit_dense import DenseViTSegmentEncoder
+
+        return DenseViTSegmentEncoder.from_config(cfg).to(cfg.MODEL.DEVICE).eval()
     encoder = ClipSegmentEncoder.from_names(
         cfg.MODEL.FC_CLIP.CLIP_MODEL_NAME,
         cfg.MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS,

@@ -1,0 +1,67 @@
+"""A database built for the training-free variant uses its dense CLIP ViT, so the
+TrainingFreeRetCLIP model accepts it (same encoder fingerprint) and retrieves from it."""
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import build_model
+
+from retclip import add_retclip_config
+from retclip.database_builder.factory import build_encoder, run_build, setup_build_config
+from retclip.modeling.vit_dense import DenseViTSegmentEncoder
+from retclip.retrieval import FeatureDatabase
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def vit_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vit") / "tiny_vit.pt"
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("retclip-tiny-vit").state_dict(), path)
+    return str(path)
+
+
+def _vit_opts(vit_file):
+    return ["MODEL.META_ARCHITECTURE", "TrainingFreeRetCLIP",
+            "MODEL.TRAINING_FREE.CLIP_MODEL_NAME", "retclip-tiny-vit",
+            "MODEL.TRAINING_FREE.CLIP_PRETRAINED_WEIGHTS", vit_file,
+            "MODEL.TRAINING_FREE.CLIP_SHORT_SIDE", "0",
+            "MODEL.TRAINING_FREE.SLIDE_WINDOW", "64", "MODEL.TRAINING_FREE.SLIDE_STRIDE", "32"]
+
+
+def test_training_free_configs_build_with_the_dense_vit(vit_file):
+    cfg = setup_build_config(str(ROOT / "configs/database/tiny_test.yaml"), _vit_opts(vit_file))
+    encoder = build_encoder(cfg)
+    assert isinstance(encoder, DenseViTSegmentEncoder)
+    assert encoder.fingerprint.model_name.startswith("retclip-tiny-vit+dense")
+    assert encoder.fingerprint.weights.startswith("sha256:")
+
+
+@pytest.mark.slow
+def test_database_from_the_builder_serves_the_training_free_model(vit_file, tmp_path):
+    db_dir = tmp_path / "db"
+    run_build(str(ROOT / "configs/database/tiny_test.yaml"), _vit_opts(vit_file) + [
+        "DATABASE_BUILD.OUTPUT_DIR", str(db_dir), "DATABASE_BUILD.SOURCE.TYPE", "dataset",
+        "DATABASE_BUILD.SOURCE.DATASET", "retclip_synthetic_test"], progress=False)
+    db = FeatureDatabase.open(db_dir)
+    assert len(db) > 0
+    cfg = get_cfg()
+    add_retclip_config(cfg)
+    cfg.merge_from_file(str(ROOT / "configs/tests/tiny_training_free_gt.yaml"))
+    cfg.merge_from_list(["MODEL.TRAINING_FREE.CLIP_PRETRAINED_WEIGHTS", vit_file,
+                         "MODEL.TRAINING_FREE.MODE", "retrieval", "MODEL.RETCLIP.DATABASE", str(db_dir)])
+    model = build_model(cfg).eval()  # refuses a database from another encoder
+    record = DatasetCatalog.get("retclip_synthetic_test")[0]
+    image = read_image(record["file_name"], format="RGB")
+    x = dict(record, image=torch.as_tensor(image.transpose(2, 0, 1).copy()))
+    with torch.no_grad():
+        seg, segments = model([x])[0]["panoptic_seg"]
+    # The database holds this image's own ground-truth segments: retrieval names them right.
+    truth = {s["category_id"] for s in record["segments_info"]}
+    predicted = {s["category_id"] for s in segments}
+    assert len(predicted & truth) >= 0.75 * len(truth)
