@@ -7,7 +7,7 @@ from .database import CorruptShardError, FeatureDatabase, ShardData
 from .fingerprint import EncoderFingerprint
 from .index import INDEX_TYPES, FeatureIndex, IndexConfig, build_index, register_index
 from .label_matching import LabelMatching, match_labels
-from .pipeline import RetrievalConfig, RetrievalScorer
+from .pipeline import RetrievalConfig, RetrievalOutput, RetrievalScorer, resolve_database_path
 from .scoring import AGGREGATIONS, retrieval_scores
 from .search import DatabaseRetriever, RetrievalResult, concat_queries
 
@@ -22,6 +22,7 @@ __all__ = [
     "IndexConfig",
     "LabelMatching",
     "RetrievalConfig",
+    "RetrievalOutput",
     "RetrievalResult",
     "RetrievalScorer",
     "ShardData",
@@ -29,5 +30,6 @@ __all__ = [
     "concat_queries",
     "match_labels",
     "register_index",
+    "resolve_database_path",
     "retrieval_scores",
 ]

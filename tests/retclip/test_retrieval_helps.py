@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from retclip.ensemble import arithmetic_ensemble
-from retclip.modeling.retrieval_head import RetrievalHead
-from retclip.retrieval import DatabaseRetriever, EncoderFingerprint, FeatureDatabase, IndexConfig
+from retclip.retrieval import DatabaseRetriever, EncoderFingerprint, FeatureDatabase, IndexConfig, RetrievalScorer
 
 NAMES = ["person", "car", "wall", "lamp", "sofa, couch", "mountain"]
 SEEN = torch.tensor([True, True, True, False, False, False])
@@ -33,9 +32,9 @@ def setup(tmp_path_factory):
     db = FeatureDatabase.create(path, fingerprint, NAMES, source="toy", dtype="float32")
     feats, labels = _segments(centers, 30, 0.12, g)
     db.append(feats.numpy(), labels.numpy(), [f"img{i // 5}" for i in range(len(labels))])
-    head = RetrievalHead(
+    head = RetrievalScorer(
         [DatabaseRetriever(path, IndexConfig(type="flat"), encoder=fingerprint)],
-        top_k=10, aggregation="max", rank_vote_offset=2.0, embed_texts=None,
+        top_k=10, aggregation="max", rank_offset=2.0, embed_texts=None,
         match_threshold=0.95, near_miss=0.9,
     )
     queries, truth = _segments(centers, 40, 0.12, g)
@@ -84,9 +83,9 @@ def test_classes_missing_from_the_database_fall_back_to_clip(setup, tmp_path):
     g = torch.Generator().manual_seed(3)
     feats = F.normalize(centers[[0, 3]].repeat_interleave(5, 0) + 0.3 * torch.randn(10, DIM, generator=g), dim=-1)
     db.append(feats.numpy(), np.repeat([0, 1], 5), [f"i{i}" for i in range(10)])
-    head = RetrievalHead(
+    head = RetrievalScorer(
         [DatabaseRetriever(tmp_path / "partial", IndexConfig(type="exact"), encoder=fingerprint)],
-        top_k=5, aggregation="max", rank_vote_offset=2.0, embed_texts=None,
+        top_k=5, aggregation="max", rank_offset=2.0, embed_texts=None,
         match_threshold=0.95, near_miss=0.9,
     )
     out = head(queries, NAMES)

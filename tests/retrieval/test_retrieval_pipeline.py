@@ -1,10 +1,11 @@
-"""RetrievalScorer end to end: two databases, label matching, search, per-class scores."""
+"""RetrievalScorer end to end: two databases, label matching, search, per-class scores,
+vocabulary switching, unusable rows, relative database paths."""
 import numpy as np
 import pytest
 import torch
 
 from retclip.retrieval import EncoderFingerprint, FeatureDatabase, IndexConfig
-from retclip.retrieval.pipeline import RetrievalConfig, RetrievalScorer
+from retclip.retrieval.pipeline import RetrievalConfig, RetrievalScorer, resolve_database_path
 
 DIM = 16
 FP = EncoderFingerprint("retclip-tiny-resnet", "random", DIM)
@@ -28,9 +29,11 @@ def test_scorer_primary_and_fallback(tmp_path):
     _db(tmp_path / "oi", ["zebra", "Cat"], [2, 0])
     cfg = RetrievalConfig(database=str(tmp_path / "ade"), fallback_database=str(tmp_path / "oi"),
                           top_k=5)
-    scorer = RetrievalScorer(cfg, FP, ["cat", "dog", "zebra", "lamp"])
-    assert scorer.has_retrieval.tolist() == [True, True, True, False]
-    s_ret = scorer.score(CENTRES)
+    scorer = RetrievalScorer.from_config(cfg, FP)
+    vocab = ["cat", "dog", "zebra", "lamp"]
+    out = scorer(CENTRES, vocab)
+    assert out.available.tolist() == [True, True, True, False]
+    s_ret = out.scores
     assert s_ret.shape == (4, 4)
     assert s_ret.argmax(1)[:2].tolist() == [0, 1]
     # min-max is relative: the primary database's nearest neighbour of a zebra still scores 1
@@ -39,19 +42,29 @@ def test_scorer_primary_and_fallback(tmp_path):
     # nearest neighbour of each centre is of its own class: max aggregation gives exactly 1
     assert torch.allclose(s_ret[[0, 1, 2], [0, 1, 2]], torch.ones(3))
     assert (s_ret[:, 3] == 0).all()  # lamp: no database
-    parts = scorer.score_batch([CENTRES[:1], CENTRES[1:]])
-    assert torch.equal(torch.cat(parts), s_ret)
-    _, votes = scorer.score(CENTRES[:1], return_votes=True)
-    assert set(votes[0][0]) == {0}  # primary database: all 5 neighbours of centre 0 are cats
+    votes = scorer(CENTRES[:1], vocab, return_votes=True).votes
+    assert set(votes[0]) == {0}  # all 5 neighbours of centre 0 in the primary database are cats
+    assert {v["database"] for v in votes[0][0]} == {0} and len(votes[0][0]) == 5
+    # Rows that are unusable (empty masks) or not finite score 0 everywhere.
+    queries = CENTRES.clone()
+    queries[1] = float("nan")
+    masked = scorer(queries, vocab, usable=torch.tensor([True, True, False, True])).scores
+    assert (masked[1:3] == 0).all() and torch.equal(masked[0], s_ret[0])
+    # Another vocabulary needs no re-indexing: only the label matching is redone.
+    other = scorer(CENTRES, ["zebra", "cat"])
+    assert other.available.tolist() == [True, True]
+    assert torch.equal(other.scores[:, 1], s_ret[:, 0]) and torch.equal(other.scores[:, 0], s_ret[:, 2])
 
 
 def test_scorer_rejects_other_encoder_and_missing_db(tmp_path):
     _db(tmp_path / "ade", ["cat"], [0])
     cfg = RetrievalConfig(database=str(tmp_path / "ade"))
     with pytest.raises(ValueError, match="retclip-tiny-resnet/random"):
-        RetrievalScorer(cfg, EncoderFingerprint("RN50", "openai", DIM), ["cat"])
+        RetrievalScorer.from_config(cfg, EncoderFingerprint("RN50", "openai", DIM))
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        RetrievalScorer(RetrievalConfig(database=str(tmp_path / "nowhere")), FP, ["cat"])
+        RetrievalScorer.from_config(RetrievalConfig(database=str(tmp_path / "nowhere")), FP)
+    with pytest.raises(ValueError, match="DATABASE is empty"):
+        RetrievalScorer.from_config(RetrievalConfig(), FP)
     with pytest.raises(ValueError, match="valid"):
         RetrievalConfig(aggregation="softmax")
 
@@ -69,3 +82,13 @@ def test_config_from_cfg():
     assert (rc.top_k, rc.aggregation, rc.rank_offset, rc.label_match_threshold) == (
         7, "rank_vote", 2.0, 0.95)
     assert isinstance(rc.index, IndexConfig) and rc.index.type == "exact"
+
+
+def test_relative_database_paths_resolve_under_the_databases_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("RETCLIP_DATABASES", str(tmp_path))
+    assert resolve_database_path("ade") == tmp_path / "ade"
+    assert resolve_database_path(str(tmp_path / "abs")) == tmp_path / "abs"
+    assert resolve_database_path("") is None
+    monkeypatch.delenv("RETCLIP_DATABASES")
+    with pytest.raises(ValueError, match="RETCLIP_DATABASES"):
+        resolve_database_path("ade")

@@ -2,7 +2,7 @@
 
 The retrieval key of each query is the same mask-pooled CLIP embedding that FC-CLIP's
 out-of-vocabulary classifier uses (one backbone pass, no second encoder). Its neighbours in a
-feature database give s_ret (:mod:`retclip.modeling.retrieval_head`), and
+feature database give s_ret (:class:`retclip.retrieval.RetrievalScorer`), and
 ``MODEL.RETCLIP.ENSEMBLE_MODE`` chooses how s_iv, s_clip and s_ret combine:
 
 * "arithmetic", the paper's form: s_oov = γ s_ret + (1 − γ) s_clip; s = α s_oov + (1 − α) s_iv
@@ -27,8 +27,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 
 from ...ensemble import arithmetic_ensemble, geometric_ensemble
-from ...retrieval import EncoderFingerprint, IndexConfig
-from ..retrieval_head import RetrievalHead, resolve_database_path
+from ...retrieval import EncoderFingerprint, RetrievalConfig, RetrievalScorer
 from ..text_classifier import encode_vocabulary
 from .fcclip import FCCLIP
 
@@ -50,7 +49,7 @@ class RetCLIP(FCCLIP):
     def __init__(
         self,
         *,
-        retrieval_head: Optional[RetrievalHead],
+        retrieval_head: Optional[RetrievalScorer],
         ensemble_mode: str,
         alpha: float,
         beta: float,
@@ -77,21 +76,14 @@ class RetCLIP(FCCLIP):
     def from_config(cls, cfg) -> Dict[str, Any]:
         args = super().from_config(cfg)
         rc = cfg.MODEL.RETCLIP
-        paths = [p for p in (resolve_database_path(rc.DATABASE), resolve_database_path(rc.FALLBACK_DATABASE,
-                 "MODEL.RETCLIP.FALLBACK_DATABASE")) if p is not None]
+        retrieval = RetrievalConfig.from_cfg(cfg, device=cfg.MODEL.DEVICE)
         head = None
-        if paths:
-            backbone = args["backbone"]
+        if retrieval.database_paths():
             encoder = EncoderFingerprint.from_open_clip(
-                cfg.MODEL.FC_CLIP.CLIP_MODEL_NAME, cfg.MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS, backbone.dim_latent
+                cfg.MODEL.FC_CLIP.CLIP_MODEL_NAME, cfg.MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS,
+                args["backbone"].dim_latent,
             )
-            device = cfg.MODEL.DEVICE if rc.INDEX.TYPE == "exact" else "cpu"
-            head = RetrievalHead.from_paths(
-                paths, IndexConfig.from_cfg(cfg, device=device), encoder,
-                top_k=rc.TOP_K, aggregation=rc.AGGREGATION, rank_vote_offset=rc.RANK_VOTE_OFFSET,
-                embed_texts=None, match_threshold=rc.LABEL_MATCH_THRESHOLD,
-                near_miss=rc.LABEL_MATCH_NEAR_MISS, report_dir=cfg.OUTPUT_DIR or None,
-            )
+            head = RetrievalScorer.from_config(retrieval, encoder, report_dir=cfg.OUTPUT_DIR or None)
         else:
             logger.info("MODEL.RETCLIP.DATABASE is empty: no retrieval, CLIP alone out of vocabulary")
         args.update(

@@ -7,7 +7,7 @@ embedding is classified by ``MODEL.TRAINING_FREE.MODE``:
 
 * ``"clip"``: s = s_clip, softmax over the K classes of CLIP's cosine logits (text classifier
   with synonyms and the 14 templates, CLIP's own temperature);
-* ``"retrieval"``: s = s_ret (:class:`~retclip.modeling.retrieval_head.RetrievalHead`); a class
+* ``"retrieval"``: s = s_ret (:class:`~retclip.retrieval.RetrievalScorer`); a class
   that no database covers falls back to its s_clip (logged once per vocabulary), as in the
   label matching's fallback rule;
 * ``"retclip"``: s = gamma * s_ret + (1 - gamma) * s_clip (gamma = MODEL.RETCLIP.GAMMA; 0 for
@@ -46,10 +46,9 @@ from ...proposals import (
     SamGridProposals,
     load_sam,
 )
-from ...retrieval import IndexConfig
+from ...retrieval import RetrievalConfig, RetrievalScorer
 from ..mask_pooling import get_classification_logits
 from ..proposal_postprocessing import proposal_instances, proposal_panoptic, proposal_semantic
-from ..retrieval_head import RetrievalHead, resolve_database_path
 from ..text_classifier import TextEmbeddingCache, encode_vocabulary
 from ..vit_dense import DenseCLIPViT, clip_input_size, mask_pool_dense
 from ..vocabulary import (
@@ -122,7 +121,7 @@ class TrainingFreeRetCLIP(nn.Module):
         *,
         clip: DenseCLIPViT,
         proposal_source: ProposalSource,
-        retrieval_head: Optional[RetrievalHead],
+        retrieval_head: Optional[RetrievalScorer],
         mode: str,
         gamma: float,
         clip_short_side: int,
@@ -207,29 +206,10 @@ class TrainingFreeRetCLIP(nn.Module):
             window=tf.SLIDE_WINDOW,
             stride=tf.SLIDE_STRIDE,
         )
-        paths = [
-            p
-            for p in (
-                resolve_database_path(rc.DATABASE),
-                resolve_database_path(rc.FALLBACK_DATABASE, "MODEL.RETCLIP.FALLBACK_DATABASE"),
-            )
-            if p is not None
-        ]
+        retrieval = RetrievalConfig.from_cfg(cfg, device=cfg.MODEL.DEVICE)
         head = None
-        if paths and tf.MODE != "clip":
-            device = cfg.MODEL.DEVICE if rc.INDEX.TYPE == "exact" else "cpu"
-            head = RetrievalHead.from_paths(
-                paths,
-                IndexConfig.from_cfg(cfg, device=device),
-                clip.fingerprint,
-                top_k=rc.TOP_K,
-                aggregation=rc.AGGREGATION,
-                rank_vote_offset=rc.RANK_VOTE_OFFSET,
-                embed_texts=None,
-                match_threshold=rc.LABEL_MATCH_THRESHOLD,
-                near_miss=rc.LABEL_MATCH_NEAR_MISS,
-                report_dir=cfg.OUTPUT_DIR or None,
-            )
+        if retrieval.database_paths() and tf.MODE != "clip":
+            head = RetrievalScorer.from_config(retrieval, clip.fingerprint, report_dir=cfg.OUTPUT_DIR or None)
         return {
             "clip": clip,
             "proposal_source": build_training_free_proposals(cfg),
