@@ -25,21 +25,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-
-t1_fail() {
-  echo "error: $*" >&2
-  exit 2
-}
-
-t1_python() {
-  if [[ -n "${PYTHON:-}" ]]; then
-    echo "$PYTHON"
-  elif [[ -x "$REPO/.venv/bin/python" ]]; then
-    echo "$REPO/.venv/bin/python"
-  else
-    echo python3
-  fi
-}
+# shellcheck source=lib/reproduce_common.sh
+source "$REPO/scripts/lib/reproduce_common.sh"
 
 # name|weights variable|primary database|fallback database ("-" = none)
 T1_ROWS=(
@@ -61,33 +48,23 @@ t1_selected() {
   done
 }
 
-t1_check_database() {
-  [[ "$1" == "-" ]] && return 0
-  [[ -n "${RETCLIP_DATABASES:-}" ]] || t1_fail "RETCLIP_DATABASES is not set (folder holding the feature databases)"
-  local db="${RETCLIP_DATABASES/#\~/$HOME}/$1"
-  [[ -f "$db/manifest.json" ]] || t1_fail "RETCLIP_DATABASES: no feature database at '$db' (missing manifest.json; build it with tools/build_database.py)"
-}
-
 t1_check() {
-  [[ -n "${DETECTRON2_DATASETS:-}" ]] || t1_fail "DETECTRON2_DATASETS is not set (dataset root with ADEChallengeData2016/)"
-  local ade="${DETECTRON2_DATASETS/#\~/$HOME}/ADEChallengeData2016"
-  [[ -d "$ade/images/validation" ]] || t1_fail "DETECTRON2_DATASETS: ADE20k val images not found at '$ade/images/validation'"
-  [[ -f "$ade/ade20k_panoptic_val.json" ]] || t1_fail "DETECTRON2_DATASETS: $ade/ade20k_panoptic_val.json not found (run datasets/prepare_ade20k_pan_seg.py)"
+  repro_check_ade_val
   local entry name wvar db fb selected=0
   if [[ -n "${ROWS:-}" ]]; then
     for name in $ROWS; do
-      printf '%s\n' "${T1_ROWS[@]}" | grep -q "^${name}|" || t1_fail "ROWS: unknown row '$name' (rows: $(printf '%s ' "${T1_ROWS[@]%%|*}"))"
+      printf '%s\n' "${T1_ROWS[@]}" | grep -q "^${name}|" || repro_fail "ROWS: unknown row '$name' (rows: $(printf '%s ' "${T1_ROWS[@]%%|*}"))"
     done
   fi
   while IFS="|" read -r name wvar db fb; do
     selected=1
-    [[ -n "${!wvar:-}" ]] || t1_fail "$wvar is not set (FC-CLIP checkpoint for row $name)"
-    [[ -f "${!wvar}" ]] || t1_fail "$wvar: file not found at '${!wvar}'"
-    [[ -f "$REPO/configs/retclip/$name.yaml" ]] || t1_fail "config configs/retclip/$name.yaml not found"
-    t1_check_database "$db"
-    t1_check_database "$fb"
+    [[ -n "${!wvar:-}" ]] || repro_fail "$wvar is not set (FC-CLIP checkpoint for row $name)"
+    [[ -f "${!wvar}" ]] || repro_fail "$wvar: file not found at '${!wvar}'"
+    [[ -f "$REPO/configs/retclip/$name.yaml" ]] || repro_fail "config configs/retclip/$name.yaml not found"
+    [[ "$db" == "-" ]] || repro_check_database "$db"
+    [[ "$fb" == "-" ]] || repro_check_database "$fb"
   done < <(t1_selected)
-  ((selected)) || t1_fail "ROWS selects no row"
+  ((selected)) || repro_fail "ROWS selects no row"
 }
 
 t1_run_row() {
@@ -100,7 +77,7 @@ t1_run_row() {
     db_opts=(MODEL.RETCLIP.DATABASE "$db" MODEL.RETCLIP.FALLBACK_DATABASE "$fb")
   fi
   # shellcheck disable=SC2086  # EXTRA_OPTS is a list of KEY VALUE words
-  "$(t1_python)" "$REPO/tools/train_net.py" --eval-only --num-gpus "${NUM_GPUS:-1}" \
+  "$(repro_python)" "$REPO/tools/train_net.py" --eval-only --num-gpus "${NUM_GPUS:-1}" \
     --config-file "$REPO/configs/retclip/$name.yaml" \
     OUTPUT_DIR "$out" MODEL.WEIGHTS "$weights" "${db_opts[@]}" \
     ${EXTRA_OPTS:-} 2>&1 | tee "$out/log.txt"
@@ -119,9 +96,9 @@ table1_main() {
     echo "=== Table 1: $name -> $root/$name"
     t1_run_row "$name" "${!wvar}" "$db" "$fb" "$root/$name"
   done < <(t1_selected)
-  "$(t1_python)" "$REPO/tools/make_report.py" table --expected "$REPO/configs/expected/table1.json" \
+  "$(repro_python)" "$REPO/tools/make_report.py" table --expected "$REPO/configs/expected/table1.json" \
     --results "$root" --out "$root/table1.md"
-  "$(t1_python)" -m retclip.sweep.expected "$REPO/configs/expected/table1.json" "$root"
+  "$(repro_python)" -m retclip.sweep.expected "$REPO/configs/expected/table1.json" "$root"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

@@ -24,48 +24,18 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-
-tf_fail() {
-  echo "error: $*" >&2
-  exit 2
-}
-
-tf_python() {
-  if [[ -n "${PYTHON:-}" ]]; then
-    echo "$PYTHON"
-  elif [[ -x "$REPO/.venv/bin/python" ]]; then
-    echo "$REPO/.venv/bin/python"
-  else
-    echo python3
-  fi
-}
-
-# tf_require_dir NAME PATH WHAT: refuse unless PATH is a directory.
-tf_require_dir() {
-  [[ -d "$2" ]] || tf_fail "$1: $3 not found at '$2'"
-}
+# shellcheck source=lib/reproduce_common.sh
+source "$REPO/scripts/lib/reproduce_common.sh"
 
 # tf_check_common: the dataset, SAM and Grounding DINO inputs every training-free row needs.
 tf_check_common() {
-  [[ -n "${DETECTRON2_DATASETS:-}" ]] || tf_fail "DETECTRON2_DATASETS is not set (dataset root with ADEChallengeData2016/)"
-  local ade="${DETECTRON2_DATASETS/#\~/$HOME}/ADEChallengeData2016"
-  tf_require_dir DETECTRON2_DATASETS "$ade" "ADE20k folder"
-  tf_require_dir DETECTRON2_DATASETS "$ade/images/validation" "ADE20k val images"
-  tf_require_dir DETECTRON2_DATASETS "$ade/ade20k_panoptic_val" "ADE20k panoptic PNGs (run datasets/prepare_ade20k_pan_seg.py)"
-  [[ -f "$ade/ade20k_panoptic_val.json" ]] || tf_fail "DETECTRON2_DATASETS: $ade/ade20k_panoptic_val.json not found (run datasets/prepare_ade20k_pan_seg.py)"
-  [[ -n "${SAM_CHECKPOINT:-}" ]] || tf_fail "SAM_CHECKPOINT is not set (path to sam_vit_b_01ec64.pth)"
-  [[ -f "$SAM_CHECKPOINT" ]] || tf_fail "SAM_CHECKPOINT: file not found at '$SAM_CHECKPOINT'"
+  repro_check_ade_val
+  [[ -n "${SAM_CHECKPOINT:-}" ]] || repro_fail "SAM_CHECKPOINT is not set (path to sam_vit_b_01ec64.pth)"
+  [[ -f "$SAM_CHECKPOINT" ]] || repro_fail "SAM_CHECKPOINT: file not found at '$SAM_CHECKPOINT'"
   GROUNDING_DINO_MODEL="${GROUNDING_DINO_MODEL:-IDEA-Research/grounding-dino-base}"
   case "$GROUNDING_DINO_MODEL" in
-    /* | ./* | ../* | "~"*) tf_require_dir GROUNDING_DINO_MODEL "${GROUNDING_DINO_MODEL/#\~/$HOME}" "Grounding DINO folder" ;;
+    /* | ./* | ../* | "~"*) repro_require_dir GROUNDING_DINO_MODEL "${GROUNDING_DINO_MODEL/#\~/$HOME}" "Grounding DINO folder" ;;
   esac
-}
-
-# tf_check_database NAME: refuse unless $RETCLIP_DATABASES/NAME holds a database manifest.
-tf_check_database() {
-  [[ -n "${RETCLIP_DATABASES:-}" ]] || tf_fail "RETCLIP_DATABASES is not set (folder holding the feature databases)"
-  local db="${RETCLIP_DATABASES/#\~/$HOME}/$1"
-  [[ -f "$db/manifest.json" ]] || tf_fail "RETCLIP_DATABASES: no feature database at '$db' (missing manifest.json; build it with tools/build_database.py)"
 }
 
 # tf_clip_weights CONFIG: the CLIP weights override for a config's ViT.
@@ -81,11 +51,11 @@ tf_run_row() {
   local config="$1" out="$2" weights
   weights="$(tf_clip_weights "$config")"
   case "$weights" in
-    /* | ./* | ../*) [[ -f "$weights" ]] || tf_fail "CLIP weights file not found at '$weights'" ;;
+    /* | ./* | ../*) [[ -f "$weights" ]] || repro_fail "CLIP weights file not found at '$weights'" ;;
   esac
   mkdir -p "$out"
   # shellcheck disable=SC2086  # EXTRA_OPTS is a list of KEY VALUE words
-  "$(tf_python)" "$REPO/tools/train_net.py" --eval-only --num-gpus "${NUM_GPUS:-1}" \
+  "$(repro_python)" "$REPO/tools/train_net.py" --eval-only --num-gpus "${NUM_GPUS:-1}" \
     --config-file "$REPO/configs/training_free/$config" \
     OUTPUT_DIR "$out" \
     MODEL.TRAINING_FREE.CLIP_PRETRAINED_WEIGHTS "$weights" \
@@ -98,7 +68,7 @@ tf_run_row() {
 tf_table() {
   local title="$1"
   shift
-  "$(tf_python)" - "$title" "$@" <<'PY'
+  "$(repro_python)" - "$title" "$@" <<'PY'
 import json, math, os, sys
 
 def metric(results, task, key):
@@ -122,8 +92,8 @@ table2_main() {
   local check_only=0
   [[ "${1:-}" == "--check" ]] && check_only=1
   tf_check_common
-  tf_check_database ade20k_train_vit_b16
-  tf_check_database ade20k_train_vit_l14
+  repro_check_database ade20k_train_vit_b16
+  repro_check_database ade20k_train_vit_l14
   if ((check_only)); then
     echo "inputs found; ready to run Table 2"
     return 0

@@ -19,8 +19,8 @@ table3_main() {
   local check_only=0
   [[ "${1:-}" == "--check" ]] && check_only=1
   tf_check_common
-  tf_check_database ade20k_train_vit_b16
-  tf_check_database ade20k_train_vit_l14
+  repro_check_database ade20k_train_vit_b16
+  repro_check_database ade20k_train_vit_l14
   if ((check_only)); then
     echo "inputs found; ready to run Table 3"
     return 0

@@ -33,37 +33,18 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib/reproduce_common.sh
+source "$REPO/scripts/lib/reproduce_common.sh"
 CONFIG="configs/retclip/retclip_convnext_large_ade20k.yaml"
 
-t4_fail() {
-  echo "error: $*" >&2
-  exit 2
-}
-
-t4_python() {
-  if [[ -n "${PYTHON:-}" ]]; then
-    echo "$PYTHON"
-  elif [[ -x "$REPO/.venv/bin/python" ]]; then
-    echo "$REPO/.venv/bin/python"
-  else
-    echo python3
-  fi
-}
-
 t4_check() {
-  [[ -n "${DETECTRON2_DATASETS:-}" ]] || t4_fail "DETECTRON2_DATASETS is not set (dataset root with ADEChallengeData2016/)"
-  local ade="${DETECTRON2_DATASETS/#\~/$HOME}/ADEChallengeData2016"
-  [[ -d "$ade/images/validation" ]] || t4_fail "DETECTRON2_DATASETS: ADE20k val images not found at '$ade/images/validation'"
-  [[ -f "$ade/ade20k_panoptic_val.json" ]] || t4_fail "DETECTRON2_DATASETS: $ade/ade20k_panoptic_val.json not found (run datasets/prepare_ade20k_pan_seg.py)"
-  [[ -n "${FCCLIP_CONVNEXT_WEIGHTS:-}" ]] || t4_fail "FCCLIP_CONVNEXT_WEIGHTS is not set (FC-CLIP ConvNeXt-L checkpoint, fcclip_cocopan.pth)"
-  [[ -f "$FCCLIP_CONVNEXT_WEIGHTS" ]] || t4_fail "FCCLIP_CONVNEXT_WEIGHTS: file not found at '$FCCLIP_CONVNEXT_WEIGHTS'"
-  [[ -n "${RETCLIP_DATABASES:-}" ]] || t4_fail "RETCLIP_DATABASES is not set (folder holding the feature databases)"
-  local db
-  for db in ade20k_train_convnext_large_d_320 openimages_convnext_large_d_320; do
-    [[ -f "${RETCLIP_DATABASES/#\~/$HOME}/$db/manifest.json" ]] || t4_fail "RETCLIP_DATABASES: no feature database at '${RETCLIP_DATABASES}/$db' (build it with tools/build_database.py)"
-  done
-  [[ -f "${GRID:-$REPO/configs/sweep/table4.yaml}" ]] || t4_fail "GRID: grid file not found at '${GRID}'"
-  case "${CACHE_DTYPE:-float32}" in float32 | float16) ;; *) t4_fail "CACHE_DTYPE must be float32 or float16, got '$CACHE_DTYPE'" ;; esac
+  repro_check_ade_val
+  [[ -n "${FCCLIP_CONVNEXT_WEIGHTS:-}" ]] || repro_fail "FCCLIP_CONVNEXT_WEIGHTS is not set (FC-CLIP ConvNeXt-L checkpoint, fcclip_cocopan.pth)"
+  [[ -f "$FCCLIP_CONVNEXT_WEIGHTS" ]] || repro_fail "FCCLIP_CONVNEXT_WEIGHTS: file not found at '$FCCLIP_CONVNEXT_WEIGHTS'"
+  repro_check_database ade20k_train_convnext_large_d_320
+  repro_check_database openimages_convnext_large_d_320
+  [[ -f "${GRID:-$REPO/configs/sweep/table4.yaml}" ]] || repro_fail "GRID: grid file not found at '${GRID}'"
+  case "${CACHE_DTYPE:-float32}" in float32 | float16) ;; *) repro_fail "CACHE_DTYPE must be float32 or float16, got '$CACHE_DTYPE'" ;; esac
 }
 
 table4_main() {
@@ -83,20 +64,20 @@ table4_main() {
   else
     echo "=== Table 4, step 1: evaluation with the score cache -> $cache"
     # shellcheck disable=SC2086  # EXTRA_OPTS is a list of KEY VALUE words
-    "$(t4_python)" -m retclip.sweep.write_cache --num-gpus "${NUM_GPUS:-1}" --config-file "$REPO/$CONFIG" \
+    "$(repro_python)" -m retclip.sweep.write_cache --num-gpus "${NUM_GPUS:-1}" --config-file "$REPO/$CONFIG" \
       OUTPUT_DIR "$root/eval" MODEL.WEIGHTS "$FCCLIP_CONVNEXT_WEIGHTS" \
       TEST.SCORE_CACHE_DIR "$cache_root" TEST.SCORE_CACHE_MASK_DTYPE "${CACHE_DTYPE:-float32}" \
       ${EXTRA_OPTS:-} 2>&1 | tee "$root/eval/log.txt"
   fi
   echo "=== Table 4, step 2: sweep ${GRID:-configs/sweep/table4.yaml}"
-  "$(t4_python)" "$REPO/tools/sweep_ensemble.py" --cache "$cache" --output-dir "$root/sweep" \
+  "$(repro_python)" "$REPO/tools/sweep_ensemble.py" --cache "$cache" --output-dir "$root/sweep" \
     --grid "${GRID:-$REPO/configs/sweep/table4.yaml}" --mode arithmetic \
     --metrics-backend "${METRICS_BACKEND:-hotcoco}" --workers "${SWEEP_WORKERS:-4}" \
     --config-file "$REPO/$CONFIG" MODEL.RETCLIP.DATABASE "ade20k_train_convnext_large_d_320"
   echo "=== Table 4, step 3: report and check"
-  "$(t4_python)" "$REPO/tools/make_report.py" sweep --sweep "$root/sweep" --mode arithmetic \
+  "$(repro_python)" "$REPO/tools/make_report.py" sweep --sweep "$root/sweep" --mode arithmetic \
     --expected "$REPO/configs/expected/table4.json" --out-dir "$root/report"
-  "$(t4_python)" -m retclip.sweep.expected "$REPO/configs/expected/table4.json" "$root/sweep"
+  "$(repro_python)" -m retclip.sweep.expected "$REPO/configs/expected/table4.json" "$root/sweep"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

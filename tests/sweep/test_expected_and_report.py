@@ -132,6 +132,7 @@ def test_reproduce_scripts_check_their_inputs(tmp_path):
     assert r.returncode == 2 and "DETECTRON2_DATASETS is not set" in r.stderr
     ade = tmp_path / "ADEChallengeData2016"
     (ade / "images" / "validation").mkdir(parents=True)
+    (ade / "ade20k_panoptic_val").mkdir()
     (ade / "ade20k_panoptic_val.json").write_text("{}")
     weights = tmp_path / "fcclip_cocopan.pth"
     weights.write_bytes(b"0")
