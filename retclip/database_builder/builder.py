@@ -5,7 +5,8 @@ Work unit: the source's sorted image list is cut into global chunks of ``shard_s
 chunk c goes to rank ``c % world_size`` and becomes exactly one shard named ``part<c>-000000``
 (written even when empty). A chunk whose shard exists is done, so a killed build resumes at the
 first missing chunk, and the finished database is the same whatever the interruptions or the
-number of ranks. Each chunk's bookkeeping (image paths, skipped images, labels without
+number of ranks. Within a chunk, consecutive images whose CLIP inputs have the same padded size
+share one batched CLIP forward (``clip_batch_size``). Each chunk's bookkeeping (image paths, skipped images, labels without
 detection, forward counts, seconds) goes to ``build/part<c>.json`` before its shard is written;
 :mod:`.report` sums them when all ranks are done.
 """
@@ -64,6 +65,7 @@ class DatabaseBuilder:
         proposals: ProposalSource,
         output_dir: str,
         shard_size: int = 64,
+        clip_batch_size: int = 1,
         dtype: str = "float16",
         max_shards_per_run: int = 0,
         shard_delay_s: float = 0.0,
@@ -78,6 +80,8 @@ class DatabaseBuilder:
                 GroundTruthProposals (needs a dataset source).
             output_dir: database directory.
             shard_size: images per chunk/shard.
+            clip_batch_size: consecutive images of one chunk with equal CLIP input sizes that
+                share one CLIP forward (1: one forward per image).
             max_shards_per_run: stop after this many new shards per rank (0: no limit).
             shard_delay_s: sleep after each shard (tests kill the build in between).
             build_args: JSON-serialisable provenance kept in the manifest.
@@ -85,12 +89,15 @@ class DatabaseBuilder:
         """
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        if clip_batch_size < 1:
+            raise ValueError(f"clip_batch_size (DATABASE_BUILD.CLIP_BATCH_SIZE) must be >= 1, got {clip_batch_size}")
         if not output_dir:
             raise ValueError("output_dir (DATABASE_BUILD.OUTPUT_DIR) is empty")
         self.encoder = encoder
         self.proposals = proposals
         self.output_dir = Path(output_dir).expanduser()
         self.shard_size = int(shard_size)
+        self.clip_batch_size = int(clip_batch_size)
         self.dtype = dtype
         self.max_shards_per_run = int(max_shards_per_run)
         self.shard_delay_s = float(shard_delay_s)
@@ -133,15 +140,11 @@ class DatabaseBuilder:
             return source.dataset_classes
         return record.labels
 
-    def process_image(
+    def _prepare(
         self, source: ImageSource, record: ImageRecord, vocab_index: Dict[str, int]
-    ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-        """Rows and bookkeeping of one image.
-
-        Returns:
-            (rows: features N x D float32, labels N, boxes N x 4, mask_areas N, scores N;
-             info: status "ok" / "no_labels" / "unreadable", undetected labels, dropped masks).
-        """
+    ) -> Tuple[Optional[Dict[str, Any]], Dict[str, Any]]:
+        """Everything of one image before CLIP: read, proposals, CLIP input. Returns
+        (pending work for :meth:`_embed_batch`, or None when the image yields no rows; info)."""
         info: Dict[str, Any] = {
             "image_id": record.image_id,
             "path": record.path,
@@ -150,14 +153,14 @@ class DatabaseBuilder:
         }
         if not record.labels:
             info["status"] = "no_labels"
-            return {}, info
+            return None, info
         try:
             with Image.open(record.path) as img:
                 image = np.array(img.convert("RGB"))
         except (OSError, UnidentifiedImageError, ValueError) as e:
             logger.warning("skipping unreadable image %s (%s): %s", record.image_id, record.path, e)
             info["status"], info["error"] = "unreadable", f"{type(e).__name__}: {e}"
-            return {}, info
+            return None, info
         class_names = self._class_names(source, record)
         props = self.proposals(image, class_names, record.dataset_dict)
         if props.labels is None:
@@ -172,30 +175,35 @@ class DatabaseBuilder:
         info["undetected"] = sorted(set(record.labels) - set(names))
         info["segments"] = len(props)
         if len(props) == 0:
-            return {}, info
+            return None, info
         x, resized = self.encoder.preprocess(image)
-        dense = self.encoder.dense_features(x[None])[0]
-        logits = masks_to_logits(props.masks.to(x.device), resized, tuple(x.shape[-2:]))
-        valid = self.encoder.valid_masks(tuple(dense.shape[-2:]), logits)
-        info["dropped_small"] = int((~valid).sum())
-        if not valid.any():
-            return {}, info
-        features = (
-            self.encoder.embed(dense, logits[valid.to(logits.device)])
-            .cpu()
-            .numpy()
-            .astype(np.float32)
-        )
-        rows = {
-            "features": features,
-            "labels": np.asarray(
-                [vocab_index[n] for n, v in zip(names, valid.tolist()) if v], dtype=np.int64
-            ),
-            "boxes": props.boxes[valid].numpy().astype(np.float32),
-            "mask_areas": props.masks[valid].flatten(1).sum(1).numpy().astype(np.float32),
-            "scores": props.scores[valid].numpy().astype(np.float32),
-        }
-        return rows, info
+        labels = [vocab_index[n] for n in names]
+        return {"x": x, "resized": resized, "props": props, "labels": labels, "info": info}, info
+
+    def _embed_batch(self, batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """One CLIP forward for images with equal input sizes, then each image's mask pooling.
+
+        Returns per image its rows (empty when no mask survives at the CLIP resolution).
+        """
+        dense_maps = self.encoder.dense_features(torch.stack([p["x"] for p in batch]))
+        out = []
+        for pending, dense in zip(batch, dense_maps):
+            props, x = pending["props"], pending["x"]
+            logits = masks_to_logits(props.masks.to(x.device), pending["resized"], tuple(x.shape[-2:]))
+            valid = self.encoder.valid_masks(tuple(dense.shape[-2:]), logits)
+            pending["info"]["dropped_small"] = int((~valid).sum())
+            if not valid.any():
+                out.append({})
+                continue
+            features = self.encoder.embed(dense, logits[valid.to(logits.device)]).cpu().numpy()
+            out.append({
+                "features": features.astype(np.float32),
+                "labels": np.asarray([l for l, v in zip(pending["labels"], valid.tolist()) if v], dtype=np.int64),
+                "boxes": props.boxes[valid].numpy().astype(np.float32),
+                "mask_areas": props.masks[valid].flatten(1).sum(1).numpy().astype(np.float32),
+                "scores": props.scores[valid].numpy().astype(np.float32),
+            })
+        return out
 
     # ------------------------------------------------------------------ per chunk
     def build_chunk(
@@ -209,24 +217,44 @@ class DatabaseBuilder:
         """Process one chunk, write its record JSON, then its shard; returns the record."""
         start = time.perf_counter()
         before = Counter(self.counter.snapshot())
+        calls_before = Counter(self.counter.calls_snapshot())
         seconds_before = Counter(self.counter.seconds_snapshot())
         parts: List[Dict[str, Any]] = []
         ids: List[str] = []
         infos = []
+        batch: List[Dict[str, Any]] = []
+        batch_ids: List[str] = []
+
+        def flush() -> None:
+            nonlocal ids
+            for image_id, rows in zip(batch_ids, self._embed_batch(batch) if batch else []):
+                if rows:
+                    parts.append(rows)
+                    ids += [image_id] * len(rows["labels"])
+            batch.clear()
+            batch_ids.clear()
+
         for record in records:
-            rows, info = self.process_image(source, record, vocab_index)
+            pending, info = self._prepare(source, record, vocab_index)
             infos.append(info)
-            if rows:
-                parts.append(rows)
-                ids += [record.image_id] * len(rows["labels"])
+            if pending is None:
+                continue
+            if batch and (pending["x"].shape != batch[0]["x"].shape or len(batch) >= self.clip_batch_size):
+                flush()
+            batch.append(pending)
+            batch_ids.append(record.image_id)
+        flush()
         forwards = Counter(self.counter.snapshot())
         forwards.subtract(before)
+        calls = Counter(self.counter.calls_snapshot())
+        calls.subtract(calls_before)
         model_seconds = Counter(self.counter.seconds_snapshot())
         model_seconds.subtract(seconds_before)
         chunk_record = {
             "chunk": chunk,
             "images": infos,
             "forwards": {k: v for k, v in forwards.items() if v},
+            "calls": {k: v for k, v in calls.items() if v},
             "model_seconds": {k: v for k, v in model_seconds.items() if v > 0},
             "seconds": time.perf_counter() - start,
         }

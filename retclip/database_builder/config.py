@@ -20,6 +20,9 @@ def add_database_build_config(cfg: CN) -> None:
     cfg.DATABASE_BUILD.OUTPUT_DIR = ""
     # Images per shard: the unit of atomic writes, resumption and work split across ranks.
     cfg.DATABASE_BUILD.SHARD_SIZE = 64
+    # Consecutive images of a shard whose CLIP inputs have the same padded size share one
+    # batched CLIP forward of up to this many images (1: one CLIP forward per image).
+    cfg.DATABASE_BUILD.CLIP_BATCH_SIZE = 8
     # Feature storage dtype: "float16" or "float32".
     cfg.DATABASE_BUILD.DTYPE = "float16"
     # Mask source: "GroundingDinoSamProposals" (the paper) or "GroundTruthProposals" (ablation;

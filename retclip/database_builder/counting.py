@@ -47,6 +47,10 @@ class ForwardCounter:
         """Rows per watched module so far (images for image encoders, prompts for text ones)."""
         return dict(self.rows)
 
+    def calls_snapshot(self) -> Dict[str, int]:
+        """Calls per watched module so far (a batched forward of several images is one call)."""
+        return dict(self.calls)
+
     def seconds_snapshot(self) -> Dict[str, float]:
         """Seconds spent inside each watched module so far."""
         return dict(self.seconds)

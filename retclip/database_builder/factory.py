@@ -126,6 +126,7 @@ def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
         proposals=proposals,
         output_dir=b.OUTPUT_DIR,
         shard_size=b.SHARD_SIZE,
+        clip_batch_size=b.CLIP_BATCH_SIZE,
         dtype=b.DTYPE,
         max_shards_per_run=b.MAX_SHARDS_PER_RUN,
         shard_delay_s=b.SHARD_DELAY_S,

@@ -42,8 +42,9 @@ def write_build_report(db_dir: Path, source, *, num_chunks: int) -> Dict[str, An
 
     Returns:
         the report dict: images (total/ok/no_labels/unreadable lists), per-class label and
-        no-detection counts, segments and dropped masks, forwards per model (totals and per
-        processed image), seconds and images/s, and the source's own findings.
+        no-detection counts, segments and dropped masks, forwards per model (images through each
+        model: totals and per processed image), module calls (a batched forward counts once),
+        seconds and images/s, and the source's own findings.
     """
     from retclip.retrieval import FeatureDatabase
 
@@ -52,11 +53,13 @@ def write_build_report(db_dir: Path, source, *, num_chunks: int) -> Dict[str, An
     labelled: Counter = Counter()
     undetected: Counter = Counter()
     forwards: Counter = Counter()
+    calls: Counter = Counter()
     model_seconds: Counter = Counter()
     unreadable, no_labels = [], []
     dropped, seconds = 0, 0.0
     for rec in records:
         forwards.update(rec["forwards"])
+        calls.update(rec.get("calls", {}))
         model_seconds.update(rec.get("model_seconds", {}))
         seconds += rec["seconds"]
         for img in rec["images"]:
@@ -94,6 +97,8 @@ def write_build_report(db_dir: Path, source, *, num_chunks: int) -> Dict[str, An
         "labels_without_detection": dict(sorted(undetected.items())),
         "masks_empty_at_clip_resolution": dropped,
         "forwards": dict(sorted(forwards.items())),
+        # Module calls: a batched CLIP forward over several images counts once here.
+        "calls": dict(sorted(calls.items())),
         "forwards_per_processed_image": (
             {k: v / ok for k, v in sorted(forwards.items())} if ok else {}
         ),

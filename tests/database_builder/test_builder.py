@@ -45,7 +45,8 @@ def folder(tmp_path_factory):
 
 
 def _builder(
-    out, tiny_gdino, tiny_sam, clip_file, box_threshold=0.3, clip_name="retclip-tiny-convnext"
+    out, tiny_gdino, tiny_sam, clip_file, box_threshold=0.3, clip_name="retclip-tiny-convnext",
+    clip_batch_size=1,
 ):
     encoder = ClipSegmentEncoder.from_names(clip_name, clip_file, min_size=128, max_size=400)
     detector = GroundingDinoDetector(
@@ -59,6 +60,7 @@ def _builder(
         proposals=proposals,
         output_dir=str(out),
         shard_size=3,
+        clip_batch_size=clip_batch_size,
         dtype="float32",
         counter=counter,
         progress=False,
@@ -170,3 +172,21 @@ def test_class_agnostic_proposals_are_refused(tmp_path, folder, tiny_sam, tiny_c
     )
     with pytest.raises(ValueError, match="SamGridProposals gives no class hints"):
         builder.build(FolderSource(*folder))
+
+
+def test_batched_clip_forwards_give_the_same_rows(built, tmp_path, tiny_gdino, tiny_sam, tiny_clip_file):
+    """Images of one shard with equal CLIP input sizes share a CLIP forward; rows are unchanged."""
+    _, source, report, db = built
+    builder, counter = _builder(tmp_path / "db", tiny_gdino, tiny_sam, tiny_clip_file, clip_batch_size=4)
+    batched_report = builder.build(source)
+    counter.close()
+    batched = FeatureDatabase.open(tmp_path / "db").load_all()
+    single = db.load_all()
+    assert list(batched.image_ids) == list(single.image_ids)
+    assert np.array_equal(batched.labels, single.labels)
+    np.testing.assert_allclose(batched.features, single.features, atol=1e-5)
+    # 4 labelled readable images, all 96 x 128, in shards of 3: one batched call per shard
+    # instead of one per image; every image still goes through CLIP exactly once.
+    assert report["forwards"]["clip.image"] == batched_report["forwards"]["clip.image"] == 4
+    assert report["calls"]["clip.image"] == 4
+    assert batched_report["calls"]["clip.image"] == 2
