@@ -88,35 +88,42 @@ for row in rows:
 PY
 }
 
-table2_main() {
-  local check_only=0
-  [[ "${1:-}" == "--check" ]] && check_only=1
+# tf_reproduce NUMBER TITLE [--check] -- SPEC...: check the inputs, run one --eval-only per row,
+# print the table. SPEC entries are label|backbone|config|paper PQ|mAP|mIoU.
+tf_reproduce() {
+  local number="$1" title="$2" check_only=0
+  shift 2
+  [[ "${1:-}" == "--check" ]] && check_only=1 && shift
+  [[ "${1:-}" == "--" ]] && shift
   tf_check_common
   repro_check_database ade20k_train_vit_b16
   repro_check_database ade20k_train_vit_l14
   if ((check_only)); then
-    echo "inputs found; ready to run Table 2"
+    echo "inputs found; ready to run Table $number"
     return 0
   fi
-  local root="${OUTPUT_ROOT:-$REPO/output/table2}" rows=() config out
-  # label|backbone|config|paper PQ|mAP|mIoU (Table 2)
-  local spec=(
-    "CLIP|CLIP-ViT-base|tf_clip_vit_b16_gdino_sam.yaml|0.090|0.055|0.123"
-    "Retrieval|CLIP-ViT-base|tf_retrieval_vit_b16_gdino_sam.yaml|0.117|0.071|0.150"
-    "RetCLIP|CLIP-ViT-base|tf_retclip_vit_b16_gdino_sam.yaml|0.127|0.075|0.173"
-    "CLIP|CLIP-ViT-large|tf_clip_vit_l14_gdino_sam.yaml|0.109|0.069|0.138"
-    "Retrieval|CLIP-ViT-large|tf_retrieval_vit_l14_gdino_sam.yaml|0.158|0.098|0.215"
-    "RetCLIP|CLIP-ViT-large|tf_retclip_vit_l14_gdino_sam.yaml|0.161|0.103|0.222"
-  )
-  local entry label backbone p1 p2 p3
-  for entry in "${spec[@]}"; do
+  local root="${OUTPUT_ROOT:-$REPO/output/table$number}" rows=() entry label backbone config out p1 p2 p3
+  for entry in "$@"; do
     IFS="|" read -r label backbone config p1 p2 p3 <<<"$entry"
     out="$root/${config%.yaml}"
-    echo "=== Table 2: $label, $backbone ($config) -> $out"
+    echo "=== Table $number: $label, $backbone ($config) -> $out"
     tf_run_row "$config" "$out"
     rows+=("$label|$backbone|$out|$p1|$p2|$p3")
   done
-  tf_table "Table 2 (ADE20k-150 val, training free, Grounding DINO + SAM proposals)" "${rows[@]}"
+  tf_table "$title" "${rows[@]}"
+}
+
+table2_main() {
+  local check=()
+  [[ "${1:-}" == "--check" ]] && check=(--check)
+  # label|backbone|config|paper PQ|mAP|mIoU (Table 2)
+  tf_reproduce 2 "Table 2 (ADE20k-150 val, training free, Grounding DINO + SAM proposals)" "${check[@]}" -- \
+    "CLIP|CLIP-ViT-base|tf_clip_vit_b16_gdino_sam.yaml|0.090|0.055|0.123" \
+    "Retrieval|CLIP-ViT-base|tf_retrieval_vit_b16_gdino_sam.yaml|0.117|0.071|0.150" \
+    "RetCLIP|CLIP-ViT-base|tf_retclip_vit_b16_gdino_sam.yaml|0.127|0.075|0.173" \
+    "CLIP|CLIP-ViT-large|tf_clip_vit_l14_gdino_sam.yaml|0.109|0.069|0.138" \
+    "Retrieval|CLIP-ViT-large|tf_retrieval_vit_l14_gdino_sam.yaml|0.158|0.098|0.215" \
+    "RetCLIP|CLIP-ViT-large|tf_retclip_vit_l14_gdino_sam.yaml|0.161|0.103|0.222"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

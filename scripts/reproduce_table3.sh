@@ -16,34 +16,16 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/reproduce_table2.sh"
 
 table3_main() {
-  local check_only=0
-  [[ "${1:-}" == "--check" ]] && check_only=1
-  tf_check_common
-  repro_check_database ade20k_train_vit_b16
-  repro_check_database ade20k_train_vit_l14
-  if ((check_only)); then
-    echo "inputs found; ready to run Table 3"
-    return 0
-  fi
-  local root="${OUTPUT_ROOT:-$REPO/output/table3}" rows=() config out
+  local check=()
+  [[ "${1:-}" == "--check" ]] && check=(--check)
   # label|backbone|config|paper PQ|mAP|mIoU (Table 3)
-  local spec=(
-    "Ground Truth|CLIP-ViT-base|tf_retclip_vit_b16_gt.yaml|0.211|0.133|0.276"
-    "Grid Sampling + SAM|CLIP-ViT-base|tf_retclip_vit_b16_sam_grid.yaml|0.052|0.034|0.069"
-    "Grounding DINO + SAM|CLIP-ViT-base|tf_retclip_vit_b16_gdino_sam.yaml|0.127|0.075|0.173"
-    "Ground Truth|CLIP-ViT-large|tf_retclip_vit_l14_gt.yaml|0.284|0.173|0.394"
-    "Grid Sampling + SAM|CLIP-ViT-large|tf_retclip_vit_l14_sam_grid.yaml|0.078|0.042|0.112"
+  tf_reproduce 3 "Table 3 (ADE20k-150 val, RetCLIP training free, ADE20k feature database)" "${check[@]}" -- \
+    "Ground Truth|CLIP-ViT-base|tf_retclip_vit_b16_gt.yaml|0.211|0.133|0.276" \
+    "Grid Sampling + SAM|CLIP-ViT-base|tf_retclip_vit_b16_sam_grid.yaml|0.052|0.034|0.069" \
+    "Grounding DINO + SAM|CLIP-ViT-base|tf_retclip_vit_b16_gdino_sam.yaml|0.127|0.075|0.173" \
+    "Ground Truth|CLIP-ViT-large|tf_retclip_vit_l14_gt.yaml|0.284|0.173|0.394" \
+    "Grid Sampling + SAM|CLIP-ViT-large|tf_retclip_vit_l14_sam_grid.yaml|0.078|0.042|0.112" \
     "Grounding DINO + SAM|CLIP-ViT-large|tf_retclip_vit_l14_gdino_sam.yaml|0.161|0.103|0.222"
-  )
-  local entry label backbone p1 p2 p3
-  for entry in "${spec[@]}"; do
-    IFS="|" read -r label backbone config p1 p2 p3 <<<"$entry"
-    out="$root/${config%.yaml}"
-    echo "=== Table 3: $label, $backbone ($config) -> $out"
-    tf_run_row "$config" "$out"
-    rows+=("$label|$backbone|$out|$p1|$p2|$p3")
-  done
-  tf_table "Table 3 (ADE20k-150 val, RetCLIP training free, ADE20k feature database)" "${rows[@]}"
 }
 
 table3_main "$@"
