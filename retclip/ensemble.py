@@ -92,6 +92,20 @@ def _check_valid(valid: Optional[Tensor], lead_shape: torch.Size) -> None:
         )
 
 
+def _check_ensemble_inputs(
+    in_vocab_logits: Tensor, clip_logits: Tensor, seen: Tensor, alpha: float, beta: float,
+    gamma: float, valid: Optional[Tensor],
+) -> Tuple[int, Tensor, torch.Size]:
+    """Checks shared by both ensembles; returns (K, seen mask, leading shape)."""
+    num_classes = _check_logits(in_vocab_logits, clip_logits)
+    seen = _check_class_mask("seen", seen, num_classes)
+    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        _check_weight(name, value)
+    lead_shape = in_vocab_logits.shape[:-1]
+    _check_valid(valid, lead_shape)
+    return num_classes, seen, lead_shape
+
+
 def _with_void(scores: Tensor, in_vocab_logits: Tensor) -> Tensor:
     """[scores * (1 - v), v] with v the void probability of the in-vocabulary classifier."""
     void_prob = torch.softmax(in_vocab_logits, dim=-1)[..., -1:]
@@ -140,13 +154,9 @@ def geometric_ensemble(
     Returns:
         (..., K+1) probabilities: [softmax(s) * (1 - v), v], v = softmax(in_vocab_logits)[..., -1].
     """
-    num_classes = _check_logits(in_vocab_logits, clip_logits)
-    seen = _check_class_mask("seen", seen, num_classes)
-    _check_weight("alpha", alpha)
-    _check_weight("beta", beta)
-    _check_weight("gamma", gamma)
-    lead_shape = in_vocab_logits.shape[:-1]
-    _check_valid(valid, lead_shape)
+    num_classes, seen, lead_shape = _check_ensemble_inputs(
+        in_vocab_logits, clip_logits, seen, alpha, beta, gamma, valid
+    )
 
     p_in = in_vocab_logits[..., :-1].softmax(-1)
     p_out = clip_logits[..., :-1].softmax(-1)
@@ -204,13 +214,9 @@ def arithmetic_ensemble(
     Returns:
         (..., K+1) probabilities: [s * (1 - v), v], v = softmax(in_vocab_logits)[..., -1].
     """
-    num_classes = _check_logits(in_vocab_logits, clip_logits)
-    seen = _check_class_mask("seen", seen, num_classes)
-    _check_weight("alpha", alpha)
-    _check_weight("beta", beta)
-    _check_weight("gamma", gamma)
-    lead_shape = in_vocab_logits.shape[:-1]
-    _check_valid(valid, lead_shape)
+    num_classes, seen, lead_shape = _check_ensemble_inputs(
+        in_vocab_logits, clip_logits, seen, alpha, beta, gamma, valid
+    )
 
     s_iv = in_vocab_logits[..., :-1].softmax(-1)
     s_oov = clip_logits[..., :-1].softmax(-1)
