@@ -12,6 +12,7 @@ from .grounding_dino import Detections, GroundingDinoDetector
 from .grounding_dino_sam import GroundingDinoSamProposals
 from .ground_truth import GroundTruthProposals
 from .sam import SamBoxSegmenter, SamGridProposals, load_sam
+from .sam_hf import HFSamBoxSegmenter
 
 __all__ = [
     "PROPOSAL_REGISTRY",
@@ -24,6 +25,7 @@ __all__ = [
     "GroundingDinoSamProposals",
     "GroundTruthProposals",
     "SamBoxSegmenter",
+    "HFSamBoxSegmenter",
     "SamGridProposals",
     "load_sam",
 ]

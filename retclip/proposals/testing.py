@@ -19,6 +19,7 @@ __all__ = [
     "build_grounding_dino_t_random",
     "build_tiny_sam",
     "build_sam_vit_b_random",
+    "build_tiny_hf_sam",
 ]
 
 _VOCAB_SIZE = 1100
@@ -147,6 +148,69 @@ def build_tiny_sam(*, image_size: int = 64, seed: int = 0) -> torch.nn.Module:
         ),
     )
     return sam.eval()
+
+
+def build_tiny_hf_sam(*, image_size: int = 64, seed: int = 0) -> Tuple:
+    """A random-weight ``transformers.SamModel`` (1-layer ViT, width 32, 8 x 8 embedding) and a
+    ``SamProcessor`` that resizes to the longest side ``image_size`` and pads to a square of it.
+
+    The prompt encoder's ``image_size`` / ``patch_size`` must equal the vision encoder's (its
+    ``image_embedding_size`` is their ratio) and the processor's ``longest_edge`` / ``pad_size``
+    must equal ``image_size``: the processor rescales boxes into that frame. The vision encoder
+    gets ``initializer_range`` 0.02 (its default 1e-10 would give image-independent embeddings).
+    ``save_pretrained`` both to test loading from a directory.
+
+    Returns:
+        (model in eval mode, processor).
+    """
+    from transformers import (
+        SamConfig,
+        SamImageProcessor,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    patch, dim = 8, 32
+    if image_size % patch:
+        raise ValueError(f"image_size must be a multiple of {patch}, got {image_size}")
+    config = SamConfig(
+        vision_config=SamVisionConfig(
+            hidden_size=dim,
+            output_channels=dim,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            mlp_dim=2 * dim,
+            image_size=image_size,
+            patch_size=patch,
+            window_size=0,
+            global_attn_indexes=[0],
+            num_pos_feats=dim // 2,  # the shared positional embedding has 2 * num_pos_feats = dim
+            initializer_range=0.02,
+        ),
+        prompt_encoder_config=SamPromptEncoderConfig(
+            hidden_size=dim, image_size=image_size, patch_size=patch, mask_input_channels=4
+        ),
+        mask_decoder_config=SamMaskDecoderConfig(
+            hidden_size=dim,
+            mlp_dim=2 * dim,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            iou_head_hidden_dim=16,
+        ),
+    )
+    torch.manual_seed(seed)
+    model = SamModel(config).eval()
+    low_res = image_size // 4  # the decoder's masks are 4x the embedding grid
+    image_processor = SamImageProcessor(
+        size={"longest_edge": image_size},
+        pad_size={"height": image_size, "width": image_size},
+        mask_size={"longest_edge": low_res},
+        mask_pad_size={"height": low_res, "width": low_res},
+    )
+    return model, SamProcessor(image_processor=image_processor)
 
 
 def build_sam_vit_b_random(seed: int = 0) -> torch.nn.Module:
