@@ -161,6 +161,11 @@ def add_training_free_config(cfg: CN) -> None:
     # hints; §2.2 "confidence-based filtering ... to prune absent classes"); others get 0.
     tf.RESTRICT_TO_DETECTED_CLASSES = False
     tf.SAM = CN()
+    # Box prompts ("grounding_dino_sam"): "segment_anything" (MODEL_TYPE + CHECKPOINT) or
+    # "transformers" (SamModel from HF_MODEL, a hub name or local directory). The point grid
+    # ("sam_grid") always uses segment-anything.
+    tf.SAM.BACKEND = "segment_anything"
+    tf.SAM.HF_MODEL = "facebook/sam-vit-base"
     # segment-anything type "vit_b" / "vit_l" / "vit_h" ("tiny": test-only) and local checkpoint.
     tf.SAM.MODEL_TYPE = "vit_b"
     tf.SAM.CHECKPOINT = ""

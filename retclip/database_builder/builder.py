@@ -5,8 +5,10 @@ Work unit: the source's sorted image list is cut into global chunks of ``shard_s
 chunk c goes to rank ``c % world_size`` and becomes exactly one shard named ``part<c>-000000``
 (written even when empty). A chunk whose shard exists is done, so a killed build resumes at the
 first missing chunk, and the finished database is the same whatever the interruptions or the
-number of ranks. Within a chunk, consecutive images whose CLIP inputs have the same padded size
-share one batched CLIP forward (``clip_batch_size``). Each chunk's bookkeeping (image paths, skipped images, labels without
+number of ranks. Within a chunk, images go through the models in windows of ``batch_size``: the
+window's images with equal Grounding DINO input sizes share one detector forward, all its images
+with boxes share one SAM image-encoder forward, and consecutive images whose CLIP inputs have the
+same padded size share one CLIP forward. Each chunk's bookkeeping (image paths, skipped images, labels without
 detection, forward counts, seconds) goes to ``build/part<c>.json`` before its shard is written;
 :mod:`.report` sums them when all ranks are done.
 """
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from retclip.proposals import GroundTruthProposals, ProposalSource
+from retclip.proposals import GroundTruthProposals, Proposals, ProposalSource
 from retclip.retrieval import FeatureDatabase
 from retclip.retrieval.database import atomic_write_json
 
@@ -65,7 +67,7 @@ class DatabaseBuilder:
         proposals: ProposalSource,
         output_dir: str,
         shard_size: int = 64,
-        clip_batch_size: int = 1,
+        batch_size: int = 1,
         dtype: str = "float16",
         max_shards_per_run: int = 0,
         shard_delay_s: float = 0.0,
@@ -80,8 +82,9 @@ class DatabaseBuilder:
                 GroundTruthProposals (needs a dataset source).
             output_dir: database directory.
             shard_size: images per chunk/shard.
-            clip_batch_size: consecutive images of one chunk with equal CLIP input sizes that
-                share one CLIP forward (1: one forward per image).
+            batch_size: images of one chunk that go through the models together: at most this
+                many share a Grounding DINO, SAM image-encoder or CLIP forward (1: one forward
+                per image and model). Rows are the same for every value, up to float rounding.
             max_shards_per_run: stop after this many new shards per rank (0: no limit).
             shard_delay_s: sleep after each shard (tests kill the build in between).
             build_args: JSON-serialisable provenance kept in the manifest.
@@ -89,15 +92,15 @@ class DatabaseBuilder:
         """
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        if clip_batch_size < 1:
-            raise ValueError(f"clip_batch_size (DATABASE_BUILD.CLIP_BATCH_SIZE) must be >= 1, got {clip_batch_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size (DATABASE_BUILD.BATCH_SIZE) must be >= 1, got {batch_size}")
         if not output_dir:
             raise ValueError("output_dir (DATABASE_BUILD.OUTPUT_DIR) is empty")
         self.encoder = encoder
         self.proposals = proposals
         self.output_dir = Path(output_dir).expanduser()
         self.shard_size = int(shard_size)
-        self.clip_batch_size = int(clip_batch_size)
+        self.batch_size = int(batch_size)
         self.dtype = dtype
         self.max_shards_per_run = int(max_shards_per_run)
         self.shard_delay_s = float(shard_delay_s)
@@ -140,11 +143,8 @@ class DatabaseBuilder:
             return source.dataset_classes
         return record.labels
 
-    def _prepare(
-        self, source: ImageSource, record: ImageRecord, vocab_index: Dict[str, int]
-    ) -> Tuple[Optional[Dict[str, Any]], Dict[str, Any]]:
-        """Everything of one image before CLIP: read, proposals, CLIP input. Returns
-        (pending work for :meth:`_embed_batch`, or None when the image yields no rows; info)."""
+    def _load(self, record: ImageRecord) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
+        """Read one image; None (with the reason in the info) when it has no labels or is unreadable."""
         info: Dict[str, Any] = {
             "image_id": record.image_id,
             "path": record.path,
@@ -161,8 +161,18 @@ class DatabaseBuilder:
             logger.warning("skipping unreadable image %s (%s): %s", record.image_id, record.path, e)
             info["status"], info["error"] = "unreadable", f"{type(e).__name__}: {e}"
             return None, info
-        class_names = self._class_names(source, record)
-        props = self.proposals(image, class_names, record.dataset_dict)
+        return image, info
+
+    def _prepare(
+        self,
+        image: np.ndarray,
+        class_names: Sequence[str],
+        props: Proposals,
+        info: Dict[str, Any],
+        vocab_index: Dict[str, int],
+    ) -> Optional[Dict[str, Any]]:
+        """One image's proposals in database labels, plus its CLIP input: the pending work of
+        :meth:`_embed_batch`, or None when the image yields no rows."""
         if props.labels is None:
             raise ValueError(
                 f"{type(self.proposals).__name__} gives no class hints; a database needs labelled "
@@ -172,13 +182,13 @@ class DatabaseBuilder:
         keep = torch.tensor([n in vocab_index for n in names], dtype=torch.bool)
         props = props.select(keep) if len(props) else props
         names = [n for n, k in zip(names, keep.tolist()) if k]
-        info["undetected"] = sorted(set(record.labels) - set(names))
+        info["undetected"] = sorted(set(info["labels"]) - set(names))
         info["segments"] = len(props)
         if len(props) == 0:
-            return None, info
+            return None
         x, resized = self.encoder.preprocess(image)
         labels = [vocab_index[n] for n in names]
-        return {"x": x, "resized": resized, "props": props, "labels": labels, "info": info}, info
+        return {"x": x, "resized": resized, "props": props, "labels": labels, "info": info}
 
     def _embed_batch(self, batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """One CLIP forward for images with equal input sizes, then each image's mask pooling.
@@ -234,15 +244,27 @@ class DatabaseBuilder:
             batch.clear()
             batch_ids.clear()
 
-        for record in records:
-            pending, info = self._prepare(source, record, vocab_index)
-            infos.append(info)
-            if pending is None:
+        for first in range(0, len(records), self.batch_size):
+            window = records[first : first + self.batch_size]
+            loaded = [self._load(record) for record in window]
+            infos += [info for _, info in loaded]
+            todo = [(r, image, info) for r, (image, info) in zip(window, loaded) if image is not None]
+            if not todo:
                 continue
-            if batch and (pending["x"].shape != batch[0]["x"].shape or len(batch) >= self.clip_batch_size):
-                flush()
-            batch.append(pending)
-            batch_ids.append(record.image_id)
+            class_names = [self._class_names(source, r) for r, _, _ in todo]
+            proposals = self.proposals.propose_batch(
+                [image for _, image, _ in todo], class_names, [r.dataset_dict for r, _, _ in todo]
+            )
+            for (record, image, info), names, props in zip(todo, class_names, proposals):
+                pending = self._prepare(image, names, props, info, vocab_index)
+                if pending is None:
+                    continue
+                if batch and (
+                    pending["x"].shape != batch[0]["x"].shape or len(batch) >= self.batch_size
+                ):
+                    flush()
+                batch.append(pending)
+                batch_ids.append(record.image_id)
         flush()
         forwards = Counter(self.counter.snapshot())
         forwards.subtract(before)

@@ -20,9 +20,11 @@ def add_database_build_config(cfg: CN) -> None:
     cfg.DATABASE_BUILD.OUTPUT_DIR = ""
     # Images per shard: the unit of atomic writes, resumption and work split across ranks.
     cfg.DATABASE_BUILD.SHARD_SIZE = 64
-    # Consecutive images of a shard whose CLIP inputs have the same padded size share one
-    # batched CLIP forward of up to this many images (1: one CLIP forward per image).
-    cfg.DATABASE_BUILD.CLIP_BATCH_SIZE = 8
+    # Images of a shard that go through the models together (memory): up to this many share one
+    # forward of Grounding DINO (images with equal resized sizes), of SAM's image encoder (any
+    # images: SAM pads all to 1024 x 1024) and of CLIP (equal padded sizes). 1: one forward per
+    # image and model. The rows do not depend on it (up to float rounding).
+    cfg.DATABASE_BUILD.BATCH_SIZE = 4
     # Feature storage dtype: "float16" or "float32".
     cfg.DATABASE_BUILD.DTYPE = "float16"
     # Mask source: "GroundingDinoSamProposals" (the paper) or "GroundTruthProposals" (ablation;
@@ -67,6 +69,10 @@ def add_database_build_config(cfg: CN) -> None:
     cfg.DATABASE_BUILD.GROUNDING_DINO.MAX_DETECTIONS = 100
 
     cfg.DATABASE_BUILD.SAM = CN()
+    # "segment_anything" (MODEL_TYPE + local CHECKPOINT) or "transformers" (SamModel: HF_MODEL).
+    cfg.DATABASE_BUILD.SAM.BACKEND = "segment_anything"
+    # transformers backend: hub name or local directory of SamModel + SamProcessor.
+    cfg.DATABASE_BUILD.SAM.HF_MODEL = "facebook/sam-vit-base"
     # segment-anything model type: "vit_b" (the paper's), "vit_l", "vit_h" ("tiny": tests only).
     cfg.DATABASE_BUILD.SAM.MODEL_TYPE = "vit_b"
     # Local SAM checkpoint (.pth state dict, loaded with weights_only=True); "" = random weights.

@@ -12,8 +12,7 @@ from retclip.proposals import (
     GroundingDinoSamProposals,
     GroundTruthProposals,
     ProposalSource,
-    SamBoxSegmenter,
-    load_sam,
+    build_box_segmenter,
 )
 
 from .builder import DatabaseBuilder
@@ -69,11 +68,18 @@ def build_proposals(cfg) -> ProposalSource:
         text_threshold=b.GROUNDING_DINO.TEXT_THRESHOLD,
         nms_threshold=b.GROUNDING_DINO.NMS_THRESHOLD,
         max_detections=b.GROUNDING_DINO.MAX_DETECTIONS,
+        max_images_per_batch=b.BATCH_SIZE,
     )
-    sam = load_sam(b.SAM.MODEL_TYPE, b.SAM.CHECKPOINT, device=device)
-    return GroundingDinoSamProposals(
-        detector=detector, segmenter=SamBoxSegmenter(sam, multimask_output=b.SAM.MULTIMASK)
+    segmenter = build_box_segmenter(
+        b.SAM.BACKEND,
+        model_type=b.SAM.MODEL_TYPE,
+        checkpoint=b.SAM.CHECKPOINT,
+        hf_model=b.SAM.HF_MODEL,
+        multimask_output=b.SAM.MULTIMASK,
+        max_images_per_batch=b.BATCH_SIZE,
+        device=device,
     )
+    return GroundingDinoSamProposals(detector=detector, segmenter=segmenter)
 
 
 def watch_models(
@@ -86,8 +92,8 @@ def watch_models(
         counter.watch("grounding_dino.calls", proposals.detector.model)
         counter.watch("grounding_dino.image", proposals.detector.backbone)
         counter.watch("grounding_dino.text_prompts", proposals.detector.model.model.text_backbone)
-        counter.watch("sam.image", proposals.segmenter.sam.image_encoder)
-        counter.watch("sam.mask_decoder_calls", proposals.segmenter.sam.mask_decoder)
+        counter.watch("sam.image", proposals.segmenter.image_encoder)
+        counter.watch("sam.mask_decoder_calls", proposals.segmenter.mask_decoder)
 
 
 def _build_args(cfg) -> Dict[str, Any]:
@@ -95,13 +101,16 @@ def _build_args(cfg) -> Dict[str, Any]:
     return {
         "proposals": b.PROPOSALS,
         "shard_size": b.SHARD_SIZE,
+        "batch_size": b.BATCH_SIZE,
         "grounding_dino": (
             dict(b.GROUNDING_DINO) if b.PROPOSALS == "GroundingDinoSamProposals" else None
         ),
         "sam": (
             {
+                "backend": b.SAM.BACKEND,
                 "model_type": b.SAM.MODEL_TYPE,
                 "checkpoint": b.SAM.CHECKPOINT,
+                "hf_model": b.SAM.HF_MODEL,
                 "multimask": b.SAM.MULTIMASK,
             }
             if b.PROPOSALS == "GroundingDinoSamProposals"
@@ -126,7 +135,7 @@ def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
         proposals=proposals,
         output_dir=b.OUTPUT_DIR,
         shard_size=b.SHARD_SIZE,
-        clip_batch_size=b.CLIP_BATCH_SIZE,
+        batch_size=b.BATCH_SIZE,
         dtype=b.DTYPE,
         max_shards_per_run=b.MAX_SHARDS_PER_RUN,
         shard_delay_s=b.SHARD_DELAY_S,

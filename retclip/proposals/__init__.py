@@ -11,7 +11,7 @@ from .base import (
 from .grounding_dino import Detections, GroundingDinoDetector
 from .grounding_dino_sam import GroundingDinoSamProposals
 from .ground_truth import GroundTruthProposals
-from .sam import SamBoxSegmenter, SamGridProposals, load_sam
+from .sam import SAM_BACKENDS, SamBoxSegmenter, SamGridProposals, build_box_segmenter, load_sam
 from .sam_hf import HFSamBoxSegmenter
 
 __all__ = [
@@ -28,4 +28,6 @@ __all__ = [
     "HFSamBoxSegmenter",
     "SamGridProposals",
     "load_sam",
+    "build_box_segmenter",
+    "SAM_BACKENDS",
 ]

@@ -8,7 +8,7 @@ ground-truth masks, SAM's point grid or Grounding DINO -> SAM by a config string
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -140,6 +140,24 @@ class ProposalSource:
             :class:`Proposals` at H x W.
         """
         raise NotImplementedError
+
+    def propose_batch(
+        self,
+        images: Sequence[np.ndarray],
+        class_names: Sequence[Optional[Sequence[str]]],
+        dataset_dicts: Sequence[Optional[Dict[str, Any]]],
+    ) -> List[Proposals]:
+        """Proposals of several images, each with its own class names and dataset dict.
+
+        Sources whose models can embed several images in one forward override this; the
+        result must equal calling the source on each image in turn.
+        """
+        if not len(images) == len(class_names) == len(dataset_dicts):
+            raise ValueError(
+                f"propose_batch got {len(images)} images, {len(class_names)} class-name lists "
+                f"and {len(dataset_dicts)} dataset dicts"
+            )
+        return [self(i, c, d) for i, c, d in zip(images, class_names, dataset_dicts)]
 
 
 def check_image(image: np.ndarray) -> None:

@@ -4,7 +4,9 @@ Class names are joined into "name . name . name ." prompts. A prompt holds at mo
 ``max_text_len`` tokens (256 for the released models), so a long label list is split into chunks;
 all chunks of an image run as one batch, and a pair of forward hooks on the vision backbone lets
 the Swin backbone run once per image for the whole batch (the text-image fusion encoder and the
-decoder depend on the text, so they run once per chunk). Each box is assigned to the class whose
+decoder depend on the text, so they run once per chunk). :meth:`GroundingDinoDetector.detect_batch`
+puts the chunks of several images whose resized inputs have equal sizes into one batch, so one
+backbone call embeds them all, without padding any image. Each box is assigned to the class whose
 tokens score highest, which is more robust than decoding token phrases back to text.
 """
 
@@ -47,20 +49,28 @@ def prompt_name(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _share_backbone(backbone: nn.Module, batch: int) -> Iterator[None]:
-    """While active, ``backbone`` computes only the first image of a batch of identical images
-    and hands the same features to every row (the chunks of one image share its pixels)."""
+def _share_backbone(backbone: nn.Module, row_image: Tensor) -> Iterator[None]:
+    """While active, ``backbone`` computes each distinct image of a batch once and hands its
+    features to every row showing that image (the prompt chunks of one image share its pixels).
+
+    Args:
+        row_image: for every batch row, the index of its image; rows of one image are
+            consecutive and images are numbered 0, 1, ... in row order.
+    """
+    first_rows = torch.cat(
+        [torch.zeros(1, dtype=torch.long), torch.nonzero(row_image[1:] != row_image[:-1]).flatten() + 1]
+    )
 
     def pre_hook(module: nn.Module, args: tuple) -> tuple:
         pixel_values, pixel_mask = args[0], args[1]
-        return (pixel_values[:1], pixel_mask[:1]) + tuple(args[2:])
+        rows = first_rows.to(pixel_values.device)
+        return (pixel_values[rows], pixel_mask[rows]) + tuple(args[2:])
 
     def post_hook(module: nn.Module, args: tuple, output: tuple) -> tuple:
         features, positions = output
-        features = [
-            (f.expand(batch, *f.shape[1:]), m.expand(batch, *m.shape[1:])) for f, m in features
-        ]
-        positions = [p.expand(batch, *p.shape[1:]) for p in positions]
+        index = row_image.to(positions[0].device)
+        features = [(f.index_select(0, index), m.index_select(0, index)) for f, m in features]
+        positions = [p.index_select(0, index) for p in positions]
         return features, positions
 
     handles = [
@@ -86,6 +96,7 @@ class GroundingDinoDetector:
         text_threshold: float = 0.25,
         nms_threshold: float = 0.8,
         max_detections: int = 100,
+        max_images_per_batch: int = 4,
         device: str = "cpu",
     ) -> None:
         """
@@ -96,6 +107,8 @@ class GroundingDinoDetector:
             text_threshold: and whose assigned class's best token probability exceeds this.
             nms_threshold: per-class box NMS IoU threshold (>= 1 disables NMS).
             max_detections: keep at most this many boxes per image, best scores first.
+            max_images_per_batch: images (with all their prompt chunks) that
+                :meth:`detect_batch` runs in one forward (memory).
         """
         for name, value in (("box_threshold", box_threshold), ("text_threshold", text_threshold)):
             if not 0.0 <= value <= 1.0:
@@ -109,6 +122,9 @@ class GroundingDinoDetector:
         if max_detections < 1:
             raise ValueError(f"max_detections must be >= 1, got {max_detections}")
         self.max_detections = int(max_detections)
+        if max_images_per_batch < 1:
+            raise ValueError(f"max_images_per_batch must be >= 1, got {max_images_per_batch}")
+        self.max_images_per_batch = int(max_images_per_batch)
         self.device = torch.device(device)
         self.max_text_len = int(model.config.max_text_len)
         self._dot = self.tokenizer.convert_tokens_to_ids(".")
@@ -161,10 +177,10 @@ class GroundingDinoDetector:
             length += cost
         return chunks
 
-    def _text_batch(
+    def _text_rows(
         self, names: Sequence[str], chunks: List[List[int]]
-    ) -> Tuple[dict, List[List[Tuple[int, int, int]]]]:
-        """Padded input ids of the chunks and, per chunk, (class index, first token, end token)."""
+    ) -> Tuple[List[List[int]], List[List[Tuple[int, int, int]]]]:
+        """Token ids of each chunk's prompt and, per chunk, (class index, first token, end token)."""
         rows, spans = [], []
         for chunk in chunks:
             ids, chunk_spans = [self.tokenizer.cls_token_id], []
@@ -174,20 +190,33 @@ class GroundingDinoDetector:
                 ids += tokens + [self._dot]
             rows.append(ids + [self.tokenizer.sep_token_id])
             spans.append(chunk_spans)
+        return rows, spans
+
+    def _pad_text(self, rows: List[List[int]]) -> dict:
+        """The model's text inputs for prompt rows padded to the longest one."""
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
         attention = torch.tensor(
             [[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long
         )
-        text = {
+        return {
             "input_ids": input_ids,
             "attention_mask": attention,
             "token_type_ids": torch.zeros_like(input_ids),
         }
-        return text, spans
 
-    @torch.no_grad()
+    def _text_batch(
+        self, names: Sequence[str], chunks: List[List[int]]
+    ) -> Tuple[dict, List[List[Tuple[int, int, int]]]]:
+        """Padded input ids of the chunks of one image and, per chunk, its class spans."""
+        rows, spans = self._text_rows(names, chunks)
+        return self._pad_text(rows), spans
+
+    @staticmethod
+    def _empty() -> Detections:
+        return Detections(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+
     def __call__(self, image: np.ndarray, names: Sequence[str]) -> Detections:
         """Detect the named classes in one image.
 
@@ -197,21 +226,81 @@ class GroundingDinoDetector:
         Returns:
             :class:`Detections` in pixels of ``image``; labels index into ``names``.
         """
-        check_image(image)
-        h, w = image.shape[:2]
-        if len(names) == 0:
-            return Detections(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.long))
-        chunks = self.chunk(names)
-        text, spans = self._text_batch(names, chunks)
-        pixels = self.processor.image_processor(images=[image], return_tensors="pt")
-        batch = len(chunks)
-        inputs = {k: v.to(self.device) for k, v in text.items()}
-        inputs["pixel_values"] = pixels["pixel_values"].to(self.device).expand(batch, -1, -1, -1)
-        inputs["pixel_mask"] = pixels["pixel_mask"].to(self.device).expand(batch, -1, -1)
-        with _share_backbone(self.backbone, batch):
+        return self.detect_batch([image], [names])[0]
+
+    @torch.no_grad()
+    def detect_batch(
+        self, images: Sequence[np.ndarray], names: Sequence[Sequence[str]]
+    ) -> List[Detections]:
+        """Detect each image's own class names; per image the same result as :meth:`__call__`.
+
+        Images whose resized inputs have the same size (up to ``max_images_per_batch`` of them)
+        run as one forward: every prompt chunk of every image is a batch row, and the backbone
+        embeds each image once. Images of other sizes go in other forwards, so no image is padded.
+        """
+        if len(images) != len(names):
+            raise ValueError(f"got {len(images)} images but {len(names)} class-name lists")
+        results: List[Detections] = [self._empty() for _ in images]
+        groups: dict = {}
+        prepared = {}
+        for i, (image, image_names) in enumerate(zip(images, names)):
+            check_image(image)
+            if len(image_names) == 0:
+                continue
+            pixels = self.processor.image_processor(images=[image], return_tensors="pt")
+            prepared[i] = pixels
+            groups.setdefault(tuple(pixels["pixel_values"].shape), []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), self.max_images_per_batch):
+                group = members[start : start + self.max_images_per_batch]
+                for i, det in zip(group, self._detect_group(images, names, prepared, group)):
+                    results[i] = det
+        return results
+
+    def _detect_group(
+        self,
+        images: Sequence[np.ndarray],
+        names: Sequence[Sequence[str]],
+        prepared: dict,
+        group: List[int],
+    ) -> List[Detections]:
+        """One forward for images with equal input sizes: rows are their prompt chunks."""
+        rows, spans, row_image = [], [], []
+        for k, i in enumerate(group):
+            image_rows, image_spans = self._text_rows(names[i], self.chunk(names[i]))
+            rows += image_rows
+            spans.append(image_spans)
+            row_image += [k] * len(image_rows)
+        index = torch.tensor(row_image, dtype=torch.long)
+        inputs = {k: v.to(self.device) for k, v in self._pad_text(rows).items()}
+        pixel_values = torch.cat([prepared[i]["pixel_values"] for i in group]).to(self.device)
+        pixel_mask = torch.cat([prepared[i]["pixel_mask"] for i in group]).to(self.device)
+        inputs["pixel_values"] = pixel_values[index.to(self.device)]
+        inputs["pixel_mask"] = pixel_mask[index.to(self.device)]
+        with _share_backbone(self.backbone, index):
             outputs = self.model(**inputs)
-        probs = outputs.logits.sigmoid().float().cpu()  # C x Q x max_text_len
-        cxcywh = outputs.pred_boxes.float().cpu()  # C x Q x 4, relative to the image
+        probs = outputs.logits.sigmoid().float().cpu()  # rows x Q x max_text_len
+        cxcywh = outputs.pred_boxes.float().cpu()  # rows x Q x 4, relative to the image
+        out, row = [], 0
+        for k, i in enumerate(group):
+            n = len(spans[k])
+            out.append(
+                self._decode(
+                    probs[row : row + n], cxcywh[row : row + n], spans[k], images[i].shape[:2]
+                )
+            )
+            row += n
+        return out
+
+    def _decode(
+        self,
+        probs: Tensor,
+        cxcywh: Tensor,
+        spans: List[List[Tuple[int, int, int]]],
+        image_size: Tuple[int, int],
+    ) -> Detections:
+        """Thresholds, class assignment, pixel boxes and NMS for one image's prompt chunks."""
+        h, w = image_size
         boxes, scores, labels = [], [], []
         for c, chunk_spans in enumerate(spans):
             per_class = torch.stack(
@@ -225,7 +314,7 @@ class GroundingDinoDetector:
                 scores.append(best[keep])
                 labels.append(class_ids[arg[keep]])
         if not boxes:
-            return Detections(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+            return self._empty()
         box = torch.cat(boxes)
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         xyxy = torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], dim=1) * scale

@@ -3,10 +3,9 @@ class-aware masks of the paper's database construction (§2.1) and training-free
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from .base import PROPOSAL_REGISTRY, Proposals, ProposalSource, check_image
 from .grounding_dino import GroundingDinoDetector
@@ -29,7 +28,8 @@ class GroundingDinoSamProposals(ProposalSource):
         """
         Args:
             detector: Grounding DINO wrapper (thresholds, prompt chunking).
-            segmenter: SAM box-prompt wrapper (one image embedding per image).
+            segmenter: SAM box-prompt wrapper (one image embedding per image): a
+                SamBoxSegmenter (segment-anything) or HFSamBoxSegmenter (transformers).
         """
         self.detector = detector
         self.segmenter = segmenter
@@ -40,17 +40,38 @@ class GroundingDinoSamProposals(ProposalSource):
         class_names: Optional[Sequence[str]] = None,
         dataset_dict: Optional[Dict[str, Any]] = None,
     ) -> Proposals:
-        check_image(image)
-        if class_names is None:
-            raise ValueError("GroundingDinoSamProposals needs class_names to prompt the detector")
-        h, w = image.shape[:2]
-        detections = self.detector(image, class_names)
-        if len(detections) == 0:
-            return Proposals.empty(h, w)
-        masks, _ = self.segmenter(image, detections.boxes)
-        return Proposals(
-            masks=masks,
-            scores=detections.scores.float(),
-            labels=detections.labels.long(),
-            boxes=detections.boxes.float(),
-        )
+        return self.propose_batch([image], [class_names], [dataset_dict])[0]
+
+    def propose_batch(
+        self,
+        images: Sequence[np.ndarray],
+        class_names: Sequence[Optional[Sequence[str]]],
+        dataset_dicts: Sequence[Optional[Dict[str, Any]]],
+    ) -> List[Proposals]:
+        """Detect in all images (images of equal input size share a Grounding DINO forward),
+        then segment all boxes (SAM embeds several images per forward)."""
+        if not len(images) == len(class_names) == len(dataset_dicts):
+            raise ValueError(
+                f"propose_batch got {len(images)} images, {len(class_names)} class-name lists "
+                f"and {len(dataset_dicts)} dataset dicts"
+            )
+        for image, names in zip(images, class_names):
+            check_image(image)
+            if names is None:
+                raise ValueError("GroundingDinoSamProposals needs class_names to prompt the detector")
+        detections = self.detector.detect_batch(images, class_names)
+        segmented = self.segmenter.segment_batch(images, [d.boxes for d in detections])
+        out = []
+        for image, det, (masks, _) in zip(images, detections, segmented):
+            if len(det) == 0:
+                out.append(Proposals.empty(*image.shape[:2]))
+                continue
+            out.append(
+                Proposals(
+                    masks=masks,
+                    scores=det.scores.float(),
+                    labels=det.labels.long(),
+                    boxes=det.boxes.float(),
+                )
+            )
+        return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,7 +15,10 @@ from .base import PROPOSAL_REGISTRY, Proposals, ProposalSource, check_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_sam", "SamBoxSegmenter", "SamGridProposals"]
+__all__ = ["load_sam", "SamBoxSegmenter", "SamGridProposals", "build_box_segmenter", "SAM_BACKENDS"]
+
+#: Libraries a box segmenter can come from.
+SAM_BACKENDS = ("segment_anything", "transformers")
 
 
 def load_sam(model_type: str, checkpoint: str, device: str = "cpu") -> torch.nn.Module:
@@ -47,9 +50,13 @@ def load_sam(model_type: str, checkpoint: str, device: str = "cpu") -> torch.nn.
 
 
 class SamBoxSegmenter:
-    """Masks for box prompts: one image-encoder forward per image, all boxes in one decoder batch.
+    """Masks for box prompts: one image-encoder forward per image (several images share one
+    batched forward: SAM pads every image to the same 1024 x 1024 input), all boxes of an image
+    in one decoder batch.
 
-    Uses segment-anything's ``SamPredictor`` (``set_image`` once, ``predict_torch`` on the boxes).
+    Builds on segment-anything's public pieces: ``ResizeLongestSide``, ``Sam.preprocess``, the
+    image encoder, prompt encoder, mask decoder and ``Sam.postprocess_masks``, in the order
+    ``SamPredictor`` uses them.
     """
 
     def __init__(
@@ -58,6 +65,7 @@ class SamBoxSegmenter:
         *,
         multimask_output: bool = False,
         max_boxes_per_batch: int = 256,
+        max_images_per_batch: int = 4,
     ) -> None:
         """
         Args:
@@ -65,18 +73,38 @@ class SamBoxSegmenter:
             multimask_output: ask SAM for 3 masks per box and keep the one with the best
                 predicted IoU (False: SAM's single-mask output, the usual choice for boxes).
             max_boxes_per_batch: decoder batch size limit (memory), not a per-image cap.
+            max_images_per_batch: images embedded by one image-encoder forward in
+                :meth:`segment_batch` (memory).
         """
-        from segment_anything import SamPredictor
+        from segment_anything.utils.transforms import ResizeLongestSide
 
-        if max_boxes_per_batch < 1:
-            raise ValueError(f"max_boxes_per_batch must be >= 1, got {max_boxes_per_batch}")
+        for name, value in (
+            ("max_boxes_per_batch", max_boxes_per_batch),
+            ("max_images_per_batch", max_images_per_batch),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.sam = sam
-        self.predictor = SamPredictor(sam)
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
         self.multimask_output = multimask_output
-        self.max_boxes_per_batch = max_boxes_per_batch
+        self.max_boxes_per_batch = int(max_boxes_per_batch)
+        self.max_images_per_batch = int(max_images_per_batch)
 
-    @torch.no_grad()
-    def __call__(self, image: np.ndarray, boxes: Tensor) -> tuple:
+    @property
+    def image_encoder(self) -> torch.nn.Module:
+        """The module that embeds images (hooked to count image forwards)."""
+        return self.sam.image_encoder
+
+    @property
+    def mask_decoder(self) -> torch.nn.Module:
+        """The prompt decoder (runs once per box batch)."""
+        return self.sam.mask_decoder
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    def __call__(self, image: np.ndarray, boxes: Tensor) -> Tuple[Tensor, Tensor]:
         """Segment the boxes of one image.
 
         Args:
@@ -85,29 +113,104 @@ class SamBoxSegmenter:
         Returns:
             (masks N x H x W bool, predicted IoU N float). N = 0 runs no forward.
         """
-        check_image(image)
-        h, w = image.shape[:2]
-        if boxes.numel() == 0:
-            return torch.zeros((0, h, w), dtype=torch.bool), torch.zeros(0)
-        if boxes.dim() != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be N x 4 XYXY, got {tuple(boxes.shape)}")
-        self.predictor.set_image(image, image_format="RGB")
-        device = self.predictor.device
-        prompts = self.predictor.transform.apply_boxes_torch(boxes.float().to(device), (h, w))
+        return self.segment_batch([image], [boxes])[0]
+
+    @torch.no_grad()
+    def segment_batch(
+        self, images: Sequence[np.ndarray], boxes: Sequence[Tensor]
+    ) -> List[Tuple[Tensor, Tensor]]:
+        """Segment the boxes of several images; per image the same result as :meth:`__call__`.
+
+        The image encoder runs once per group of up to ``max_images_per_batch`` images that
+        have boxes; images without boxes run nothing.
+        """
+        if len(images) != len(boxes):
+            raise ValueError(f"got {len(images)} images but {len(boxes)} box tensors")
+        results: List[Optional[Tuple[Tensor, Tensor]]] = [None] * len(images)
+        todo = []
+        for i, (image, b) in enumerate(zip(images, boxes)):
+            check_image(image)
+            h, w = image.shape[:2]
+            if b.numel() == 0:
+                results[i] = (torch.zeros((0, h, w), dtype=torch.bool), torch.zeros(0))
+                continue
+            if b.dim() != 2 or b.shape[1] != 4:
+                raise ValueError(f"boxes of image {i} must be N x 4 XYXY, got {tuple(b.shape)}")
+            todo.append(i)
+        for start in range(0, len(todo), self.max_images_per_batch):
+            group = todo[start : start + self.max_images_per_batch]
+            inputs, input_sizes = [], []
+            for i in group:
+                resized = self.transform.apply_image(images[i])
+                x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
+                input_sizes.append(tuple(x.shape[-2:]))
+                inputs.append(self.sam.preprocess(x[None]))  # normalise, pad to the square input
+            embeddings = self.sam.image_encoder(torch.cat(inputs))
+            for k, i in enumerate(group):
+                results[i] = self._decode(
+                    embeddings[k : k + 1], input_sizes[k], images[i].shape[:2], boxes[i]
+                )
+        return results  # type: ignore[return-value]
+
+    def _decode(
+        self, embedding: Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int], boxes: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """All boxes of one image against its embedding, ``max_boxes_per_batch`` at a time."""
+        prompts = self.transform.apply_boxes_torch(boxes.float().to(self.device), original_size)
+        dense_pe = self.sam.prompt_encoder.get_dense_pe()
         masks, ious = [], []
         for start in range(0, len(prompts), self.max_boxes_per_batch):
-            m, iou, _ = self.predictor.predict_torch(
-                None,
-                None,
-                boxes=prompts[start : start + self.max_boxes_per_batch],
+            sparse, dense = self.sam.prompt_encoder(
+                points=None, boxes=prompts[start : start + self.max_boxes_per_batch], masks=None
+            )
+            low_res, iou = self.sam.mask_decoder(
+                image_embeddings=embedding,
+                image_pe=dense_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
                 multimask_output=self.multimask_output,
             )
             best = iou.argmax(dim=1)
             rows = torch.arange(len(best), device=best.device)
-            masks.append(m[rows, best].cpu())
+            logits = self.sam.postprocess_masks(low_res[rows, best][:, None], input_size, original_size)
+            masks.append((logits[:, 0] > self.sam.mask_threshold).cpu())
             ious.append(iou[rows, best].float().cpu())
-        self.predictor.reset_image()
-        return torch.cat(masks).bool(), torch.cat(ious)
+        return torch.cat(masks), torch.cat(ious)
+
+
+def build_box_segmenter(
+    backend: str,
+    *,
+    model_type: str = "vit_b",
+    checkpoint: str = "",
+    hf_model: str = "",
+    multimask_output: bool = False,
+    max_images_per_batch: int = 4,
+    device: str = "cpu",
+):
+    """The box-prompt SAM of a config: segment-anything (``model_type`` + local ``checkpoint``)
+    or transformers' ``SamModel`` (``hf_model``: hub name or local directory).
+
+    Both give the same interface (``__call__``, ``segment_batch``, ``image_encoder``,
+    ``mask_decoder``), so the database builder and the training-free model take either.
+    """
+    if backend == "segment_anything":
+        sam = load_sam(model_type, checkpoint, device=device)
+        return SamBoxSegmenter(
+            sam, multimask_output=multimask_output, max_images_per_batch=max_images_per_batch
+        )
+    if backend == "transformers":
+        from .sam_hf import HFSamBoxSegmenter
+
+        if not hf_model:
+            raise ValueError("SAM.BACKEND 'transformers' needs SAM.HF_MODEL (hub name or local directory)")
+        return HFSamBoxSegmenter.from_pretrained(
+            hf_model,
+            device=device,
+            multimask_output=multimask_output,
+            max_images_per_batch=max_images_per_batch,
+        )
+    raise ValueError(f"SAM.BACKEND must be one of {list(SAM_BACKENDS)}, got {backend!r}")
 
 
 @PROPOSAL_REGISTRY.register()

@@ -46,7 +46,7 @@ def folder(tmp_path_factory):
 
 def _builder(
     out, tiny_gdino, tiny_sam, clip_file, box_threshold=0.3, clip_name="retclip-tiny-convnext",
-    clip_batch_size=1,
+    batch_size=1,
 ):
     encoder = ClipSegmentEncoder.from_names(clip_name, clip_file, min_size=128, max_size=400)
     detector = GroundingDinoDetector(
@@ -60,7 +60,7 @@ def _builder(
         proposals=proposals,
         output_dir=str(out),
         shard_size=3,
-        clip_batch_size=clip_batch_size,
+        batch_size=batch_size,
         dtype="float32",
         counter=counter,
         progress=False,
@@ -174,10 +174,12 @@ def test_class_agnostic_proposals_are_refused(tmp_path, folder, tiny_sam, tiny_c
         builder.build(FolderSource(*folder))
 
 
-def test_batched_clip_forwards_give_the_same_rows(built, tmp_path, tiny_gdino, tiny_sam, tiny_clip_file):
-    """Images of one shard with equal CLIP input sizes share a CLIP forward; rows are unchanged."""
+def test_batched_forwards_give_the_same_rows(built, tmp_path, tiny_gdino, tiny_sam, tiny_clip_file):
+    """Images of one shard go through Grounding DINO, SAM and CLIP together (batch_size 4);
+    the rows are those of the one-image-at-a-time build, and every image still goes through
+    each model exactly once."""
     _, source, report, db = built
-    builder, counter = _builder(tmp_path / "db", tiny_gdino, tiny_sam, tiny_clip_file, clip_batch_size=4)
+    builder, counter = _builder(tmp_path / "db", tiny_gdino, tiny_sam, tiny_clip_file, batch_size=4)
     batched_report = builder.build(source)
     counter.close()
     batched = FeatureDatabase.open(tmp_path / "db").load_all()
@@ -185,8 +187,15 @@ def test_batched_clip_forwards_give_the_same_rows(built, tmp_path, tiny_gdino, t
     assert list(batched.image_ids) == list(single.image_ids)
     assert np.array_equal(batched.labels, single.labels)
     np.testing.assert_allclose(batched.features, single.features, atol=1e-5)
-    # 4 labelled readable images, all 96 x 128, in shards of 3: one batched call per shard
-    # instead of one per image; every image still goes through CLIP exactly once.
-    assert report["forwards"]["clip.image"] == batched_report["forwards"]["clip.image"] == 4
-    assert report["calls"]["clip.image"] == 4
+    np.testing.assert_allclose(batched.boxes, single.boxes, atol=1e-3)
+    np.testing.assert_array_equal(batched.mask_areas, single.mask_areas)
+    for model in ("grounding_dino.image", "sam.image", "clip.image"):
+        assert batched_report["forwards"][model] == report["forwards"][model], model
+        assert report["calls"][model] == report["forwards"][model], model  # one image per call
+    # 4 labelled readable 96 x 128 images in shards of 3 (3 + 1 + the unreadable ones): one
+    # batched call per shard and model instead of one per image.
+    assert report["forwards"]["grounding_dino.image"] == 4
+    assert batched_report["calls"]["grounding_dino.image"] == 2
+    assert batched_report["calls"]["sam.image"] == 2 and report["calls"]["sam.image"] == 4
+    assert report["forwards"]["clip.image"] == 4
     assert batched_report["calls"]["clip.image"] == 2

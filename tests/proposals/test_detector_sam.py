@@ -150,3 +150,79 @@ def test_detector_from_local_directory(tiny_gdino, tmp_path, noise_image):
     torch.testing.assert_close(det(noise_image, NAMES).scores, ref(noise_image, NAMES).scores)
     with pytest.raises(ValueError, match="threshold"):
         GroundingDinoDetector(model, processor, box_threshold=1.5)
+
+
+def _images(sizes, seed=1):
+    rng = np.random.default_rng(seed)
+    return [(rng.random((h, w, 3)) * 255).astype(np.uint8) for h, w in sizes]
+
+
+def test_detect_batch_equals_one_image_at_a_time(tiny_gdino_short_prompts):
+    """Images with equal input sizes share one forward (the backbone embeds each once); images
+    of another size go in their own forward; every image gets its own prompt chunks."""
+    det = GroundingDinoDetector(
+        *tiny_gdino_short_prompts, box_threshold=0.0, text_threshold=0.0, nms_threshold=0.5,
+        max_detections=40,
+    )
+    images = _images([(96, 128), (96, 128), (64, 64), (96, 128)])
+    names = [NAMES, NAMES[:2], NAMES[3:], []]
+    calls, handle = _count_calls(det.backbone)
+    batched = det.detect_batch(images, names)
+    handle.remove()
+    # The two labelled 96 x 128 images in one call, the 64 x 64 one alone, the unlabelled none.
+    assert sorted(calls) == [1, 2]
+    single = [det(image, n) for image, n in zip(images, names)]
+    for i, (b, s) in enumerate(zip(batched, single)):
+        assert len(b) == len(s) and (len(s) > 0) == (i < 3), i
+        assert torch.equal(b.labels, s.labels), i
+        torch.testing.assert_close(b.scores, s.scores, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(b.boxes, s.boxes, rtol=1e-4, atol=1e-3)
+        assert all(int(label) < len(names[i]) for label in b.labels)
+    det.max_images_per_batch = 1
+    calls, handle = _count_calls(det.backbone)
+    det.detect_batch(images, names)
+    handle.remove()
+    assert calls == [1, 1, 1]
+    with pytest.raises(ValueError, match="2 images but 1 class-name lists"):
+        det.detect_batch(images[:2], names[:1])
+
+
+def test_segment_batch_equals_one_image_at_a_time(tiny_sam):
+    """SAM pads every image to its square input, so any images share one encoder forward."""
+    seg = SamBoxSegmenter(tiny_sam, max_images_per_batch=2)
+    images = _images([(96, 128), (50, 70), (80, 60), (40, 40)])
+    boxes = [
+        torch.tensor([[5.0, 6.0, 60.0, 70.0], [40.0, 10.0, 120.0, 90.0]]),
+        torch.zeros((0, 4)),
+        torch.tensor([[0.0, 0.0, 59.0, 79.0]]),
+        torch.tensor([[10.0, 10.0, 30.0, 35.0], [0.0, 0.0, 20.0, 20.0]]),
+    ]
+    calls, handle = _count_calls(tiny_sam.image_encoder)
+    batched = seg.segment_batch(images, boxes)
+    handle.remove()
+    assert calls == [2, 1]  # three images with boxes, at most two per forward
+    for image, b, (masks, ious) in zip(images, boxes, batched):
+        ref_masks, ref_ious = seg(image, b)
+        assert masks.shape == (len(b),) + image.shape[:2] and masks.dtype == torch.bool
+        assert (masks == ref_masks).float().mean() > 0.999 if len(b) else masks.numel() == 0
+        torch.testing.assert_close(ious, ref_ious, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="boxes of image 0 must be N x 4"):
+        seg.segment_batch(images[:1], [torch.zeros(4)])
+    with pytest.raises(ValueError, match="2 images but 1 box tensors"):
+        seg.segment_batch(images[:2], boxes[:1])
+
+
+def test_propose_batch_equals_calls(tiny_gdino, tiny_sam):
+    det = GroundingDinoDetector(*tiny_gdino, box_threshold=0.3, text_threshold=0.0)
+    source = GroundingDinoSamProposals(detector=det, segmenter=SamBoxSegmenter(tiny_sam))
+    images = _images([(96, 128), (96, 128), (70, 90)], seed=3)
+    names = [NAMES, NAMES[:3], NAMES]
+    batched = source.propose_batch(images, names, [None] * 3)
+    assert sum(len(p) for p in batched) > 0
+    for image, n, props in zip(images, names, batched):
+        ref = source(image, n)
+        assert torch.equal(props.labels, ref.labels)
+        torch.testing.assert_close(props.boxes, ref.boxes, rtol=1e-4, atol=1e-3)
+        assert (props.masks == ref.masks).float().mean() > 0.999 if len(ref) else len(props) == 0
+    with pytest.raises(ValueError, match="needs class_names"):
+        source.propose_batch(images[:1], [None], [None])

@@ -16,9 +16,9 @@ from detectron2.modeling import build_model
 from retclip import add_retclip_config
 from retclip.evaluation.build import build_evaluator
 from retclip.modeling.meta_arch.training_free import TrainingFreeRetCLIP
-from retclip.proposals import Proposals, ProposalSource
+from retclip.proposals import HFSamBoxSegmenter, Proposals, ProposalSource
 from retclip.proposals.ground_truth import read_panoptic_segments
-from retclip.proposals.testing import build_tiny_grounding_dino
+from retclip.proposals.testing import build_tiny_grounding_dino, build_tiny_hf_sam
 from retclip.retrieval import FeatureDatabase
 from retclip.testing.synthetic import make_and_register_synthetic
 
@@ -202,6 +202,33 @@ def test_no_proposals_gives_empty_outputs(dataset, gdino_dirs, tmp_path):
     assert len(out["instances"]) == 0
 
 
+def test_transformers_sam_backend(dataset, gdino_dirs, tmp_path):
+    """SAM.BACKEND "transformers": box prompts go to a SamModel loaded from a directory."""
+    model, processor = build_tiny_hf_sam()
+    model.save_pretrained(tmp_path / "hf_sam")
+    processor.save_pretrained(tmp_path / "hf_sam")
+    cfg = make_cfg(
+        dataset,
+        tmp_path,
+        SOURCES["grounding_dino_sam"],
+        **{
+            "MODEL.TRAINING_FREE.GROUNDING_DINO.MODEL": gdino_dirs[256],
+            "MODEL.TRAINING_FREE.SAM.BACKEND": "transformers",
+            "MODEL.TRAINING_FREE.SAM.HF_MODEL": str(tmp_path / "hf_sam"),
+        },
+    )
+    tf_model = build(cfg)
+    segmenter = tf_model.proposal_source.segmenter
+    assert isinstance(segmenter, HFSamBoxSegmenter)
+    calls = []
+    handle = segmenter.image_encoder.register_forward_hook(lambda m, a, o: calls.append(1))
+    _, image, _, _ = images_and_segments(dataset)[0]
+    out = tf_model([{"image": image.to(torch.uint8)}])[0]
+    handle.remove()
+    assert out["num_proposals"] > 0 and calls == [1]
+    assert out["sem_seg"].shape[1:] == image.shape[1:]
+
+
 class _WrongSizeProposals(ProposalSource):
     """A proposal source returning masks one row taller than the image (a buggy source)."""
 
@@ -282,6 +309,9 @@ def test_bad_configuration_is_refused(dataset, tmp_path):
         build(make_cfg(dataset, tmp_path, **{"MODEL.TRAINING_FREE.PROPOSALS": "boxes"}))
     with pytest.raises(ValueError, match="MODE must be one of"):
         build(make_cfg(dataset, tmp_path, **{"MODEL.TRAINING_FREE.MODE": "ensemble"}))
+    grid_with_hf = {"MODEL.TRAINING_FREE.SAM.BACKEND": "transformers"}
+    with pytest.raises(ValueError, match="'sam_grid' uses segment-anything"):
+        build(make_cfg(dataset, tmp_path, SOURCES["sam_grid"], **grid_with_hf))
     model = build(make_cfg(dataset, tmp_path))
     with pytest.raises(RuntimeError, match="--eval-only"):
         model.train()([{"image": torch.zeros(3, 32, 32)}])

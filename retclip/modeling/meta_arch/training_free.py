@@ -42,8 +42,8 @@ from ...proposals import (
     GroundTruthProposals,
     Proposals,
     ProposalSource,
-    SamBoxSegmenter,
     SamGridProposals,
+    build_box_segmenter,
     load_sam,
 )
 from ...retrieval import RetrievalConfig, RetrievalScorer
@@ -84,10 +84,14 @@ def build_training_free_proposals(cfg) -> ProposalSource:
     if tf.PROPOSALS == "ground_truth":
         return GroundTruthProposals()
     device = cfg.MODEL.DEVICE
-    sam = load_sam(tf.SAM.MODEL_TYPE, tf.SAM.CHECKPOINT, device=device)
     if tf.PROPOSALS == "sam_grid":
+        if tf.SAM.BACKEND != "segment_anything":
+            raise ValueError(
+                "MODEL.TRAINING_FREE.PROPOSALS 'sam_grid' uses segment-anything's point-grid "
+                f"generator; MODEL.TRAINING_FREE.SAM.BACKEND is {tf.SAM.BACKEND!r}"
+            )
         return SamGridProposals(
-            sam=sam,
+            sam=load_sam(tf.SAM.MODEL_TYPE, tf.SAM.CHECKPOINT, device=device),
             points_per_side=tf.SAM.POINTS_PER_SIDE,
             points_per_batch=tf.SAM.POINTS_PER_BATCH,
             pred_iou_thresh=tf.SAM.PRED_IOU_THRESH,
@@ -102,9 +106,15 @@ def build_training_free_proposals(cfg) -> ProposalSource:
         text_threshold=gd.TEXT_THRESHOLD,
         nms_threshold=gd.NMS_THRESHOLD,
     )
-    return GroundingDinoSamProposals(
-        detector=detector, segmenter=SamBoxSegmenter(sam, multimask_output=tf.SAM.MULTIMASK)
+    segmenter = build_box_segmenter(
+        tf.SAM.BACKEND,
+        model_type=tf.SAM.MODEL_TYPE,
+        checkpoint=tf.SAM.CHECKPOINT,
+        hf_model=tf.SAM.HF_MODEL,
+        multimask_output=tf.SAM.MULTIMASK,
+        device=device,
     )
+    return GroundingDinoSamProposals(detector=detector, segmenter=segmenter)
 
 
 @META_ARCH_REGISTRY.register()
