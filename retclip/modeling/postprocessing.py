@@ -50,38 +50,47 @@ def panoptic_inference(
     """
     num_classes = mask_cls.shape[-1] - 1
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
-    masks = mask_pred.sigmoid()
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], masks[keep]
-    h, w = masks.shape[-2:]
-    panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=masks.device)
+    cur_scores, cur_classes = scores[keep], labels[keep]
+    cur_masks = mask_pred[keep].sigmoid()
+    h, w = mask_pred.shape[-2:]
+    panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=mask_pred.device)
     segments_info: List[Dict] = []
-    if cur_masks.shape[0] == 0:
+    n = cur_masks.shape[0]
+    if n == 0:
         return panoptic_seg, segments_info
+    # The pixels query k wins, those inside its own mask, and their intersection are disjoint
+    # across queries, so their areas come from a few whole-image passes (bincounts) instead of a
+    # pass per query; the decisions below then use only these counts.
     mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+    own_at_winner = cur_masks.gather(0, mask_ids[None])[0] >= 0.5
+    won_areas = torch.bincount(mask_ids.flatten(), minlength=n).tolist()
+    own_areas = (cur_masks >= 0.5).flatten(1).sum(1, dtype=torch.int32).tolist()
+    kept_areas = torch.bincount(mask_ids[own_at_winner], minlength=n).tolist()
+    classes = cur_classes.tolist()
+    segment_of_query = [0] * n
     stuff_segment: Dict[int, int] = {}
     segment_id = 0
-    for k in range(cur_classes.shape[0]):
-        pred_class = int(cur_classes[k].item())
+    for k in range(n):
+        pred_class = classes[k]
         isthing = pred_class in thing_ids
-        won = mask_ids == k
-        own = cur_masks[k] >= 0.5
-        mask = won & own
-        won_area, own_area = int(won.sum().item()), int(own.sum().item())
-        if won_area == 0 or own_area == 0 or int(mask.sum().item()) == 0:
+        won_area, own_area = won_areas[k], own_areas[k]
+        if won_area == 0 or own_area == 0 or kept_areas[k] == 0:
             continue
         if won_area / own_area < overlap_threshold:
             continue
         if not isthing and pred_class in stuff_segment:
-            panoptic_seg[mask] = stuff_segment[pred_class]
+            segment_of_query[k] = stuff_segment[pred_class]
             continue
         segment_id += 1
         if not isthing:
             stuff_segment[pred_class] = segment_id
-        panoptic_seg[mask] = segment_id
+        segment_of_query[k] = segment_id
         segments_info.append(
             {"id": segment_id, "isthing": bool(isthing), "category_id": pred_class}
         )
+    lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=mask_pred.device)
+    panoptic_seg = torch.where(own_at_winner, lookup[mask_ids], panoptic_seg)
     return panoptic_seg, segments_info
 
 

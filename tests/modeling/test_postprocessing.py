@@ -66,6 +66,50 @@ def test_panoptic_overlap_threshold_keeps_partly_covered_segment():
     assert info[-1] == {"id": 3, "isthing": False, "category_id": 2}
 
 
+def _panoptic_loop_reference(mask_cls, mask_pred, object_mask_threshold, overlap_threshold, thing_ids):
+    """Mask2Former's per-query loop, written out: one pass over the image per kept query."""
+    probs = torch.softmax(mask_cls, -1)
+    scores, labels = probs.max(-1)
+    keep = (labels != mask_cls.shape[-1] - 1) & (scores > object_mask_threshold)
+    s, c, m = scores[keep], labels[keep], mask_pred[keep].sigmoid()
+    seg = torch.zeros(mask_pred.shape[-2:], dtype=torch.int32)
+    info, stuff, next_id = [], {}, 0
+    if len(s) == 0:
+        return seg, info
+    winner = (s[:, None, None] * m).argmax(0)
+    for k in range(len(s)):
+        cls = int(c[k])
+        won, own = winner == k, m[k] >= 0.5
+        region = won & own
+        if won.sum() == 0 or own.sum() == 0 or region.sum() == 0:
+            continue
+        if won.sum().item() / own.sum().item() < overlap_threshold:
+            continue
+        if cls not in thing_ids and cls in stuff:
+            seg[region] = stuff[cls]
+            continue
+        next_id += 1
+        if cls not in thing_ids:
+            stuff[cls] = next_id
+        seg[region] = next_id
+        info.append({"id": next_id, "isthing": cls in thing_ids, "category_id": cls})
+    return seg, info
+
+
+def test_panoptic_equals_per_query_loop_on_random_cases():
+    g = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        q, k = 30, 6
+        mask_cls = torch.randn(q, k + 1, generator=g) * 3
+        mask_pred = torch.randn(q, 24, 32, generator=g) * 4 + torch.randn(q, 1, 1, generator=g) * 3
+        for obj_t, ov_t in ((0.0, 0.8), (0.5, 0.3), (0.0, 0.0)):
+            args = dict(object_mask_threshold=obj_t, overlap_threshold=ov_t, thing_ids={0, 2, 3})
+            seg, info = panoptic_inference(mask_cls, mask_pred, **args)
+            ref_seg, ref_info = _panoptic_loop_reference(mask_cls, mask_pred, obj_t, ov_t, {0, 2, 3})
+            assert torch.equal(seg, ref_seg), (trial, obj_t, ov_t)
+            assert info == ref_info, (trial, obj_t, ov_t)
+
+
 def test_panoptic_object_threshold_and_empty():
     mask_cls, m = _panoptic_case()
     # class-2 query scores e^3 / (e^3 + 3) = 0.87 < 0.9: not a candidate at all
