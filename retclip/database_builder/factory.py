@@ -70,15 +70,7 @@ def build_proposals(cfg) -> ProposalSource:
         max_detections=b.GROUNDING_DINO.MAX_DETECTIONS,
         max_images_per_batch=b.BATCH_SIZE,
     )
-    segmenter = build_box_segmenter(
-        b.SAM.BACKEND,
-        model_type=b.SAM.MODEL_TYPE,
-        checkpoint=b.SAM.CHECKPOINT,
-        hf_model=b.SAM.HF_MODEL,
-        multimask_output=b.SAM.MULTIMASK,
-        max_images_per_batch=b.BATCH_SIZE,
-        device=device,
-    )
+    segmenter = build_box_segmenter(b.SAM, device=device, max_images_per_batch=b.BATCH_SIZE)
     return GroundingDinoSamProposals(detector=detector, segmenter=segmenter)
 
 

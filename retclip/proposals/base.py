@@ -152,12 +152,19 @@ class ProposalSource:
         Sources whose models can embed several images in one forward override this; the
         result must equal calling the source on each image in turn.
         """
-        if not len(images) == len(class_names) == len(dataset_dicts):
-            raise ValueError(
-                f"propose_batch got {len(images)} images, {len(class_names)} class-name lists "
-                f"and {len(dataset_dicts)} dataset dicts"
-            )
+        check_batch_lengths(images, class_names, dataset_dicts)
         return [self(i, c, d) for i, c, d in zip(images, class_names, dataset_dicts)]
+
+
+def check_batch_lengths(
+    images: Sequence[Any], class_names: Sequence[Any], dataset_dicts: Sequence[Any]
+) -> None:
+    """Raise ValueError unless :meth:`ProposalSource.propose_batch` got one entry per image."""
+    if not len(images) == len(class_names) == len(dataset_dicts):
+        raise ValueError(
+            f"propose_batch got {len(images)} images, {len(class_names)} class-name lists "
+            f"and {len(dataset_dicts)} dataset dicts"
+        )
 
 
 def check_image(image: np.ndarray) -> None:

@@ -7,7 +7,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .base import PROPOSAL_REGISTRY, Proposals, ProposalSource, check_image
+from .base import (
+    PROPOSAL_REGISTRY,
+    Proposals,
+    ProposalSource,
+    check_batch_lengths,
+    check_image,
+)
 from .grounding_dino import GroundingDinoDetector
 from .sam import SamBoxSegmenter
 
@@ -50,11 +56,7 @@ class GroundingDinoSamProposals(ProposalSource):
     ) -> List[Proposals]:
         """Detect in all images (images of equal input size share a Grounding DINO forward),
         then segment all boxes (SAM embeds several images per forward)."""
-        if not len(images) == len(class_names) == len(dataset_dicts):
-            raise ValueError(
-                f"propose_batch got {len(images)} images, {len(class_names)} class-name lists "
-                f"and {len(dataset_dicts)} dataset dicts"
-            )
+        check_batch_lengths(images, class_names, dataset_dicts)
         for image, names in zip(images, class_names):
             check_image(image)
             if names is None:

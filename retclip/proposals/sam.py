@@ -178,36 +178,29 @@ class SamBoxSegmenter:
         return torch.cat(masks), torch.cat(ious)
 
 
-def build_box_segmenter(
-    backend: str,
-    *,
-    model_type: str = "vit_b",
-    checkpoint: str = "",
-    hf_model: str = "",
-    multimask_output: bool = False,
-    max_images_per_batch: int = 4,
-    device: str = "cpu",
-):
-    """The box-prompt SAM of a config: segment-anything (``model_type`` + local ``checkpoint``)
-    or transformers' ``SamModel`` (``hf_model``: hub name or local directory).
+def build_box_segmenter(sam_cfg: Any, *, device: str = "cpu", max_images_per_batch: int = 4):
+    """The box-prompt SAM of a config's SAM block (``DATABASE_BUILD.SAM`` or
+    ``MODEL.TRAINING_FREE.SAM``): ``BACKEND`` "segment_anything" (``MODEL_TYPE`` + local
+    ``CHECKPOINT``) or "transformers" (``HF_MODEL``: hub name or local directory), ``MULTIMASK``.
 
     Both give the same interface (``__call__``, ``segment_batch``, ``image_encoder``,
     ``mask_decoder``), so the database builder and the training-free model take either.
     """
+    backend = sam_cfg.BACKEND
     if backend == "segment_anything":
-        sam = load_sam(model_type, checkpoint, device=device)
+        sam = load_sam(sam_cfg.MODEL_TYPE, sam_cfg.CHECKPOINT, device=device)
         return SamBoxSegmenter(
-            sam, multimask_output=multimask_output, max_images_per_batch=max_images_per_batch
+            sam, multimask_output=sam_cfg.MULTIMASK, max_images_per_batch=max_images_per_batch
         )
     if backend == "transformers":
         from .sam_hf import HFSamBoxSegmenter
 
-        if not hf_model:
+        if not sam_cfg.HF_MODEL:
             raise ValueError("SAM.BACKEND 'transformers' needs SAM.HF_MODEL (hub name or local directory)")
         return HFSamBoxSegmenter.from_pretrained(
-            hf_model,
+            sam_cfg.HF_MODEL,
             device=device,
-            multimask_output=multimask_output,
+            multimask_output=sam_cfg.MULTIMASK,
             max_images_per_batch=max_images_per_batch,
         )
     raise ValueError(f"SAM.BACKEND must be one of {list(SAM_BACKENDS)}, got {backend!r}")

@@ -18,6 +18,30 @@ def tiny_clip_file(tmp_path_factory):
     return str(path)
 
 
+def synthetic_folder_labels(root, num_images: int, seed: int):
+    """A synthetic panoptic train split under ``root`` and its image-level labels (first synonym
+    of every class in an image's annotation): (image dir, {file name: sorted labels})."""
+    import json
+
+    from retclip.testing.synthetic import TRAIN_CLASSES, make_synthetic_panoptic
+
+    split = make_synthetic_panoptic(str(root), "train", TRAIN_CLASSES, num_images=num_images, seed=seed)
+    with open(split.panoptic_json) as f:
+        pan = json.load(f)
+    names = {c["id"]: c["name"].split(",")[0] for c in TRAIN_CLASSES}
+    files = {im["id"]: im["file_name"] for im in pan["images"]}
+    labels = {
+        files[a["image_id"]]: sorted({names[s["category_id"]] for s in a["segments_info"]})
+        for a in pan["annotations"]
+    }
+    return split.image_dir, labels
+
+
+@pytest.fixture(scope="session")
+def folder_labels():
+    return synthetic_folder_labels
+
+
 @pytest.fixture(scope="session")
 def tiny_gdino():
     return build_tiny_grounding_dino()

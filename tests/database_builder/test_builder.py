@@ -17,22 +17,14 @@ from retclip.database_builder import (
 )
 from retclip.proposals import GroundingDinoDetector, GroundingDinoSamProposals, SamBoxSegmenter
 from retclip.retrieval import FeatureDatabase
-from retclip.testing.synthetic import TRAIN_CLASSES, make_synthetic_panoptic
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(tmp_path_factory, folder_labels):
     """Four synthetic images labelled from their annotations, plus a corrupt file, a missing file
     and an image without labels."""
     root = tmp_path_factory.mktemp("src")
-    split = make_synthetic_panoptic(str(root), "train", TRAIN_CLASSES, num_images=4, seed=2)
-    pan = json.load(open(split.panoptic_json))
-    names = {c["id"]: c["name"].split(",")[0] for c in TRAIN_CLASSES}
-    files = {im["id"]: im["file_name"] for im in pan["images"]}
-    labels = {
-        files[a["image_id"]]: sorted({names[s["category_id"]] for s in a["segments_info"]})
-        for a in pan["annotations"]
-    }
+    _, labels = folder_labels(root, num_images=4, seed=2)
     (root / "train" / "images" / "zz_corrupt.jpg").write_bytes(b"this is not a jpeg")
     labels["zz_corrupt.jpg"] = ["cat"]
     labels["zz_missing.jpg"] = ["car"]

@@ -24,27 +24,19 @@ from retclip.proposals import (
 )
 from retclip.proposals.testing import build_tiny_hf_sam
 from retclip.retrieval import FeatureDatabase
-from retclip.testing.synthetic import TRAIN_CLASSES, make_synthetic_panoptic
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "database" / "tiny_test.yaml"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_gdino):
+def setup(tmp_path_factory, tiny_gdino, folder_labels):
     root = tmp_path_factory.mktemp("hf_sam")
-    split = make_synthetic_panoptic(str(root), "train", TRAIN_CLASSES, num_images=3, seed=5)
-    pan = json.load(open(split.panoptic_json))
-    names = {c["id"]: c["name"].split(",")[0] for c in TRAIN_CLASSES}
-    files = {im["id"]: im["file_name"] for im in pan["images"]}
-    labels = {
-        files[a["image_id"]]: sorted({names[s["category_id"]] for s in a["segments_info"]})
-        for a in pan["annotations"]
-    }
+    image_dir, labels = folder_labels(root, num_images=3, seed=5)
     (root / "labels.json").write_text(json.dumps(labels))
     for name, (model, processor) in {"gdino": tiny_gdino, "sam": build_tiny_hf_sam()}.items():
         model.save_pretrained(root / name)
         processor.save_pretrained(root / name)
-    return root, split.image_dir
+    return root, image_dir
 
 
 def _cfg(root, image_dir, clip_file, out, **extra):
@@ -115,5 +107,6 @@ def test_bad_sam_backend_is_named(setup, tmp_path, tiny_clip_file):
     )
     with pytest.raises(ValueError, match="SAM.BACKEND must be one of .*'sam2'"):
         build_database_builder(cfg, progress=False)
+    cfg.DATABASE_BUILD.SAM.BACKEND, cfg.DATABASE_BUILD.SAM.HF_MODEL = "transformers", ""
     with pytest.raises(ValueError, match="needs SAM.HF_MODEL"):
-        build_box_segmenter("transformers", hf_model="")
+        build_box_segmenter(cfg.DATABASE_BUILD.SAM)

@@ -106,15 +106,9 @@ def build_training_free_proposals(cfg) -> ProposalSource:
         text_threshold=gd.TEXT_THRESHOLD,
         nms_threshold=gd.NMS_THRESHOLD,
     )
-    segmenter = build_box_segmenter(
-        tf.SAM.BACKEND,
-        model_type=tf.SAM.MODEL_TYPE,
-        checkpoint=tf.SAM.CHECKPOINT,
-        hf_model=tf.SAM.HF_MODEL,
-        multimask_output=tf.SAM.MULTIMASK,
-        device=device,
+    return GroundingDinoSamProposals(
+        detector=detector, segmenter=build_box_segmenter(tf.SAM, device=device)
     )
-    return GroundingDinoSamProposals(detector=detector, segmenter=segmenter)
 
 
 @META_ARCH_REGISTRY.register()
