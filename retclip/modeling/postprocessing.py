@@ -7,23 +7,56 @@ as ``mask_cls``; a softmax of it gives back the ensembled probabilities.
 
 from __future__ import annotations
 
-from typing import AbstractSet, Dict, List, Tuple
+from functools import cached_property
+from typing import AbstractSet, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
 
 
-def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
+class MaskProbabilities:
+    """The parts of post-processing that depend on the mask logits only: their sigmoid and each
+    query's own-mask area (pixels with sigmoid >= 0.5, computed on first use). One image's
+    outputs (semantic, panoptic, instances), or a sweep's grid points over one image, share them
+    instead of recomputing whole-image passes per call."""
+
+    def __init__(self, mask_pred: torch.Tensor) -> None:
+        self.logits = mask_pred
+        self.prob = mask_pred.sigmoid()
+
+    @cached_property
+    def own_area(self) -> torch.Tensor:
+        """(Q,) int32 pixels of each query's own mask."""
+        return (self.prob >= 0.5).flatten(1).sum(1, dtype=torch.int32)
+
+
+def _probabilities(
+    mask_pred: torch.Tensor, mask_prob: Optional[MaskProbabilities]
+) -> MaskProbabilities:
+    if mask_prob is None:
+        return MaskProbabilities(mask_pred)
+    if mask_prob.prob.shape != mask_pred.shape:
+        raise ValueError(
+            f"mask_prob is for masks of shape {tuple(mask_prob.prob.shape)}, "
+            f"mask_pred has {tuple(mask_pred.shape)}"
+        )
+    return mask_prob
+
+
+def semantic_inference(
+    mask_cls: torch.Tensor, mask_pred: torch.Tensor, mask_prob: Optional[MaskProbabilities] = None
+) -> torch.Tensor:
     """Per-class score maps: Σ_q p(class | q) · sigmoid(mask_q).
 
     Args:
         mask_cls: (Q, K+1) logits; mask_pred: (Q, H, W) mask logits.
+        mask_prob: ``MaskProbabilities(mask_pred)`` if already computed.
     Returns:
         (K, H, W) float scores (detectron2's ``sem_seg``).
     """
     probs = F.softmax(mask_cls, dim=-1)[..., :-1]
-    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
+    return torch.einsum("qc,qhw->chw", probs, _probabilities(mask_pred, mask_prob).prob)
 
 
 def panoptic_inference(
@@ -33,6 +66,7 @@ def panoptic_inference(
     object_mask_threshold: float,
     overlap_threshold: float,
     thing_ids: AbstractSet[int],
+    mask_prob: Optional[MaskProbabilities] = None,
 ) -> Tuple[torch.Tensor, List[Dict]]:
     """Panoptic segments from query masks (Mask2Former's rule, FC-CLIP's thresholds 0.0 / 0.8).
 
@@ -44,6 +78,7 @@ def panoptic_inference(
     Args:
         mask_cls: (Q, K+1) logits, void last; mask_pred: (Q, H, W) mask logits.
         thing_ids: contiguous class ids that are things.
+        mask_prob: ``MaskProbabilities(mask_pred)`` if already computed.
     Returns:
         (H, W) int32 segment ids (0 = no segment) and ``segments_info`` dicts
         {"id", "isthing", "category_id"} (contiguous category id).
@@ -52,7 +87,8 @@ def panoptic_inference(
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
     cur_scores, cur_classes = scores[keep], labels[keep]
-    cur_masks = mask_pred[keep].sigmoid()
+    mask_prob = _probabilities(mask_pred, mask_prob)
+    cur_masks = mask_prob.prob[keep]
     h, w = mask_pred.shape[-2:]
     panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=mask_pred.device)
     segments_info: List[Dict] = []
@@ -65,7 +101,7 @@ def panoptic_inference(
     mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
     own_at_winner = cur_masks.gather(0, mask_ids[None])[0] >= 0.5
     won_areas = torch.bincount(mask_ids.flatten(), minlength=n).tolist()
-    own_areas = (cur_masks >= 0.5).flatten(1).sum(1, dtype=torch.int32).tolist()
+    own_areas = mask_prob.own_area[keep].tolist()
     kept_areas = torch.bincount(mask_ids[own_at_winner], minlength=n).tolist()
     classes = cur_classes.tolist()
     segment_of_query = [0] * n
@@ -101,6 +137,7 @@ def instance_inference(
     topk: int,
     thing_ids: AbstractSet[int],
     things_only: bool,
+    mask_prob: Optional[MaskProbabilities] = None,
 ) -> Instances:
     """Top-k (query, class) pairs as instances (boxes are zeros, as in FC-CLIP: no box AP).
 
@@ -109,6 +146,7 @@ def instance_inference(
         topk: detections kept (TEST.DETECTIONS_PER_IMAGE), at most Q·K.
         thing_ids: contiguous ids of thing classes.
         things_only: keep only thing classes (FC-CLIP does when panoptic output is on).
+        mask_prob: ``MaskProbabilities(mask_pred)`` if already computed.
     Returns:
         ``Instances`` of size (H, W) with pred_masks (N, H, W) float 0/1, pred_boxes (zeros),
         scores = class probability · mean sigmoid inside the mask, pred_classes (N,) int64.
@@ -119,16 +157,18 @@ def instance_inference(
     k = min(topk, scores.numel())
     top_scores, top_index = scores.flatten().topk(k, sorted=False)
     top_labels = labels[top_index]
-    masks = mask_pred[torch.div(top_index, num_classes, rounding_mode="floor")]
+    query = torch.div(top_index, num_classes, rounding_mode="floor")
     if things_only:
         ids = torch.tensor(sorted(thing_ids), dtype=top_labels.dtype, device=top_labels.device)
         keep = torch.isin(top_labels, ids)
-        top_scores, top_labels, masks = top_scores[keep], top_labels[keep], masks[keep]
+        top_scores, top_labels, query = top_scores[keep], top_labels[keep], query[keep]
+    masks = mask_pred[query]
+    prob = mask_prob.prob[query] if mask_prob is not None else masks.sigmoid()
     result = Instances(tuple(mask_pred.shape[-2:]))
     binary = (masks > 0).float()
     result.pred_masks = binary
     result.pred_boxes = Boxes(torch.zeros(masks.shape[0], 4, device=masks.device))
-    inside = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (
+    inside = (prob.flatten(1) * binary.flatten(1)).sum(1) / (
         binary.flatten(1).sum(1) + 1e-6
     )
     result.scores = top_scores * inside

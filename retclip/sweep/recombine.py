@@ -19,6 +19,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from retclip.ensemble import arithmetic_ensemble, geometric_ensemble
 from retclip.modeling.postprocessing import (
+    MaskProbabilities,
     instance_inference,
     panoptic_inference,
     semantic_inference,
@@ -123,24 +124,25 @@ def combine_scores(
     return torch.log(probs + 1e-8)
 
 
-def prepare_masks(image: CachedImage, settings: PostprocessSettings) -> torch.Tensor:
+def prepare_masks(image: CachedImage, settings: PostprocessSettings) -> MaskProbabilities:
     """The cached mask logits as post-processing uses them: upsampled from the decoder's
     resolution to the padded input (as ``FCCLIP._postprocess``), then cropped and resized to the
-    output size when ``sem_seg_postprocess_before_inference``. They do not depend on the ensemble
-    weights, so a pass over several grid points computes them once per image."""
+    output size when ``sem_seg_postprocess_before_inference``; with their sigmoid. They do not
+    depend on the ensemble weights, so a pass over several grid points computes them once per
+    image."""
     padded = tuple(image.info["padded_size"])
     masks = F.interpolate(image.tensors["mask_logits"][None], size=padded, mode="bilinear", align_corners=False)[0]
     if settings.sem_seg_postprocess_before_inference:
         size = tuple(image.info["image_size"])
         masks = sem_seg_postprocess(masks, size, image.info["height"], image.info["width"])
-    return masks
+    return MaskProbabilities(masks)
 
 
 def postprocess(
     mask_cls: torch.Tensor,
     image: CachedImage,
     settings: PostprocessSettings,
-    masks: Optional[torch.Tensor] = None,
+    masks: Optional[MaskProbabilities] = None,
 ) -> Dict[str, Any]:
     """One image's outputs ("sem_seg", "panoptic_seg", "instances") from its class
     log-probabilities (Q, K+1) and cached decoder-resolution mask logits, as
@@ -149,15 +151,15 @@ def postprocess(
     Args:
         masks: :func:`prepare_masks` of the image, if already computed.
     """
-    if masks is None:
-        masks = prepare_masks(image, settings)
+    prepared = masks if masks is not None else prepare_masks(image, settings)
+    masks = prepared.logits
     size = tuple(image.info["image_size"])
     height, width = image.info["height"], image.info["width"]
     if settings.sem_seg_postprocess_before_inference:
         mask_cls = mask_cls.to(masks)
     result: Dict[str, Any] = {}
     if settings.semantic_on:
-        sem = semantic_inference(mask_cls, masks)
+        sem = semantic_inference(mask_cls, masks, prepared)
         if not settings.sem_seg_postprocess_before_inference:
             sem = sem_seg_postprocess(sem, size, height, width)
         result["sem_seg"] = sem
@@ -168,6 +170,7 @@ def postprocess(
             object_mask_threshold=settings.object_mask_threshold,
             overlap_threshold=settings.overlap_threshold,
             thing_ids=settings.thing_ids,
+            mask_prob=prepared,
         )
     if settings.instance_on:
         result["instances"] = instance_inference(
@@ -176,6 +179,7 @@ def postprocess(
             topk=settings.topk,
             thing_ids=settings.thing_ids,
             things_only=settings.panoptic_on,
+            mask_prob=prepared,
         )
     return result
 

@@ -3,10 +3,12 @@
 import itertools
 import math
 
+import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 
 from retclip.modeling.postprocessing import (
+    MaskProbabilities,
     instance_inference,
     panoptic_inference,
     semantic_inference,
@@ -146,3 +148,28 @@ def test_instances_topk_scores_and_things_only():
 
     things = instance_inference(mask_cls, mask_pred, topk=100, thing_ids={1}, things_only=True)
     assert len(things) == 2 and things.pred_classes.tolist() == [1, 1]  # k capped at Q*K = 6
+
+
+def test_shared_mask_probabilities_give_the_same_outputs():
+    """Passing MaskProbabilities (as a sweep does for all grid points of an image) changes
+    nothing, and probabilities of other masks are refused."""
+    g = torch.Generator().manual_seed(7)
+    mask_cls = torch.randn(12, 6, generator=g) * 3
+    mask_pred = torch.randn(12, 20, 28, generator=g) * 4
+    shared = MaskProbabilities(mask_pred)
+    assert torch.equal(
+        semantic_inference(mask_cls, mask_pred, shared), semantic_inference(mask_cls, mask_pred)
+    )
+    args = dict(object_mask_threshold=0.0, overlap_threshold=0.5, thing_ids={0, 1})
+    seg, info = panoptic_inference(mask_cls, mask_pred, mask_prob=shared, **args)
+    ref_seg, ref_info = panoptic_inference(mask_cls, mask_pred, **args)
+    assert torch.equal(seg, ref_seg) and info == ref_info and len(info) > 0
+    assert torch.equal(shared.own_area, (mask_pred.sigmoid() >= 0.5).flatten(1).sum(1).int())
+    kw = dict(topk=10, thing_ids={0, 1, 2}, things_only=True)
+    a = instance_inference(mask_cls, mask_pred, mask_prob=shared, **kw)
+    b = instance_inference(mask_cls, mask_pred, **kw)
+    assert len(a) == len(b) > 0
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_masks, b.pred_masks)
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    with pytest.raises(ValueError, match=r"\(12, 20, 28\).*\(12, 10, 28\)"):
+        semantic_inference(mask_cls, mask_pred[:, :10], shared)
