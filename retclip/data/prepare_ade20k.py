@@ -15,13 +15,26 @@ instances, RLE, 0-based ADE ids of the 100 thing classes).
 """
 from __future__ import annotations
 
+import argparse
+import logging
 import os
-from typing import Any, Dict, List, Tuple
+import shutil
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .categories import ade20k_150_categories
-from .prepare_utils import atomic_save_png, atomic_write_json, id2rgb, read_png
+from .prepare_utils import (
+    atomic_save_png,
+    atomic_write_json,
+    id2rgb,
+    merge_parts,
+    read_png,
+    resolve_root,
+    run_per_image,
+)
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ADE_SPLITS",
@@ -30,6 +43,9 @@ __all__ = [
     "ade_instances",
     "panoptic_record",
     "instance_record",
+    "ade_command_line",
+    "part_path",
+    "build_split_json",
 ]
 
 ADE_SPLITS = {"train": "training", "val": "validation"}
@@ -170,3 +186,50 @@ def write_json_from_parts(parts: List[Dict[str, Any]], path: str, kind: str) -> 
             "categories": [{"id": c["id"], "name": c["name"]} for c in cats if c["isthing"]],
         }
     atomic_write_json(payload, path)
+
+
+def ade_command_line(
+    argv: Optional[Sequence[str]], description: str
+) -> Tuple[str, Dict[int, int], int]:
+    """The command line of the panoptic and instance scripts: (ADEChallengeData2016 directory,
+    instance-class mapping, worker processes)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
+    parser.add_argument("--catid-mapping", help="ade20k_instance_catid_mapping.txt")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    ade = os.path.join(resolve_root(args.root), "ADEChallengeData2016")
+    mapping = read_catid_mapping(
+        args.catid_mapping or os.path.join(ade, "ade20k_instance_catid_mapping.txt")
+    )
+    return ade, mapping, args.workers
+
+
+def part_path(parts_dir: str, png: str) -> str:
+    """The per-image part file of ``png`` (its stem + ".json") in ``parts_dir``."""
+    return os.path.join(parts_dir, os.path.splitext(os.path.basename(png))[0] + ".json")
+
+
+def build_split_json(
+    fn: Callable[[str], None],
+    files: Sequence[str],
+    parts_dir: str,
+    out_json: str,
+    kind: str,
+    desc: str,
+    workers: int = 1,
+) -> int:
+    """One split of a resumable conversion: ``fn(png)`` writes each image's part (images whose
+    part exists are skipped), then the parts become ``out_json`` (``kind`` as in
+    :func:`write_json_from_parts`) and are removed. A split whose JSON exists without parts was
+    finished before and is skipped. Returns how many images ran."""
+    if os.path.isfile(out_json) and not os.path.isdir(parts_dir):
+        logger.info("%s exists, skipping it", out_json)
+        return 0
+    os.makedirs(parts_dir, exist_ok=True)
+    done = run_per_image(fn, files, lambda f: os.path.isfile(part_path(parts_dir, f)), desc, workers)
+    write_json_from_parts(merge_parts(part_path(parts_dir, f) for f in files), out_json, kind)
+    shutil.rmtree(parts_dir)
+    return done
