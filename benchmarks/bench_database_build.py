@@ -112,7 +112,7 @@ def main():
             flipped = astronaut[:, ::-1] if i % 2 else astronaut
             Image.fromarray(np.ascontiguousarray(flipped)).save(real_dir / f"astronaut{i}.png")
             real_labels[f"astronaut{i}.png"] = ["person", "flag", "rocket"]
-        gdino, sam = T.build_grounding_dino_t_random(), T.build_sam_vit_b_random()
+        gdino, sam = T.build_grounding_dino_random(), T.build_sam_vit_b_random()
         for b in batch_sizes:
             speeds[("real_size", b)] = run(
                 "real_size",

@@ -43,7 +43,7 @@ from retclip.modeling.proposal_postprocessing import (  # noqa: E402
 from retclip.modeling.text_classifier import encode_vocabulary  # noqa: E402
 from retclip.modeling.vit_dense import DenseCLIPViT, clip_input_size, mask_pool_dense  # noqa: E402
 from retclip.proposals import GroundingDinoDetector, SamBoxSegmenter, SamGridProposals  # noqa: E402
-from retclip.proposals.testing import build_sam_vit_b_random, tiny_bert_vocab  # noqa: E402
+from retclip.proposals.testing import build_grounding_dino_random, build_sam_vit_b_random  # noqa: E402
 from retclip.retrieval import IndexConfig, build_index, retrieval_scores  # noqa: E402
 
 CLIP_MEAN = torch.tensor([122.7709383, 116.7460125, 104.09373615]).view(3, 1, 1)
@@ -79,48 +79,10 @@ class Stages(dict):
 
 
 def build_grounding_dino(kind: str, names: List[str]):
-    """Random-weight GroundingDinoForObjectDetection at real size, with a word-level tokenizer."""
-    from transformers import (
-        BertConfig,
-        BertTokenizerFast,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-
-    if kind == "base":
-        swin = SwinConfig(
-            embed_dim=128,
-            depths=[2, 2, 18, 2],
-            num_heads=[4, 8, 16, 32],
-            window_size=12,
-            image_size=384,
-            out_indices=[2, 3, 4],
-        )
-    else:
-        swin = SwinConfig(
-            embed_dim=96,
-            depths=[2, 2, 6, 2],
-            num_heads=[3, 6, 12, 24],
-            window_size=7,
-            image_size=224,
-            out_indices=[2, 3, 4],
-        )
-    config = GroundingDinoConfig(backbone_config=swin, text_config=BertConfig())
-    torch.manual_seed(0)
-    model = GroundingDinoForObjectDetection(config).eval()
-    vocab = tiny_bert_vocab()
-    words = sorted(
-        {w for n in names for w in n.lower().replace(",", " ").split() if w.isascii()} - set(vocab)
-    )
-    for w in words:
-        vocab[w] = len(vocab)
-    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer
-    )
+    """Random-weight GroundingDinoForObjectDetection at real size (Swin-B for "base", Swin-T for
+    "tiny"), with the class names' words as whole tokens."""
+    words = {w for n in names for w in n.lower().replace(",", " ").split() if w.isascii()}
+    model, processor = build_grounding_dino_random("B" if kind == "base" else "T", words=words)
     return GroundingDinoDetector(model, processor, box_threshold=0.0, text_threshold=0.0)
 
 

@@ -9,14 +9,14 @@ spells any lower-case word with single-letter word pieces.
 from __future__ import annotations
 
 import string
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 
 __all__ = [
     "tiny_bert_vocab",
     "build_tiny_grounding_dino",
-    "build_grounding_dino_t_random",
+    "build_grounding_dino_random",
     "build_tiny_sam",
     "build_sam_vit_b_random",
     "build_tiny_hf_sam",
@@ -221,10 +221,14 @@ def build_sam_vit_b_random(seed: int = 0) -> torch.nn.Module:
     return sam_model_registry["vit_b"](checkpoint=None).eval()
 
 
-def build_grounding_dino_t_random(seed: int = 0) -> Tuple:
-    """Grounding DINO-T's architecture (Swin-T, BERT-base text tower, 900 queries, 6+6 layers)
-    with random weights and the small offline tokenizer; the processor resizes like the released
-    one (shortest edge 800, longest 1333). For slow tests and speed measurements."""
+def build_grounding_dino_random(
+    swin: str = "T", *, seed: int = 0, words: Sequence[str] = ()
+) -> Tuple:
+    """Grounding DINO-T's (``swin="T"``: Swin-T) or -B's (``"B"``: Swin-B, window 12, 384 px)
+    architecture (BERT-base text tower, 900 queries, 6+6 layers) with random weights and the
+    small offline tokenizer, plus ``words`` as whole-word tokens (so prompts have realistic token
+    counts); the processor resizes like the released one (shortest edge 800, longest 1333). For
+    slow tests and speed measurements."""
     from transformers import (
         BertConfig,
         BertTokenizerFast,
@@ -235,12 +239,25 @@ def build_grounding_dino_t_random(seed: int = 0) -> Tuple:
         SwinConfig,
     )
 
+    layouts = {
+        "T": {},  # SwinConfig's defaults are Swin-T
+        "B": dict(
+            embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12,
+            image_size=384,
+        ),
+    }
+    if swin not in layouts:
+        raise KeyError(f"unknown Swin layout {swin!r}; valid: {sorted(layouts)}")
     config = GroundingDinoConfig(
-        backbone_config=SwinConfig(out_indices=[2, 3, 4]), text_config=BertConfig()
+        backbone_config=SwinConfig(out_indices=[2, 3, 4], **layouts[swin]),
+        text_config=BertConfig(),
     )
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(config).eval()
-    tokenizer = BertTokenizerFast(vocab=tiny_bert_vocab(), do_lower_case=True)
+    vocab = tiny_bert_vocab()
+    for word in sorted(set(words) - set(vocab)):
+        vocab[word] = len(vocab)
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
     return model, GroundingDinoProcessor(
         image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer
     )

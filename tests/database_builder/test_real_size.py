@@ -16,7 +16,7 @@ from retclip.database_builder import (
     watch_models,
 )
 from retclip.proposals import GroundingDinoDetector, GroundingDinoSamProposals, SamBoxSegmenter
-from retclip.proposals.testing import build_grounding_dino_t_random, build_sam_vit_b_random
+from retclip.proposals.testing import build_grounding_dino_random, build_sam_vit_b_random
 from retclip.retrieval import FeatureDatabase
 
 
@@ -30,7 +30,7 @@ def test_real_size_pipeline_on_astronaut(tmp_path):
     )
     encoder = ClipSegmentEncoder.from_names("RN50", "", min_size=512, max_size=1333)
     detector = GroundingDinoDetector(
-        *build_grounding_dino_t_random(), box_threshold=0.0, text_threshold=0.0, max_detections=4
+        *build_grounding_dino_random(), box_threshold=0.0, text_threshold=0.0, max_detections=4
     )
     proposals = GroundingDinoSamProposals(
         detector=detector, segmenter=SamBoxSegmenter(build_sam_vit_b_random())
