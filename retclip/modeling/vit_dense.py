@@ -87,6 +87,19 @@ class DenseCLIPViT(nn.Module):
     Always in eval mode, under ``no_grad``; parameters never require grad.
     """
 
+    @classmethod
+    def from_config(cls, cfg) -> "DenseCLIPViT":
+        """The ViT of ``MODEL.TRAINING_FREE``: one place, so the training-free model and the
+        database encoder built for it cannot differ in architecture, weights or dense maps."""
+        tf = cfg.MODEL.TRAINING_FREE
+        return cls(
+            model_name=tf.CLIP_MODEL_NAME,
+            pretrained=tf.CLIP_PRETRAINED_WEIGHTS,
+            dense_mode=tf.DENSE_MODE,
+            window=tf.SLIDE_WINDOW,
+            stride=tf.SLIDE_STRIDE,
+        )
+
     def __init__(
         self,
         *,
@@ -358,15 +371,8 @@ class DenseViTSegmentEncoder(nn.Module):
     def from_config(cls, cfg) -> "DenseViTSegmentEncoder":
         """From ``MODEL.TRAINING_FREE`` and ``MODEL.PIXEL_MEAN/STD`` (the model's own settings)."""
         tf = cfg.MODEL.TRAINING_FREE
-        clip = DenseCLIPViT(
-            model_name=tf.CLIP_MODEL_NAME,
-            pretrained=tf.CLIP_PRETRAINED_WEIGHTS,
-            dense_mode=tf.DENSE_MODE,
-            window=tf.SLIDE_WINDOW,
-            stride=tf.SLIDE_STRIDE,
-        )
         return cls(
-            clip,
+            DenseCLIPViT.from_config(cfg),
             short_side=tf.CLIP_SHORT_SIDE,
             pixel_mean=cfg.MODEL.PIXEL_MEAN,
             pixel_std=cfg.MODEL.PIXEL_STD,

@@ -203,13 +203,7 @@ class TrainingFreeRetCLIP(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> Dict[str, Any]:
         tf, rc, test = cfg.MODEL.TRAINING_FREE, cfg.MODEL.RETCLIP, cfg.MODEL.MASK_FORMER.TEST
-        clip = DenseCLIPViT(
-            model_name=tf.CLIP_MODEL_NAME,
-            pretrained=tf.CLIP_PRETRAINED_WEIGHTS,
-            dense_mode=tf.DENSE_MODE,
-            window=tf.SLIDE_WINDOW,
-            stride=tf.SLIDE_STRIDE,
-        )
+        clip = DenseCLIPViT.from_config(cfg)
         retrieval = RetrievalConfig.from_cfg(cfg, device=cfg.MODEL.DEVICE)
         head = None
         if retrieval.database_paths() and tf.MODE != "clip":
