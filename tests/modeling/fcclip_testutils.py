@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
 from retclip.config import add_retclip_config
@@ -19,6 +20,24 @@ TINY_CONFIGS = {
     "resnet": os.path.join(REPO, "configs", "tests", "tiny_fcclip_resnet.yaml"),
 }
 TRAIN_NAME, TEST_NAME = "fcclip_tests_meta_train", "fcclip_tests_meta_test"
+#: State-dict key lists of the released bytedance/fc-clip checkpoints (see fcclip-facts §1).
+TSV_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def released_rows(tsv_name: str, prefix: str = "") -> List[Tuple[str, str, str]]:
+    """(key without ``prefix``, shape, dtype) of the keys starting with ``prefix``, in file order."""
+    rows = []
+    with open(os.path.join(TSV_DIR, tsv_name)) as f:
+        for line in f:
+            key, shape, dtype = line.rstrip("\n").split("\t")
+            if key.startswith(prefix):
+                rows.append((key[len(prefix) :], shape, dtype))
+    return rows
+
+
+def feature_shapes(channels: List[int]) -> Dict[str, ShapeSpec]:
+    """Backbone output shapes res2..res5 (strides 4..32) with the given channels."""
+    return {f"res{i + 2}": ShapeSpec(channels=c, stride=4 * 2**i) for i, c in enumerate(channels)}
 
 
 def register_metadata() -> None:

@@ -6,23 +6,10 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from fcclip_testutils import REPO, build_tiny
+from fcclip_testutils import REPO, build_tiny, released_rows
 
 from retclip.checkpoint import CLASS_COUNT_KEYS, RetCLIPCheckpointer
 from retclip.config import add_retclip_config
-
-#: Key lists of bytedance/fc-clip models (copied from shared/design/reference; see fcclip-facts §1).
-TSV_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-
-
-def _read_tsv(path):
-    rows = {}
-    with open(path) as f:
-        for line in f:
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            rows[key] = (shape, dtype)
-    return rows
-
 
 def _real_cfg(name):
     cfg = get_cfg()
@@ -41,7 +28,7 @@ def _real_cfg(name):
     ],
 )
 def test_state_dict_matches_released_layout(config, tsv):
-    expected = _read_tsv(os.path.join(TSV_DIR, tsv))
+    expected = {key: (shape, dtype) for key, shape, dtype in released_rows(tsv)}
     model = build_model(_real_cfg(config))
     ours = {
         k: (str(tuple(v.shape)), str(v.dtype).replace("torch.", ""))

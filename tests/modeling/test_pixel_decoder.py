@@ -2,19 +2,17 @@
 batch independence, gradient flow, and its building blocks (sine encoding, reference points)."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+from fcclip_testutils import feature_shapes, released_rows
 
 from retclip.config import add_retclip_config
 from retclip.modeling.common import MLP, PositionEmbeddingSine, get_activation
 from retclip.modeling.pixel_decoder.msdeformattn import MSDeformAttnTransformerEncoder
-
-DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -42,30 +40,17 @@ def _cfg(conv_dim=256, enc_layers=6):
     return cfg
 
 
-def _shapes(channels):
-    return {f"res{i + 2}": ShapeSpec(channels=c, stride=4 * 2**i) for i, c in enumerate(channels)}
-
-
-def _reference_rows(name):
-    rows = []
-    for line in (DATA / f"fcclip_{name}_decoders.state_dict.tsv").read_text().splitlines():
-        key, shape, dtype = line.split("\t")
-        if key.startswith("sem_seg_head.pixel_decoder."):
-            rows.append((key[len("sem_seg_head.pixel_decoder.") :], shape, dtype))
-    return rows
-
-
 @pytest.mark.parametrize(
     "name, channels",
     [("convnext_large_d_320", [192, 384, 768, 1536]), ("rn50x64", [512, 1024, 2048, 4096])],
 )
 def test_full_size_keys_match_released_checkpoint(name, channels):
-    decoder = SEM_SEG_HEADS_REGISTRY.get("MSDeformAttnPixelDecoder")(_cfg(), _shapes(channels))
+    decoder = SEM_SEG_HEADS_REGISTRY.get("MSDeformAttnPixelDecoder")(_cfg(), feature_shapes(channels))
     got = [
         (k, str(tuple(v.shape)), str(v.dtype).replace("torch.", ""))
         for k, v in decoder.state_dict().items()
     ]
-    want = _reference_rows(name)
+    want = released_rows(f"fcclip_{name}_decoders.state_dict.tsv", "sem_seg_head.pixel_decoder.")
     assert len(want) == 117
     assert got == want
 
@@ -73,7 +58,7 @@ def test_full_size_keys_match_released_checkpoint(name, channels):
 def _tiny_decoder(seed=0):
     torch.manual_seed(seed)
     return SEM_SEG_HEADS_REGISTRY.get("MSDeformAttnPixelDecoder")(
-        _cfg(conv_dim=32, enc_layers=2), _shapes([8, 16, 24, 32])
+        _cfg(conv_dim=32, enc_layers=2), feature_shapes([8, 16, 24, 32])
     )
 
 

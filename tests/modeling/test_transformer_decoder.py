@@ -2,20 +2,18 @@
 prediction head against a hand computation, attention masks, batch independence, gradients."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+from fcclip_testutils import feature_shapes, released_rows
 
 from retclip.config import add_retclip_config
 from retclip.modeling.transformer_decoder import TRANSFORMER_DECODER_REGISTRY
-
-DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -51,19 +49,6 @@ def _cfg(hidden=256, queries=250, embed_dim=768, dec_layers=10, enc_layers=6, ff
     return cfg
 
 
-def _shapes(channels):
-    return {f"res{i + 2}": ShapeSpec(channels=c, stride=4 * 2**i) for i, c in enumerate(channels)}
-
-
-def _rows(name):
-    rows = []
-    for line in (DATA / f"fcclip_{name}_decoders.state_dict.tsv").read_text().splitlines():
-        key, shape, dtype = line.split("\t")
-        if key.startswith("sem_seg_head."):
-            rows.append((key[len("sem_seg_head.") :], shape, dtype))
-    return rows
-
-
 @pytest.mark.parametrize(
     "name, channels, embed_dim",
     [
@@ -72,12 +57,12 @@ def _rows(name):
     ],
 )
 def test_full_size_head_keys_match_released_checkpoint(name, channels, embed_dim):
-    head = SEM_SEG_HEADS_REGISTRY.get("FCCLIPHead")(_cfg(embed_dim=embed_dim), _shapes(channels))
+    head = SEM_SEG_HEADS_REGISTRY.get("FCCLIPHead")(_cfg(embed_dim=embed_dim), feature_shapes(channels))
     got = [
         (k, str(tuple(v.shape)), str(v.dtype).replace("torch.", ""))
         for k, v in head.state_dict().items()
     ]
-    want = _rows(name)
+    want = released_rows(f"fcclip_{name}_decoders.state_dict.tsv", "sem_seg_head.")
     assert sum(k.startswith("predictor.") for k, _, _ in want) == 184
     assert got == want
     assert head.predictor.num_layers == 9
@@ -89,7 +74,7 @@ NUM_TEMPLATES = [2, 1, 3]
 
 def _tiny_head(seed=0):
     torch.manual_seed(seed)
-    return SEM_SEG_HEADS_REGISTRY.get("FCCLIPHead")(_cfg(**TINY), _shapes([8, 16, 24, 32]))
+    return SEM_SEG_HEADS_REGISTRY.get("FCCLIPHead")(_cfg(**TINY), feature_shapes([8, 16, 24, 32]))
 
 
 def _features(batch, height=64, width=64, seed=1):
@@ -202,8 +187,8 @@ def test_registry_and_config_errors():
     cfg = _cfg(**TINY)
     cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
     with pytest.raises(ValueError, match="multi_scale_pixel_decoder"):
-        SEM_SEG_HEADS_REGISTRY.get("FCCLIPHead")(cfg, _shapes([8, 16, 24, 32]))
+        SEM_SEG_HEADS_REGISTRY.get("FCCLIPHead")(cfg, feature_shapes([8, 16, 24, 32]))
     cfg = _cfg(**TINY)
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 0
     with pytest.raises(ValueError, match="DEC_LAYERS"):
-        SEM_SEG_HEADS_REGISTRY.get("FCCLIPHead")(cfg, _shapes([8, 16, 24, 32]))
+        SEM_SEG_HEADS_REGISTRY.get("FCCLIPHead")(cfg, feature_shapes([8, 16, 24, 32]))
