@@ -1,5 +1,4 @@
 """The synthetic dataset is deterministic, self-consistent and in real COCO-panoptic format."""
-import hashlib
 import json
 import os
 
@@ -11,26 +10,17 @@ from pycocotools.coco import COCO
 from retclip.testing.synthetic import TEST_CLASSES, TRAIN_CLASSES, make_synthetic_panoptic
 
 
-def _digest(folder):
-    h = hashlib.sha256()
-    for root, _, files in sorted(os.walk(folder)):
-        for name in sorted(files):
-            with open(os.path.join(root, name), "rb") as f:
-                h.update(name.encode() + f.read())
-    return h.hexdigest()
-
-
 def _rgb2id(rgb):
     rgb = rgb.astype(np.int64)
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
-def test_same_seed_gives_same_bytes_and_other_seed_differs(tmp_path):
+def test_same_seed_gives_same_bytes_and_other_seed_differs(tmp_path, tree_digest):
     a = make_synthetic_panoptic(str(tmp_path / "a"), "train", num_images=3, seed=5)
     b = make_synthetic_panoptic(str(tmp_path / "b"), "train", num_images=3, seed=5)
     c = make_synthetic_panoptic(str(tmp_path / "c"), "train", num_images=3, seed=6)
-    assert _digest(a.root) == _digest(b.root)
-    assert _digest(a.root) != _digest(c.root)
+    assert tree_digest(a.root) == tree_digest(b.root)
+    assert tree_digest(a.root) != tree_digest(c.root)
 
 
 def test_panoptic_png_semantic_png_and_json_agree(tmp_path):

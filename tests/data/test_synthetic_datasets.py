@@ -1,5 +1,4 @@
 """The named synthetic datasets are generated on first use, atomically and deterministically."""
-import hashlib
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -7,16 +6,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from retclip.data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, register_synthetic_datasets
 
 
-def _digest(folder):
-    h = hashlib.sha256()
-    for dirpath, _, files in sorted(os.walk(folder)):
-        for f in sorted(files):
-            with open(os.path.join(dirpath, f), "rb") as fh:
-                h.update(f.encode() + fh.read())
-    return h.hexdigest()
-
-
-def test_generated_on_first_use_and_deterministic(tmp_path):
+def test_generated_on_first_use_and_deterministic(tmp_path, tree_digest):
     try:
         a = register_synthetic_datasets(str(tmp_path / "a"))
         assert not os.path.exists(a)  # registration alone writes nothing
@@ -28,7 +18,7 @@ def test_generated_on_first_use_and_deterministic(tmp_path):
         assert not [p for p in os.listdir(os.path.dirname(a)) if p.startswith(".tmp")]
         b = register_synthetic_datasets(str(tmp_path / "b"))
         DatasetCatalog.get(SYNTHETIC_TEST)
-        assert _digest(a) == _digest(b)
+        assert tree_digest(a) == tree_digest(b)
         meta = MetadataCatalog.get(SYNTHETIC_TEST)
         assert meta.evaluator_type == "ade20k_panoptic_seg" and meta.panoptic_json.startswith(b)
         assert MetadataCatalog.get(SYNTHETIC_TRAIN).evaluator_type == "coco_panoptic_seg"
