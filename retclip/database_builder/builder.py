@@ -233,16 +233,13 @@ class DatabaseBuilder:
         ids: List[str] = []
         infos = []
         batch: List[Dict[str, Any]] = []
-        batch_ids: List[str] = []
 
         def flush() -> None:
-            nonlocal ids
-            for image_id, rows in zip(batch_ids, self._embed_batch(batch) if batch else []):
+            for pending, rows in zip(batch, self._embed_batch(batch) if batch else []):
                 if rows:
                     parts.append(rows)
-                    ids += [image_id] * len(rows["labels"])
+                    ids.extend([pending["info"]["image_id"]] * len(rows["labels"]))
             batch.clear()
-            batch_ids.clear()
 
         for first in range(0, len(records), self.batch_size):
             window = records[first : first + self.batch_size]
@@ -255,7 +252,7 @@ class DatabaseBuilder:
             proposals = self.proposals.propose_batch(
                 [image for _, image, _ in todo], class_names, [r.dataset_dict for r, _, _ in todo]
             )
-            for (record, image, info), names, props in zip(todo, class_names, proposals):
+            for (_, image, info), names, props in zip(todo, class_names, proposals):
                 pending = self._prepare(image, names, props, info, vocab_index)
                 if pending is None:
                     continue
@@ -264,7 +261,6 @@ class DatabaseBuilder:
                 ):
                     flush()
                 batch.append(pending)
-                batch_ids.append(record.image_id)
         flush()
         forwards = Counter(self.counter.snapshot())
         forwards.subtract(before)

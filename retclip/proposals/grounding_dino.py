@@ -206,13 +206,6 @@ class GroundingDinoDetector:
             "token_type_ids": torch.zeros_like(input_ids),
         }
 
-    def _text_batch(
-        self, names: Sequence[str], chunks: List[List[int]]
-    ) -> Tuple[dict, List[List[Tuple[int, int, int]]]]:
-        """Padded input ids of the chunks of one image and, per chunk, its class spans."""
-        rows, spans = self._text_rows(names, chunks)
-        return self._pad_text(rows), spans
-
     @staticmethod
     def _empty() -> Detections:
         return Detections(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.long))

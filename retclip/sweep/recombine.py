@@ -142,16 +142,17 @@ def postprocess(
     mask_cls: torch.Tensor,
     image: CachedImage,
     settings: PostprocessSettings,
-    masks: Optional[MaskProbabilities] = None,
+    prepared: Optional[MaskProbabilities] = None,
 ) -> Dict[str, Any]:
     """One image's outputs ("sem_seg", "panoptic_seg", "instances") from its class
     log-probabilities (Q, K+1) and cached decoder-resolution mask logits, as
     ``FCCLIP._postprocess``.
 
     Args:
-        masks: :func:`prepare_masks` of the image, if already computed.
+        prepared: :func:`prepare_masks` of the image, if already computed.
     """
-    prepared = masks if masks is not None else prepare_masks(image, settings)
+    if prepared is None:
+        prepared = prepare_masks(image, settings)
     masks = prepared.logits
     size = tuple(image.info["image_size"])
     height, width = image.info["height"], image.info["width"]

@@ -259,7 +259,7 @@ class SweepRunner:
             evaluator.reset()
         settings = state["settings"]
         for image in state["cache"]:
-            masks = prepare_masks(image, settings)
+            prepared = prepare_masks(image, settings)
             for point, evaluator in zip(points, evaluators):
                 mask_cls = combine_scores(
                     image.tensors,
@@ -269,7 +269,7 @@ class SweepRunner:
                     point.gamma,
                     self.has_retrieval,
                 )
-                outputs = postprocess(mask_cls, image, settings, masks)
+                outputs = postprocess(mask_cls, image, settings, prepared)
                 evaluator.process([image.evaluator_input], [outputs])
         rows = []
         for point, evaluator in zip(points, evaluators):

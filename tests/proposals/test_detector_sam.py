@@ -44,7 +44,8 @@ def test_shared_backbone_matches_plain_batch(tiny_gdino_short_prompts, noise_ima
     chunks = det.chunk(NAMES)
     assert calls == [1]  # one image row through the Swin backbone for len(chunks) prompts
     # Reference: the model's own batched forward with the image repeated per chunk.
-    text, spans = det._text_batch(NAMES, chunks)
+    rows, spans = det._text_rows(NAMES, chunks)
+    text = det._pad_text(rows)
     pix = det.processor.image_processor(images=[noise_image], return_tensors="pt")
     n = len(chunks)
     with torch.no_grad():
