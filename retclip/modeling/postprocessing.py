@@ -7,12 +7,53 @@ as ``mask_cls``; a softmax of it gives back the ensembled probabilities.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
-from typing import AbstractSet, Dict, List, Optional, Tuple
+from typing import AbstractSet, Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """What post-processing produces and how (the model's settings; the score cache records
+    them so a sweep post-processes exactly as the model did).
+
+    Attributes:
+        semantic_on / panoptic_on / instance_on: which outputs to produce.
+        object_mask_threshold, overlap_threshold: panoptic thresholds (FC-CLIP: 0.0 / 0.8).
+        sem_seg_postprocess_before_inference: resize masks to the output size before inference
+            (forced on when panoptic or instance output is on, as in FC-CLIP).
+        topk: detections per image for instance output.
+        thing_ids: contiguous ids of thing classes.
+    """
+
+    semantic_on: bool
+    panoptic_on: bool
+    instance_on: bool
+    object_mask_threshold: float
+    overlap_threshold: float
+    sem_seg_postprocess_before_inference: bool
+    topk: int
+    thing_ids: FrozenSet[int]
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> "PostprocessSettings":
+        """From a score-cache manifest ("postprocess" and "thing_ids" entries)."""
+        pp = manifest["postprocess"]
+        return cls(
+            semantic_on=bool(pp["semantic_on"]),
+            panoptic_on=bool(pp["panoptic_on"]),
+            instance_on=bool(pp["instance_on"]),
+            object_mask_threshold=float(pp["object_mask_threshold"]),
+            overlap_threshold=float(pp["overlap_threshold"]),
+            sem_seg_postprocess_before_inference=bool(pp["sem_seg_postprocess_before_inference"]),
+            topk=int(pp["topk"]),
+            thing_ids=frozenset(int(i) for i in manifest["thing_ids"]),
+        )
 
 
 class MaskProbabilities:
@@ -173,4 +214,55 @@ def instance_inference(
     )
     result.scores = top_scores * inside
     result.pred_classes = top_labels
+    return result
+
+
+def image_outputs(
+    mask_cls: torch.Tensor,
+    masks: torch.Tensor,
+    settings: PostprocessSettings,
+    image_size: Tuple[int, int],
+    height: int,
+    width: int,
+    mask_prob: Optional[MaskProbabilities] = None,
+) -> Dict[str, Any]:
+    """One image's outputs ("sem_seg", "panoptic_seg", "instances") as FC-CLIP makes them: the
+    model's forward and a sweep's recombined scores both end here.
+
+    Args:
+        mask_cls: (Q, K+1) class logits, void last.
+        masks: (Q, H, W) mask logits: at the output size (height, width) when
+            ``settings.sem_seg_postprocess_before_inference``, else at the padded input size.
+        image_size: the image's size inside the padded input (before the resize to the output).
+        mask_prob: ``MaskProbabilities(masks)`` if already computed (else computed once here
+            for all three outputs).
+    """
+    if mask_prob is None:
+        mask_prob = MaskProbabilities(masks)
+    if settings.sem_seg_postprocess_before_inference:
+        mask_cls = mask_cls.to(masks)
+    result: Dict[str, Any] = {}
+    if settings.semantic_on:
+        sem = semantic_inference(mask_cls, masks, mask_prob)
+        if not settings.sem_seg_postprocess_before_inference:
+            sem = sem_seg_postprocess(sem, image_size, height, width)
+        result["sem_seg"] = sem
+    if settings.panoptic_on:
+        result["panoptic_seg"] = panoptic_inference(
+            mask_cls,
+            masks,
+            object_mask_threshold=settings.object_mask_threshold,
+            overlap_threshold=settings.overlap_threshold,
+            thing_ids=settings.thing_ids,
+            mask_prob=mask_prob,
+        )
+    if settings.instance_on:
+        result["instances"] = instance_inference(
+            mask_cls,
+            masks,
+            topk=settings.topk,
+            thing_ids=settings.thing_ids,
+            things_only=settings.panoptic_on,
+            mask_prob=mask_prob,
+        )
     return result

@@ -3,27 +3,21 @@
 :func:`combine_scores` is the ensemble of the chosen mode followed by ``log(probs + 1e-8)``
 (what FC-CLIP / RetCLIP's ``_combine_scores`` return); :func:`postprocess` is the per-image part of
 ``FCCLIP._postprocess`` on the cached mask logits (already upsampled and cropped to the image size):
-resize to the output size, then the semantic / panoptic / instance functions of
-:mod:`retclip.modeling.postprocessing`. Both call the same library functions as the model, so a
-sweep point gives the outputs of a full evaluation at that point.
+resize to the output size, then :func:`retclip.modeling.postprocessing.image_outputs`, the
+function the model itself ends with, so a sweep point gives the outputs of a full evaluation at
+that point.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from retclip.ensemble import arithmetic_ensemble, geometric_ensemble
-from retclip.modeling.postprocessing import (
-    MaskProbabilities,
-    instance_inference,
-    panoptic_inference,
-    semantic_inference,
-)
+from retclip.modeling.postprocessing import MaskProbabilities, PostprocessSettings, image_outputs
 
 from .cache import CachedImage
 
@@ -37,43 +31,6 @@ __all__ = [
 ]
 
 ENSEMBLE_MODES = ("arithmetic", "geometric")
-
-
-@dataclass(frozen=True)
-class PostprocessSettings:
-    """What the model's post-processing does (recorded in the cache manifest by the writer).
-
-    Attributes:
-        semantic_on / panoptic_on / instance_on: which outputs to produce.
-        object_mask_threshold, overlap_threshold: panoptic thresholds (FC-CLIP: 0.0 / 0.8).
-        sem_seg_postprocess_before_inference: resize masks to the output size before inference
-            (forced on when panoptic or instance output is on, as in FC-CLIP).
-        topk: detections per image for instance output.
-        thing_ids: contiguous ids of thing classes.
-    """
-
-    semantic_on: bool
-    panoptic_on: bool
-    instance_on: bool
-    object_mask_threshold: float
-    overlap_threshold: float
-    sem_seg_postprocess_before_inference: bool
-    topk: int
-    thing_ids: FrozenSet[int]
-
-    @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any]) -> "PostprocessSettings":
-        pp = manifest["postprocess"]
-        return cls(
-            semantic_on=bool(pp["semantic_on"]),
-            panoptic_on=bool(pp["panoptic_on"]),
-            instance_on=bool(pp["instance_on"]),
-            object_mask_threshold=float(pp["object_mask_threshold"]),
-            overlap_threshold=float(pp["overlap_threshold"]),
-            sem_seg_postprocess_before_inference=bool(pp["sem_seg_postprocess_before_inference"]),
-            topk=int(pp["topk"]),
-            thing_ids=frozenset(int(i) for i in manifest["thing_ids"]),
-        )
 
 
 def combine_scores(
@@ -153,36 +110,15 @@ def postprocess(
     """
     if prepared is None:
         prepared = prepare_masks(image, settings)
-    masks = prepared.logits
-    size = tuple(image.info["image_size"])
-    height, width = image.info["height"], image.info["width"]
-    if settings.sem_seg_postprocess_before_inference:
-        mask_cls = mask_cls.to(masks)
-    result: Dict[str, Any] = {}
-    if settings.semantic_on:
-        sem = semantic_inference(mask_cls, masks, prepared)
-        if not settings.sem_seg_postprocess_before_inference:
-            sem = sem_seg_postprocess(sem, size, height, width)
-        result["sem_seg"] = sem
-    if settings.panoptic_on:
-        result["panoptic_seg"] = panoptic_inference(
-            mask_cls,
-            masks,
-            object_mask_threshold=settings.object_mask_threshold,
-            overlap_threshold=settings.overlap_threshold,
-            thing_ids=settings.thing_ids,
-            mask_prob=prepared,
-        )
-    if settings.instance_on:
-        result["instances"] = instance_inference(
-            mask_cls,
-            masks,
-            topk=settings.topk,
-            thing_ids=settings.thing_ids,
-            things_only=settings.panoptic_on,
-            mask_prob=prepared,
-        )
-    return result
+    return image_outputs(
+        mask_cls,
+        prepared.logits,
+        settings,
+        tuple(image.info["image_size"]),
+        image.info["height"],
+        image.info["width"],
+        mask_prob=prepared,
+    )
 
 
 def recombine(

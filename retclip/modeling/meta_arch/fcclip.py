@@ -24,7 +24,7 @@ from torch import nn
 from ...ensemble import geometric_ensemble
 from ..criterion import SetCriterion
 from ..mask_pooling import MaskPooling, get_classification_logits
-from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
+from ..postprocessing import PostprocessSettings, image_outputs
 from ..text_classifier import TextEmbeddingCache, append_void
 from ..vocabulary import (
     Vocabulary,
@@ -339,7 +339,7 @@ class FCCLIP(nn.Module):
         pred_masks = F.interpolate(
             pred_masks, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
         )
-        thing_ids = self.vocabulary.thing_ids
+        settings = self.postprocess_settings()
         results = []
         for cls_i, masks_i, x, size in zip(
             mask_cls, pred_masks, batched_inputs, images.image_sizes
@@ -347,28 +347,20 @@ class FCCLIP(nn.Module):
             height, width = x.get("height", size[0]), x.get("width", size[1])
             if self.sem_seg_postprocess_before_inference:
                 masks_i = retry_if_cuda_oom(sem_seg_postprocess)(masks_i, size, height, width)
-                cls_i = cls_i.to(masks_i)
-            result: Dict[str, Any] = {}
-            if self.semantic_on:
-                sem = retry_if_cuda_oom(semantic_inference)(cls_i, masks_i)
-                if not self.sem_seg_postprocess_before_inference:
-                    sem = retry_if_cuda_oom(sem_seg_postprocess)(sem, size, height, width)
-                result["sem_seg"] = sem
-            if self.panoptic_on:
-                result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
-                    cls_i,
-                    masks_i,
-                    object_mask_threshold=self.object_mask_threshold,
-                    overlap_threshold=self.overlap_threshold,
-                    thing_ids=thing_ids,
-                )
-            if self.instance_on:
-                result["instances"] = retry_if_cuda_oom(instance_inference)(
-                    cls_i,
-                    masks_i,
-                    topk=self.test_topk_per_image,
-                    thing_ids=thing_ids,
-                    things_only=self.panoptic_on,
-                )
-            results.append(result)
+            results.append(
+                retry_if_cuda_oom(image_outputs)(cls_i, masks_i, settings, size, height, width)
+            )
         return results
+
+    def postprocess_settings(self) -> PostprocessSettings:
+        """This model's post-processing (the thing ids follow the current vocabulary)."""
+        return PostprocessSettings(
+            semantic_on=self.semantic_on,
+            panoptic_on=self.panoptic_on,
+            instance_on=self.instance_on,
+            object_mask_threshold=self.object_mask_threshold,
+            overlap_threshold=self.overlap_threshold,
+            sem_seg_postprocess_before_inference=self.sem_seg_postprocess_before_inference,
+            topk=self.test_topk_per_image,
+            thing_ids=frozenset(self.vocabulary.thing_ids),
+        )
