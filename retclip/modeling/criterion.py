@@ -148,8 +148,7 @@ class SetCriterion(nn.Module):
         if logits.shape[-1] != self.num_classes + 1:
             raise ValueError(
                 f"SetCriterion: pred_logits has {logits.shape[-1]} classes, expected "
-                f"num_classes + 1 = "
-                f"{self.num_classes + 1}"
+                f"num_classes + 1 = {self.num_classes + 1}"
             )
         idx = self._src_permutation_idx(indices)
         matched = torch.cat([t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(
