@@ -1,0 +1,1 @@
+"""Small shared helpers with no detectron2 dependency (files, command lines)."""
