@@ -29,6 +29,13 @@ POSTPROCESS = {
     "overlap_threshold": 0.8,
     "sem_seg_postprocess_before_inference": True,
     "topk": 20,
+    "thing_ids": [0, 1, 2, 3],
+}
+MODEL_MANIFEST = {
+    "ensemble_mode": "arithmetic",
+    "weights": {"alpha": 0.4, "beta": 0.7, "gamma": 0.3},
+    "class_names": [f"class {i}" for i in range(8)],
+    "postprocess": POSTPROCESS,
 }
 Q = 6
 
@@ -71,7 +78,11 @@ def _pairs(dataset):
 def _writer(cache_dir, dataset, fingerprint=FINGERPRINT, **kw):
     kw.setdefault("max_images_per_shard", 2)
     return ScoreCacheWriter(
-        str(cache_dir), dataset_name=dataset, fingerprint=fingerprint, postprocess=POSTPROCESS, **kw
+        str(cache_dir),
+        dataset_name=dataset,
+        fingerprint=fingerprint,
+        model_manifest=MODEL_MANIFEST,
+        **kw,
     )
 
 

@@ -305,7 +305,7 @@ def test_class_missing_from_database_falls_back_to_clip(dataset, self_database, 
 def test_bad_configuration_is_refused(dataset, tmp_path):
     with pytest.raises(ValueError, match="needs a feature database"):
         build(make_cfg(dataset, tmp_path, **{"MODEL.TRAINING_FREE.MODE": "retclip"}))
-    with pytest.raises(ValueError, match="PROPOSALS must be one of"):
+    with pytest.raises(ValueError, match=r"MODEL.TRAINING_FREE.PROPOSALS: unknown proposal source .*valid"):
         build(make_cfg(dataset, tmp_path, **{"MODEL.TRAINING_FREE.PROPOSALS": "boxes"}))
     with pytest.raises(ValueError, match="MODE must be one of"):
         build(make_cfg(dataset, tmp_path, **{"MODEL.TRAINING_FREE.MODE": "ensemble"}))
