@@ -80,7 +80,11 @@ def _build_args(cfg) -> Dict[str, Any]:
         "grounding_dino": (
             dict(b.GROUNDING_DINO) if b.PROPOSALS == "grounding_dino_sam" else None
         ),
-        "sam": dict(b.SAM) if b.PROPOSALS in ("grounding_dino_sam", "sam_grid") else None,
+        "sam": (
+            {k.lower(): v for k, v in b.SAM.items()}
+            if b.PROPOSALS in ("grounding_dino_sam", "sam_grid")
+            else None
+        ),
         "clip_input": {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST},
         "source": {
             k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in b.SOURCE.items()

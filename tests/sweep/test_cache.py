@@ -7,8 +7,9 @@ import os
 
 import pytest
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from retclip.modeling.vocabulary import thing_ids_from_metadata
 from retclip.sweep.cache import ScoreCache, StaleCacheError
 from retclip.sweep.writer import ScoreCacheWriter
 from retclip.sweep.grid import GridPoint, load_grid_file, make_grid, parse_values
@@ -29,14 +30,19 @@ POSTPROCESS = {
     "overlap_threshold": 0.8,
     "sem_seg_postprocess_before_inference": True,
     "topk": 20,
-    "thing_ids": [0, 1, 2, 3],
 }
-MODEL_MANIFEST = {
-    "ensemble_mode": "arithmetic",
-    "weights": {"alpha": 0.4, "beta": 0.7, "gamma": 0.3},
-    "class_names": [f"class {i}" for i in range(8)],
-    "postprocess": POSTPROCESS,
-}
+
+
+def _model_manifest(dataset):
+    """What RetCLIP.score_cache_manifest gives for a model whose vocabulary is the dataset's."""
+    meta = MetadataCatalog.get(dataset)
+    thing_ids = sorted(thing_ids_from_metadata(meta))
+    return {
+        "ensemble_mode": "arithmetic",
+        "weights": {"alpha": 0.4, "beta": 0.7, "gamma": 0.3},
+        "class_names": list(meta.stuff_classes),
+        "postprocess": dict(POSTPROCESS, thing_ids=thing_ids),
+    }
 Q = 6
 
 
@@ -81,7 +87,7 @@ def _writer(cache_dir, dataset, fingerprint=FINGERPRINT, **kw):
         str(cache_dir),
         dataset_name=dataset,
         fingerprint=fingerprint,
-        model_manifest=MODEL_MANIFEST,
+        model_manifest=_model_manifest(dataset),
         **kw,
     )
 

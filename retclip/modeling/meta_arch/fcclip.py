@@ -30,6 +30,7 @@ from ..vocabulary import (
     Vocabulary,
     class_names_from_metadata,
     make_vocabulary,
+    thing_ids_of,
     vocabulary_from_metadata,
 )
 from .inputs import check_batched_inputs
@@ -206,12 +207,7 @@ class FCCLIP(nn.Module):
             The vocabulary now in use (contiguous ids follow ``class_names`` order).
         """
         names = list(class_names) if not isinstance(class_names, str) else class_names
-        thing_ids = None
-        if thing_classes is not None:
-            unknown = [t for t in thing_classes if t not in names]
-            if unknown:
-                raise ValueError(f"thing_classes {unknown} are not in class_names")
-            thing_ids = [names.index(t) for t in thing_classes]
+        thing_ids = thing_ids_of(names, thing_classes)
         train = self.train_class_names if seen is None else None
         self._custom_vocabulary = make_vocabulary(
             names, train_classes=train, seen=seen, thing_ids=thing_ids

@@ -46,6 +46,7 @@ from ..vocabulary import (
     Vocabulary,
     class_names_from_metadata,
     make_vocabulary,
+    thing_ids_of,
     thing_ids_from_metadata,
 )
 from .inputs import check_batched_inputs
@@ -207,12 +208,7 @@ class TrainingFreeRetCLIP(nn.Module):
     ) -> Vocabulary:
         """Score these classes from now on (synonyms comma-separated); things default to all."""
         names = list(class_names) if not isinstance(class_names, str) else class_names
-        thing_ids = None
-        if thing_classes is not None:
-            unknown = [t for t in thing_classes if t not in names]
-            if unknown:
-                raise ValueError(f"thing_classes {unknown} are not in class_names")
-            thing_ids = [names.index(t) for t in thing_classes]
+        thing_ids = thing_ids_of(names, thing_classes)
         self._vocabulary = make_vocabulary(names, thing_ids=thing_ids)
         return self._vocabulary
 
