@@ -20,6 +20,7 @@ import retclip  # noqa: E402,F401  (compat steps before detectron2)
 from retclip.sweep.expected import load_expected  # noqa: E402
 from retclip.sweep.report import pq_heatmaps, sweep_markdown, table_markdown  # noqa: E402
 from retclip.sweep.runner import read_rows  # noqa: E402
+from retclip.utils.fileio import atomic_write_text  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -50,8 +51,7 @@ def main(argv=None) -> int:
     if args.kind == "table":
         text = table_markdown(load_expected(args.expected), args.results, args.note)
         if args.out:
-            with open(args.out, "w") as f:
-                f.write(text)
+            atomic_write_text(args.out, text)
         print(text)
         return 0
     path = os.path.join(args.sweep, "sweep.jsonl") if os.path.isdir(args.sweep) else args.sweep
@@ -63,8 +63,7 @@ def main(argv=None) -> int:
     spec = load_expected(args.expected) if args.expected else None
     text = sweep_markdown(rows, spec, args.note)
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "table.md"), "w") as f:
-        f.write(text)
+    atomic_write_text(os.path.join(args.out_dir, "table.md"), text)
     title = args.note
     for png in pq_heatmaps(rows, args.out_dir, title=title, dpi=args.dpi):
         print(f"wrote {png}")

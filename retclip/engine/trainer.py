@@ -21,6 +21,7 @@ from detectron2.utils import comm
 
 from retclip.data.mappers import build_dataset_mapper
 from retclip.evaluation import build_evaluator
+from retclip.utils.fileio import atomic_write_text
 
 from .optimizer import build_optimizer
 
@@ -82,10 +83,7 @@ def resolve_device(cfg: Any) -> None:
 def write_metrics(results: Dict[str, Any], path: str) -> None:
     """Write evaluation results as JSON, atomically (temporary file + rename)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True))
     logger.info("Wrote metrics to %s", path)
 
 
