@@ -122,6 +122,10 @@ def add_retclip_keys(cfg: CN) -> None:
     cfg.MODEL.RETCLIP.ALPHA = 0.4
     cfg.MODEL.RETCLIP.BETA = 0.7
     cfg.MODEL.RETCLIP.GAMMA = 0.3
+    # A database whose embedding recipe (CLIP weights hash, resize, mean/std, padding, dense map,
+    # pooling; see retclip/modeling/segment_embedding.py) differs from the model's is refused,
+    # naming each differing field. True searches it anyway, with a warning (ablations only).
+    cfg.MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH = False
 
 
 def add_sweep_config(cfg: CN) -> None:

@@ -5,7 +5,6 @@ from .builder import DatabaseBuilder
 from .config import add_database_build_config
 from .counting import ForwardCounter
 from .distributed import launch_build, rank_and_world_size
-from .encoder import ClipSegmentEncoder, SegmentEncoder, masks_to_logits
 from .factory import (
     build_database_builder,
     build_encoder,
@@ -30,9 +29,6 @@ __all__ = [
     "ForwardCounter",
     "launch_build",
     "rank_and_world_size",
-    "ClipSegmentEncoder",
-    "SegmentEncoder",
-    "masks_to_logits",
     "build_database_builder",
     "build_encoder",
     "build_proposals",

@@ -1,9 +1,9 @@
 """``DATABASE_BUILD``: the keys of ``tools/build_database.py`` (paper §2.1).
 
-The CLIP encoder is *not* configured here: the build uses ``MODEL.FC_CLIP.CLIP_MODEL_NAME`` and
-``MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS`` and the test-time resize ``INPUT.MIN_SIZE_TEST`` /
-``INPUT.MAX_SIZE_TEST`` of the model config, so a database and the model that searches it share
-one encoder and one input pipeline by construction.
+The CLIP encoder is *not* configured here: a database config names the model config it serves
+(``DATABASE_BUILD.MODEL_CONFIG``) and every embedding setting (CLIP and weights, resize, mean/std,
+padding, dense ViT settings) comes from there, so a database and the model that searches it share
+one segment-embedding recipe by construction.
 """
 
 from detectron2.config import CfgNode as CN
@@ -16,6 +16,9 @@ def add_database_build_config(cfg: CN) -> None:
     if hasattr(cfg, "DATABASE_BUILD"):
         return
     cfg.DATABASE_BUILD = CN()
+    # The model config whose retrieval keys the database serves (relative paths: to the YAML file
+    # that sets this key). Its CLIP, resize, mean/std, padding and dense ViT settings make the rows.
+    cfg.DATABASE_BUILD.MODEL_CONFIG = ""
     # Database directory (manifest + shards); a build into an existing one resumes or adds.
     cfg.DATABASE_BUILD.OUTPUT_DIR = ""
     # Images per shard: the unit of atomic writes, resumption and work split across ranks.
