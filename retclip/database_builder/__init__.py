@@ -1,6 +1,13 @@
 """Feature database construction (paper §2.1): sources with image-level labels, Grounding DINO
 -> SAM masks, the model's CLIP dense map and mask pooling, sharded resumable distributed writes."""
 
+from retclip.modeling.segment_embedding import (
+    ConvSegmentEmbedding,
+    SegmentEmbedding,
+    ViTSegmentEmbedding,
+    masks_to_logits,
+)
+
 from .builder import DatabaseBuilder
 from .config import add_database_build_config
 from .counting import ForwardCounter
@@ -29,6 +36,10 @@ __all__ = [
     "ForwardCounter",
     "launch_build",
     "rank_and_world_size",
+    "ConvSegmentEmbedding",
+    "SegmentEmbedding",
+    "ViTSegmentEmbedding",
+    "masks_to_logits",
     "build_database_builder",
     "build_encoder",
     "build_proposals",

@@ -10,7 +10,7 @@ from detectron2.config import get_cfg
 
 from retclip import add_retclip_config
 from retclip.database_builder import (
-    ClipSegmentEncoder,
+    ConvSegmentEmbedding,
     DatabaseBuilder,
     FolderSource,
     build_database_builder,
@@ -79,7 +79,7 @@ def test_transformers_sam_backend_from_config(setup, tmp_path, tiny_clip_file):
     # The same models assembled by hand, one image at a time.
     model, processor = build_tiny_hf_sam()
     by_hand = DatabaseBuilder(
-        encoder=ClipSegmentEncoder.from_names(
+        encoder=ConvSegmentEmbedding.from_names(
             "retclip-tiny-convnext", tiny_clip_file, min_size=128, max_size=512
         ),
         proposals=GroundingDinoSamProposals(
