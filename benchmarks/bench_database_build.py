@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 
 import retclip  # noqa: E402,F401
 from retclip.database_builder import (
-    ClipSegmentEncoder,
+    ConvSegmentEmbedding,
     DatabaseBuilder,
     FolderSource,
     ForwardCounter,
@@ -90,7 +90,7 @@ def main():
     for b in batch_sizes:
         speeds[("tiny", b)] = run(
             "tiny",
-            ClipSegmentEncoder.from_names("retclip-tiny-convnext", "", min_size=128, max_size=400),
+            ConvSegmentEmbedding.from_names("retclip-tiny-convnext", "", min_size=128, max_size=400),
             T.build_tiny_grounding_dino(),
             T.build_tiny_sam(),
             split.image_dir,
@@ -116,7 +116,7 @@ def main():
         for b in batch_sizes:
             speeds[("real_size", b)] = run(
                 "real_size",
-                ClipSegmentEncoder.from_names("RN50", "", min_size=512, max_size=1333),
+                ConvSegmentEmbedding.from_names("RN50", "", min_size=512, max_size=1333),
                 gdino,
                 sam,
                 str(real_dir),

@@ -127,6 +127,10 @@ def add_retclip_keys(cfg: CN) -> None:
     # Database class names match test classes by synonym, else by CLIP text cosine above this.
     cfg.MODEL.RETCLIP.LABEL_MATCH_THRESHOLD = 0.95
     cfg.MODEL.RETCLIP.LABEL_MATCH_NEAR_MISS = 0.90
+    # A database whose embedding recipe (CLIP weights hash, resize, mean/std, padding, dense map,
+    # pooling; see retclip/modeling/segment_embedding.py) differs from the model's is refused,
+    # naming each differing field. True searches it anyway, with a warning (ablations only).
+    cfg.MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH = False
 
 
 def add_ensemble_config(cfg: CN) -> None:
@@ -229,10 +233,15 @@ def grounding_dino_config() -> CN:
 def add_database_build_config(cfg: CN) -> None:
     """``DATABASE_BUILD``: the keys of ``tools/build_database.py`` (paper §2.1).
 
-    The CLIP encoder is *not* configured here: the build uses the model config's CLIP and test-time
-    resize, so a database and the model that searches it share one encoder by construction.
+    The CLIP encoder is *not* configured here: a database config names the model config it serves
+    (``DATABASE_BUILD.MODEL_CONFIG``) and every embedding setting (CLIP and weights, resize,
+    mean/std, padding, dense ViT settings) comes from there, so a database and the model that
+    searches it share one segment-embedding recipe by construction.
     """
     cfg.DATABASE_BUILD = CN()
+    # The model config whose retrieval keys the database serves (relative paths: to the YAML file
+    # that sets this key). Its CLIP, resize, mean/std, padding and dense ViT settings make the rows.
+    cfg.DATABASE_BUILD.MODEL_CONFIG = ""
     # Database directory (manifest + shards); a build into an existing one resumes or adds.
     cfg.DATABASE_BUILD.OUTPUT_DIR = ""
     # Images per shard: the unit of atomic writes, resumption and work split across ranks.

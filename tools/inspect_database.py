@@ -35,16 +35,11 @@ def _inspect(args) -> None:
 
 
 def _add(args) -> None:
-    from detectron2.config import get_cfg
-
-    from retclip import add_retclip_config
+    from retclip.database_builder import setup_build_config
     from retclip.database_builder.manage import add_to_database
 
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    db = add_to_database(cfg, args.database)
+    # The database config names its model config: the same loader as tools/build_database.py.
+    db = add_to_database(setup_build_config(args.config_file, args.opts), args.database)
     print(f"{db.path}: {len(db)} vectors, {len(db.class_names)} classes")
 
 

@@ -1,11 +1,17 @@
 """Feature database construction (paper §2.1): sources with image-level labels, Grounding DINO
 -> SAM masks, the model's CLIP dense map and mask pooling, sharded resumable distributed writes."""
 
+from retclip.modeling.segment_embedding import (
+    ConvSegmentEmbedding,
+    SegmentEmbedding,
+    ViTSegmentEmbedding,
+    masks_to_logits,
+)
+
 from .builder import DatabaseBuilder
 from retclip.config import add_database_build_config
 from .counting import ForwardCounter
 from .distributed import launch_build, rank_and_world_size
-from .encoder import ClipSegmentEncoder, SegmentEncoder, masks_to_logits
 from .factory import (
     build_database_builder,
     build_encoder,
@@ -30,8 +36,9 @@ __all__ = [
     "ForwardCounter",
     "launch_build",
     "rank_and_world_size",
-    "ClipSegmentEncoder",
-    "SegmentEncoder",
+    "ConvSegmentEmbedding",
+    "SegmentEmbedding",
+    "ViTSegmentEmbedding",
     "masks_to_logits",
     "build_database_builder",
     "build_encoder",

@@ -31,8 +31,9 @@ from retclip.proposals import GroundTruthProposals, Proposals, ProposalSource
 from retclip.retrieval import FeatureDatabase
 from retclip.retrieval.database import atomic_write_json
 
+from retclip.modeling.segment_embedding import SegmentEmbedding
+
 from .counting import ForwardCounter
-from .encoder import SegmentEncoder, masks_to_logits
 from .sources import ImageRecord, ImageSource
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class DatabaseBuilder:
     def __init__(
         self,
         *,
-        encoder: SegmentEncoder,
+        encoder: SegmentEmbedding,
         proposals: ProposalSource,
         output_dir: str,
         shard_size: int = 64,
@@ -77,7 +78,8 @@ class DatabaseBuilder:
     ) -> None:
         """
         Args:
-            encoder: CLIP side (dense map + mask-pooled embeddings); its fingerprint goes in the manifest.
+            encoder: the model's segment-embedding recipe (the same object the model's retrieval
+                keys come from); its recipe, with the weights hash, goes in the manifest.
             proposals: GroundingDinoSamProposals (class-aware, from the image labels) or
                 GroundTruthProposals (needs a dataset source).
             output_dir: database directory.
@@ -110,8 +112,9 @@ class DatabaseBuilder:
 
     # ------------------------------------------------------------------ database handling
     def open_database(self, source: ImageSource, rank: int = 0) -> FeatureDatabase:
-        """Create the database on rank 0 (or check an existing one's encoder and vocabulary)."""
+        """Create the database on rank 0 (or check an existing one's recipe and vocabulary)."""
         manifest = self.output_dir / "manifest.json"
+        recipe = self.encoder.recipe()
         if manifest.exists():
             db = FeatureDatabase.open(self.output_dir)
             if db.fingerprint != self.encoder.fingerprint:
@@ -119,10 +122,11 @@ class DatabaseBuilder:
                     f"{self.output_dir} holds a database built with encoder {db.fingerprint}; this build "
                     f"uses {self.encoder.fingerprint}. Choose another DATABASE_BUILD.OUTPUT_DIR or the same CLIP"
                 )
+            db.check_recipe(recipe)
         if rank == 0:
             db = FeatureDatabase.create(
                 self.output_dir,
-                self.encoder.fingerprint,
+                recipe,
                 source.vocabulary,
                 source=source.name,
                 build_args=self.build_args,
@@ -199,13 +203,14 @@ class DatabaseBuilder:
         out = []
         for pending, dense in zip(batch, dense_maps):
             props, x = pending["props"], pending["x"]
-            logits = masks_to_logits(props.masks.to(x.device), pending["resized"], tuple(x.shape[-2:]))
-            valid = self.encoder.valid_masks(tuple(dense.shape[-2:]), logits)
+            features, valid = self.encoder.embed_masks(
+                dense, props.masks, pending["resized"], tuple(x.shape[-2:])
+            )
             pending["info"]["dropped_small"] = int((~valid).sum())
             if not valid.any():
                 out.append({})
                 continue
-            features = self.encoder.embed(dense, logits[valid.to(logits.device)]).cpu().numpy()
+            features = features.cpu().numpy()
             out.append({
                 "features": features.astype(np.float32),
                 "labels": np.asarray([l for l, v in zip(pending["labels"], valid.tolist()) if v], dtype=np.int64),

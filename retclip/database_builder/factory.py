@@ -1,17 +1,26 @@
-"""Builds the database builder and its models from a config (``DATABASE_BUILD`` + the model's
-CLIP: ``MODEL.FC_CLIP`` and the ``INPUT`` test resize for FC-CLIP/RetCLIP, ``MODEL.TRAINING_FREE``
-for the training-free variant, so database features and retrieval keys share one space)."""
+"""Builds the database builder and its models from a config.
+
+A database config holds ``DATABASE_BUILD`` (and at most ``MODEL.DEVICE``) and names the model
+config it serves in ``DATABASE_BUILD.MODEL_CONFIG``; every embedding setting (CLIP, resize,
+mean/std, padding, dense map) comes from that model config, and the rows are made by the model's
+own :mod:`retclip.modeling.segment_embedding` recipe, so rows and retrieval keys share one space.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Sequence
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import yaml
 
 from retclip.proposals import GroundingDinoSamProposals, ProposalSource, build_proposal_source
 
+from retclip.modeling.segment_embedding import SegmentEmbedding, build_segment_embedding
+
 from .builder import DatabaseBuilder
 from .counting import ForwardCounter
-from .encoder import ClipSegmentEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -21,26 +30,15 @@ __all__ = [
     "watch_models",
     "build_database_builder",
     "setup_build_config",
+    "read_database_config",
     "run_build",
 ]
 
 
-def build_encoder(cfg):
-    """The model's CLIP as a segment encoder, on ``MODEL.DEVICE``: the dense CLIP ViT of
-    ``MODEL.TRAINING_FREE`` when ``MODEL.META_ARCHITECTURE`` is "TrainingFreeRetCLIP", else the
-    convolutional CLIP backbone of ``MODEL.FC_CLIP``."""
-    if cfg.MODEL.META_ARCHITECTURE == "TrainingFreeRetCLIP":
-        from retclip.modeling.vit_dense import DenseViTSegmentEncoder
-
-        return DenseViTSegmentEncoder.from_config(cfg).to(cfg.MODEL.DEVICE).eval()
-    encoder = ClipSegmentEncoder.from_names(
-        cfg.MODEL.FC_CLIP.CLIP_MODEL_NAME,
-        cfg.MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS,
-        min_size=cfg.INPUT.MIN_SIZE_TEST,
-        max_size=cfg.INPUT.MAX_SIZE_TEST,
-        size_divisibility=max(cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY, 1),
-    )
-    return encoder.to(cfg.MODEL.DEVICE).eval()
+def build_encoder(cfg) -> SegmentEmbedding:
+    """The model's segment-embedding recipe with its CLIP on ``MODEL.DEVICE``: the dense CLIP ViT
+    for "TrainingFreeRetCLIP", else FC-CLIP's convolutional CLIP."""
+    return build_segment_embedding(cfg)
 
 
 def build_proposals(cfg) -> ProposalSource:
@@ -58,7 +56,7 @@ def build_proposals(cfg) -> ProposalSource:
 
 
 def watch_models(
-    counter: ForwardCounter, encoder: ClipSegmentEncoder, proposals: ProposalSource
+    counter: ForwardCounter, encoder: SegmentEmbedding, proposals: ProposalSource
 ) -> None:
     """Hook the per-image modules: CLIP image tower, Grounding DINO vision/text backbones, SAM
     image encoder and mask decoder."""
@@ -85,7 +83,7 @@ def _build_args(cfg) -> Dict[str, Any]:
             if b.PROPOSALS in ("grounding_dino_sam", "sam_grid")
             else None
         ),
-        "clip_input": {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST},
+        "model_config": b.MODEL_CONFIG,
         "source": {
             k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in b.SOURCE.items()
         },
@@ -114,17 +112,86 @@ def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
     )
 
 
+#: What a database config may set besides ``DATABASE_BUILD``: the device is not an embedding setting.
+_DATABASE_CONFIG_MODEL_KEYS = ("DEVICE",)
+
+
+def _read_yaml_chain(path: Path) -> Dict[str, Any]:
+    """One database YAML with its ``_BASE_`` chain (safe loader), ``DATABASE_BUILD.MODEL_CONFIG``
+    made absolute relative to the file that sets it; later files override earlier ones."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    model_config = (data.get("DATABASE_BUILD") or {}).get("MODEL_CONFIG")
+    if model_config:
+        data["DATABASE_BUILD"]["MODEL_CONFIG"] = str((path.parent / model_config).resolve())
+    base = data.pop("_BASE_", None)
+    if base is None:
+        return data
+    merged = _read_yaml_chain((path.parent / os.path.expanduser(base)).resolve())
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(into: Dict[str, Any], new: Dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)
+        else:
+            into[key] = value
+
+
+def read_database_config(config_file: str) -> Tuple[Dict[str, Any], str]:
+    """(the database config's keys, the absolute path of the model config it serves).
+
+    Raises:
+        ValueError: the file sets a key outside ``DATABASE_BUILD`` and ``MODEL.DEVICE`` (every
+            embedding setting belongs to the model config), or names no model config.
+    """
+    path = Path(config_file).expanduser().resolve()
+    data = _read_yaml_chain(path)
+    extra = [k for k in data if k not in ("DATABASE_BUILD", "MODEL")]
+    extra += [f"MODEL.{k}" for k in data.get("MODEL") or {} if k not in _DATABASE_CONFIG_MODEL_KEYS]
+    if extra:
+        raise ValueError(
+            f"{config_file} sets {extra}: a database config holds DATABASE_BUILD (and MODEL.DEVICE) "
+            "only; the CLIP, resize, mean/std and every other model setting come from the model "
+            "config named by DATABASE_BUILD.MODEL_CONFIG"
+        )
+    model_config = (data.get("DATABASE_BUILD") or {}).get("MODEL_CONFIG", "")
+    return data, model_config
+
+
 def setup_build_config(config_file: str, opts: Sequence[str] = ()):
-    """Frozen config: defaults of every RetCLIP key + ``config_file`` + KEY VALUE ``opts``."""
-    from detectron2.config import get_cfg
+    """Frozen config: every RetCLIP default + the model config named by the database config's
+    ``DATABASE_BUILD.MODEL_CONFIG`` (or by ``opts``) + the database config + KEY VALUE ``opts``.
+
+    A relative MODEL_CONFIG resolves against the YAML file that sets it (on the command line:
+    against the current directory, like ``--config-file``).
+    """
+    from detectron2.config import CfgNode, get_cfg
 
     from retclip.config import add_retclip_config
 
+    data, model_config = read_database_config(config_file) if config_file else ({}, "")
+    opts = list(opts)
+    keys = opts[0::2]
+    if "DATABASE_BUILD.MODEL_CONFIG" in keys:
+        index = 2 * keys.index("DATABASE_BUILD.MODEL_CONFIG") + 1
+        model_config = opts[index] = str(Path(opts[index]).expanduser().resolve())
+    if not model_config:
+        raise ValueError(
+            f"{config_file or 'the database build'}: DATABASE_BUILD.MODEL_CONFIG is empty; name "
+            "the model config whose retrieval keys this database serves"
+        )
+    if not os.path.isfile(model_config):
+        raise FileNotFoundError(f"DATABASE_BUILD.MODEL_CONFIG: no file {model_config}")
     cfg = get_cfg()
     add_retclip_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg.merge_from_file(model_config)
+    cfg.merge_from_other_cfg(CfgNode(data))
+    cfg.merge_from_list(opts)
     cfg.freeze()
     return cfg
 

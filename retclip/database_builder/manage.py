@@ -45,6 +45,7 @@ def add_to_database(cfg, db_dir: str, *, progress: bool = True) -> FeatureDataba
             f"cannot add to {db_dir}: it was built with encoder {existing.fingerprint}, this config uses "
             f"{builder.encoder.fingerprint}"
         )
+    existing.check_recipe(builder.encoder.recipe())
     present = existing.image_ids() | set(image_paths(db_dir))
     builder.build(build_source(cfg), exclude_ids=present)
     added = FeatureDatabase.open(

@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DENSE_MODES",
     "DenseCLIPViT",
-    "DenseViTSegmentEncoder",
     "clip_input_size",
     "mask_pool_dense",
     "pool_normalised",
@@ -336,77 +335,3 @@ def mask_pool_dense(features: Tensor, masks: Tensor) -> Tensor:
 def pool_normalised(features: Tensor, masks: Tensor) -> Tensor:
     """L2-normalised :func:`mask_pool_dense` (zero rows stay zero): the retrieval keys."""
     return F.normalize(mask_pool_dense(features, masks), dim=-1)
-
-
-class DenseViTSegmentEncoder(nn.Module):
-    """The database builder's ``SegmentEncoder`` over :class:`DenseCLIPViT`.
-
-    Database vectors must be computed as the training-free model computes its retrieval keys:
-    the image resized to ``short_side`` (sides rounded to the patch size), CLIP-normalised, the
-    dense map of the same variant and windows, and area mask pooling, L2-normalised.
-
-    Args:
-        clip: the dense ViT (its fingerprint names the dense variant).
-        short_side: MODEL.TRAINING_FREE.CLIP_SHORT_SIDE.
-        pixel_mean, pixel_std: CLIP normalisation on the 0-255 scale (MODEL.PIXEL_MEAN/STD).
-    """
-
-    def __init__(self, clip: DenseCLIPViT, *, short_side: int, pixel_mean, pixel_std) -> None:
-        super().__init__()
-        self.clip = clip
-        self.short_side = int(short_side)
-        self.register_buffer(
-            "pixel_mean",
-            torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1),
-            persistent=False,
-        )
-        self.register_buffer(
-            "pixel_std",
-            torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1),
-            persistent=False,
-        )
-        self.fingerprint = clip.fingerprint
-
-    @classmethod
-    def from_config(cls, cfg) -> "DenseViTSegmentEncoder":
-        """From ``MODEL.TRAINING_FREE`` and ``MODEL.PIXEL_MEAN/STD`` (the model's own settings)."""
-        tf = cfg.MODEL.TRAINING_FREE
-        return cls(
-            DenseCLIPViT.from_config(cfg),
-            short_side=tf.CLIP_SHORT_SIDE,
-            pixel_mean=cfg.MODEL.PIXEL_MEAN,
-            pixel_std=cfg.MODEL.PIXEL_STD,
-        )
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    @property
-    def image_module(self) -> nn.Module:
-        """Patch embedding: called once per image (all windows of an image are one batch)."""
-        return self.clip.clip_model.visual.conv1
-
-    def preprocess(self, image) -> Tuple[Tensor, Tuple[int, int]]:
-        """H x W x 3 uint8 RGB numpy -> (3 x h x w normalised tensor, (h, w)); no padding."""
-        x = torch.as_tensor(image).permute(2, 0, 1).float().to(self.device)
-        h, w = clip_input_size(x.shape[1], x.shape[2], self.short_side, self.clip.patch_size)
-        x = (x - self.pixel_mean) / self.pixel_std
-        if (h, w) != tuple(x.shape[1:]):
-            x = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-        return x, (h, w)
-
-    @torch.no_grad()
-    def dense_features(self, images: Tensor) -> Tensor:
-        """B x 3 x h x w -> B x D x h/p x w/p."""
-        return self.clip(images.to(self.device))
-
-    @torch.no_grad()
-    def embed(self, dense: Tensor, mask_logits: Tensor) -> Tensor:
-        """D x h x w map + N x h x w mask logits (> 0 inside) -> N x D unit-norm embeddings."""
-        return pool_normalised(dense, mask_logits.to(dense.device) > 0).float()
-
-    @staticmethod
-    def valid_masks(dense_size: Tuple[int, int], mask_logits: Tensor) -> Tensor:
-        """N bool: non-empty masks (area pooling keeps any non-empty mask, however small)."""
-        return (mask_logits > 0).flatten(1).any(dim=1).cpu()

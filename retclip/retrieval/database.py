@@ -2,8 +2,9 @@
 
 A database is a directory::
 
-    manifest.json            schema version, encoder fingerprint, vocabulary (with synonyms),
-                             per-class counts, source dataset, build arguments, the shard list
+    manifest.json            schema version, encoder fingerprint, embedding recipe (resize,
+                             mean/std, padding, dense map, pooling, weights hash), vocabulary
+                             (with synonyms), per-class counts, source, build arguments, shards
     shards/<prefix>-<n>.safetensors   features (N, D) float16/float32, L2-normalised at append;
                              labels (N,) int64; image_index (N,) int64 into the shard's image ids
                              (JSON in the safetensors metadata); boxes (N, 4) float32 (x0, y0, x1,
@@ -27,11 +28,11 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
-from .fingerprint import EncoderFingerprint
+from .fingerprint import RECIPE_FIELDS, EmbeddingRecipe, EncoderFingerprint, describe_differences
 from .shards import (
     CorruptShardError,
     ShardData,
@@ -86,13 +87,17 @@ class FeatureDatabase:
         self.path = Path(path)
         self._manifest = manifest
         self.fingerprint = EncoderFingerprint.from_dict(manifest["encoder"])
+        recipe = manifest.get("recipe")
+        where = str(self.path / MANIFEST_NAME)
+        #: How the rows were embedded; None for databases built before recipes were recorded.
+        self.recipe = None if recipe is None else EmbeddingRecipe.from_dict(recipe, where)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(
         cls,
         path: PathLike,
-        fingerprint: EncoderFingerprint,
+        fingerprint: Union[EncoderFingerprint, EmbeddingRecipe],
         vocabulary: Sequence[Union[str, Sequence[str]]],
         *,
         source: str = "",
@@ -104,7 +109,8 @@ class FeatureDatabase:
 
         Args:
             path: directory to create.
-            fingerprint: the encoder whose features will be stored.
+            fingerprint: the encoder whose features will be stored; give its whole
+                :class:`EmbeddingRecipe` so models can check it (a bare fingerprint is for tests).
             vocabulary: class names; each a list of synonyms or a "name, synonym" string.
             source: the dataset the features come from (free text, e.g. "ade20k_panoptic_train").
             build_args: JSON-serialisable arguments of the build, kept for provenance.
@@ -116,10 +122,14 @@ class FeatureDatabase:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         path = Path(path).expanduser()
         vocab = _normalise_vocabulary(vocabulary)
+        recipe = fingerprint if isinstance(fingerprint, EmbeddingRecipe) else None
+        fingerprint = recipe.fingerprint if recipe is not None else fingerprint
         if (path / MANIFEST_NAME).exists():
             if not exist_ok:
                 raise FileExistsError(f"a feature database already exists at {path}")
             db = cls.open(path, expected_fingerprint=fingerprint)
+            if recipe is not None:
+                db.check_recipe(recipe)
             if db.vocabulary != vocab:
                 raise ValueError(f"database at {path} has a different vocabulary than requested")
             return db
@@ -127,6 +137,7 @@ class FeatureDatabase:
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "encoder": fingerprint.to_dict(),
+            **({"recipe": recipe.to_dict()} if recipe is not None else {}),
             "embed_dim": fingerprint.embed_dim,
             "dtype": dtype,
             "vocabulary": vocab,
@@ -176,6 +187,47 @@ class FeatureDatabase:
                 f"feature database {self.path} was built with encoder {self.fingerprint}, but the "
                 f"model uses {fingerprint}; rebuild the database with the model's CLIP"
             )
+
+    def check_recipe(
+        self,
+        recipe: EmbeddingRecipe,
+        *,
+        allow_mismatch: bool = False,
+        fields: Sequence[str] = RECIPE_FIELDS,
+    ) -> List[Tuple[str, Any, Any]]:
+        """Refuse rows embedded another way than ``recipe``, naming every differing field.
+
+        A database without a recorded recipe (built before recipes were) gets a warning saying
+        what cannot be checked, and its encoder fingerprint is checked as before.
+        ``allow_mismatch`` (MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH, for ablations) turns a refusal
+        into a warning; a different embedding dimension is always an error.
+
+        Returns:
+            The differences found (field, model value, database value).
+        """
+        if self.recipe is None:
+            logger.warning(
+                "feature database %s records no embedding recipe (built before recipes were "
+                "recorded): its resize, mean/std, padding, dense map, pooling and weights hash "
+                "cannot be checked against the model's; rebuild it to have them checked", self.path,
+            )
+            if not allow_mismatch or recipe.embed_dim != self.embed_dim:
+                self.check_encoder(recipe.fingerprint)
+            return []
+        diffs = recipe.differences(self.recipe, fields)
+        if not diffs:
+            return []
+        message = (
+            f"feature database {self.path} was embedded with another recipe than the model's: "
+            f"{describe_differences(diffs)}"
+        )
+        if not allow_mismatch or recipe.embed_dim != self.recipe.embed_dim:
+            raise ValueError(
+                f"{message}. Rebuild it from the model's config (DATABASE_BUILD.MODEL_CONFIG), "
+                "or set MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH True for an ablation"
+            )
+        logger.warning("%s (allowed by MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH)", message)
+        return diffs
 
     # ------------------------------------------------------------------ properties
     @property
@@ -395,6 +447,7 @@ class FeatureDatabase:
             "path": str(self.path),
             "schema_version": self._manifest["schema_version"],
             "encoder": str(self.fingerprint),
+            "recipe": self.recipe.to_dict() if self.recipe is not None else None,
             "embed_dim": self.embed_dim,
             "dtype": self.dtype,
             "num_vectors": len(self),
@@ -415,6 +468,8 @@ class FeatureDatabase:
         both are joined. Both databases must come from the same encoder.
         """
         self.check_encoder(other.fingerprint)
+        if self.recipe is not None and other.recipe is not None:
+            other.check_recipe(self.recipe)
         vocab = self.vocabulary
         key = {v[0].lower(): i for i, v in enumerate(vocab)}
         remap_other = np.zeros(len(other.vocabulary), dtype=np.int64)
@@ -430,7 +485,8 @@ class FeatureDatabase:
             remap_other[j] = i
         sources = [s for s in (self._manifest["source"], other._manifest["source"]) if s]
         merged = FeatureDatabase.create(
-            path, self.fingerprint, vocab, source=" + ".join(sources), dtype=self.dtype,
+            path, (self.recipe if other.recipe is not None else None) or self.fingerprint, vocab,
+            source=" + ".join(sources), dtype=self.dtype,
             build_args={"merged_from": [str(self.path), str(other.path)]},
         )
         for db, remap in ((self, None), (other, remap_other)):
@@ -459,7 +515,7 @@ class FeatureDatabase:
         remap[keep] = np.arange(len(keep))
         vocab = self.vocabulary
         out = FeatureDatabase.create(
-            path, self.fingerprint, [vocab[i] for i in keep], source=self._manifest["source"],
+            path, self.recipe or self.fingerprint, [vocab[i] for i in keep], source=self._manifest["source"],
             dtype=self.dtype,
             build_args={**self._manifest["build_args"], "removed_classes": sorted(drop)},
         )

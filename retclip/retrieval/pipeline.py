@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fingerprint import EncoderFingerprint
+from .fingerprint import RECIPE_FIELDS, EmbeddingRecipe, EncoderFingerprint
 from .index import IndexConfig
 from .label_matching import LabelMatching, match_labels
 from .scoring import AGGREGATIONS, retrieval_scores
@@ -164,10 +164,11 @@ class RetrievalScorer:
 
     @classmethod
     def from_config(
-        cls, config: RetrievalConfig, encoder: EncoderFingerprint, *,
+        cls, config: RetrievalConfig, encoder: Optional[EncoderFingerprint], *,
         embed_texts: Optional[Callable[[List[str]], Tensor]] = None, report_dir: Optional[str] = None,
     ) -> "RetrievalScorer":
-        """Open each configured database (checking its encoder against ``encoder``) and index it."""
+        """Open each configured database (checking its encoder against ``encoder``, if given; models
+        pass None and check the whole recipe with :meth:`check_recipe`) and index it."""
         paths = config.database_paths()
         if not paths:
             raise ValueError("no feature database configured (MODEL.RETCLIP.DATABASE is empty)")
@@ -177,6 +178,15 @@ class RetrievalScorer:
             embed_texts=embed_texts, match_threshold=config.label_match_threshold,
             near_miss=config.label_match_near_miss, report_dir=report_dir,
         )
+
+    def check_recipe(
+        self, recipe: EmbeddingRecipe, *, allow_mismatch: bool = False,
+        fields: Sequence[str] = RECIPE_FIELDS,
+    ) -> None:
+        """Refuse any database embedded another way than ``recipe`` (see
+        :meth:`FeatureDatabase.check_recipe`)."""
+        for retriever in self.retrievers:
+            retriever.database.check_recipe(recipe, allow_mismatch=allow_mismatch, fields=fields)
 
     def fingerprint(self) -> List[str]:
         """Content hashes of the databases (for caches that must not go stale)."""

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from retclip.database_builder import (
-    ClipSegmentEncoder,
+    ConvSegmentEmbedding,
     DatabaseBuilder,
     FolderSource,
     ForwardCounter,
@@ -40,7 +40,7 @@ def _builder(
     out, tiny_gdino, tiny_sam, clip_file, box_threshold=0.3, clip_name="retclip-tiny-convnext",
     batch_size=1,
 ):
-    encoder = ClipSegmentEncoder.from_names(clip_name, clip_file, min_size=128, max_size=400)
+    encoder = ConvSegmentEmbedding.from_names(clip_name, clip_file, min_size=128, max_size=400)
     detector = GroundingDinoDetector(
         *tiny_gdino, box_threshold=box_threshold, text_threshold=0.0, max_detections=5
     )
@@ -105,9 +105,8 @@ def test_features_equal_independent_pooling(built, numpy_embedding):
     x, resized = enc.preprocess(image)
     dense = enc.dense_features(x[None])[0]
     mine = [i for i, img in enumerate(rows.image_ids) if img == record.image_id]
-    valid = enc.valid_masks(
-        tuple(dense.shape[-2:]), masks_to_logits(props.masks, resized, tuple(x.shape[-2:]))
-    )
+    logits = masks_to_logits(props.masks, resized, tuple(x.shape[-2:]))
+    valid = enc.pool(dense[None], logits[None])[1][0]
     assert len(mine) == int(valid.sum())
     kept = np.flatnonzero(valid.numpy())
     for row, p in zip(mine, kept):
@@ -153,7 +152,7 @@ def test_other_encoder_is_refused(built, folder, tiny_gdino, tiny_sam):
 def test_class_agnostic_proposals_are_refused(tmp_path, folder, tiny_sam, tiny_clip_file):
     from retclip.proposals import SamGridProposals
 
-    encoder = ClipSegmentEncoder.from_names(
+    encoder = ConvSegmentEmbedding.from_names(
         "retclip-tiny-convnext", tiny_clip_file, min_size=128, max_size=400
     )
     grid = SamGridProposals(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from retclip.database_builder import ClipSegmentEncoder, masks_to_logits
+from retclip.database_builder import ConvSegmentEmbedding
 
 
 def test_bilinear_reference_agrees_with_torch(numpy_bilinear):
@@ -16,7 +16,7 @@ def test_bilinear_reference_agrees_with_torch(numpy_bilinear):
 
 @pytest.fixture(scope="module")
 def encoder(tiny_clip_file):
-    return ClipSegmentEncoder.from_names(
+    return ConvSegmentEmbedding.from_names(
         "retclip-tiny-convnext", tiny_clip_file, min_size=128, max_size=400
     )
 
@@ -42,16 +42,17 @@ def test_embed_matches_numpy_pooling(encoder, numpy_embedding):
     masks[2] = rng.random((96, 128)) > 0.3
     x, resized = encoder.preprocess(image)
     dense = encoder.dense_features(x[None])[0]
-    logits = masks_to_logits(torch.from_numpy(masks), resized, tuple(x.shape[-2:]))
-    got = encoder.embed(dense, logits).numpy()
-    assert got.shape == (3, encoder.fingerprint.embed_dim)
+    got, valid = encoder.embed_masks(dense, torch.from_numpy(masks), resized, tuple(x.shape[-2:]))
+    got = got.numpy()
+    assert got.shape == (3, encoder.fingerprint.embed_dim) and bool(valid.all())
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
     for i in range(3):
         ref = numpy_embedding(
             encoder, dense.double().numpy(), masks[i], resized, tuple(x.shape[-2:])
         )
         np.testing.assert_allclose(got[i], ref, atol=2e-5)
-    assert encoder.embed(dense, logits[:0]).shape == (0, encoder.fingerprint.embed_dim)
+    empty = encoder.embed_masks(dense, torch.zeros(0, 96, 128, dtype=torch.bool), resized, x.shape[-2:])
+    assert empty[0].shape == (0, encoder.fingerprint.embed_dim) and empty[1].shape == (0,)
 
 
 def test_fingerprint_hashes_weight_file(encoder, tiny_clip_file):
@@ -66,12 +67,12 @@ def test_fingerprint_hashes_weight_file(encoder, tiny_clip_file):
 
 
 def test_resnet_encoder_is_normalised():
-    enc = ClipSegmentEncoder.from_names("retclip-tiny-resnet", "", min_size=96, max_size=200)
+    enc = ConvSegmentEmbedding.from_names("retclip-tiny-resnet", "", min_size=96, max_size=200)
     x, resized = enc.preprocess(np.zeros((64, 64, 3), np.uint8))
     dense = enc.dense_features(x[None])[0]
     m = torch.zeros((2, 64, 64), dtype=torch.bool)
     m[0, :32] = True
     m[1] = True
-    out = enc.embed(dense, masks_to_logits(m, resized, tuple(x.shape[-2:])))
+    out, valid = enc.embed_masks(dense, m, resized, tuple(x.shape[-2:]))
     assert out.shape == (2, 32) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
     assert not torch.allclose(out[0], out[1])

@@ -9,7 +9,7 @@ import skimage.data
 from PIL import Image
 
 from retclip.database_builder import (
-    ClipSegmentEncoder,
+    ConvSegmentEmbedding,
     DatabaseBuilder,
     FolderSource,
     ForwardCounter,
@@ -28,7 +28,7 @@ def test_real_size_pipeline_on_astronaut(tmp_path):
     (tmp_path / "labels.json").write_text(
         json.dumps({"astronaut.png": ["person", "flag", "rocket"]})
     )
-    encoder = ClipSegmentEncoder.from_names("RN50", "", min_size=512, max_size=1333)
+    encoder = ConvSegmentEmbedding.from_names("RN50", "", min_size=512, max_size=1333)
     detector = GroundingDinoDetector(
         *build_grounding_dino_random(), box_threshold=0.0, text_threshold=0.0, max_detections=4
     )

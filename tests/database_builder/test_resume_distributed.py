@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from detectron2.config import get_cfg
 
-from retclip import add_retclip_config
-from retclip.database_builder import build_database_builder, build_source
+from retclip.database_builder import build_database_builder, build_source, setup_build_config
 from retclip.retrieval import FeatureDatabase
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,11 +33,7 @@ def _opts(out, clip_file, **extra):
 
 
 def _cfg(opts):
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.merge_from_list(opts)
-    return cfg
+    return setup_build_config(str(CONFIG), opts)
 
 
 def _rows(path):

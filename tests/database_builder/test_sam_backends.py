@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from detectron2.config import get_cfg
 
-from retclip import add_retclip_config
 from retclip.database_builder import (
-    ClipSegmentEncoder,
+    setup_build_config,
+    ConvSegmentEmbedding,
     DatabaseBuilder,
     FolderSource,
     build_database_builder,
@@ -40,9 +39,6 @@ def setup(tmp_path_factory, tiny_gdino, folder_labels):
 
 
 def _cfg(root, image_dir, clip_file, out, **extra):
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
     opts = {
         "DATABASE_BUILD.OUTPUT_DIR": str(out),
         "DATABASE_BUILD.PROPOSALS": "grounding_dino_sam",
@@ -58,10 +54,10 @@ def _cfg(root, image_dir, clip_file, out, **extra):
         "DATABASE_BUILD.BATCH_SIZE": "2",
         "MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS": clip_file,
         "INPUT.MIN_SIZE_TEST": "128",
+        "INPUT.MAX_SIZE_TEST": "512",
     }
     opts.update(extra)
-    cfg.merge_from_list([x for kv in opts.items() for x in kv])
-    return cfg
+    return setup_build_config(str(CONFIG), [x for kv in opts.items() for x in kv])
 
 
 def test_transformers_sam_backend_from_config(setup, tmp_path, tiny_clip_file):
@@ -79,7 +75,7 @@ def test_transformers_sam_backend_from_config(setup, tmp_path, tiny_clip_file):
     # The same models assembled by hand, one image at a time.
     model, processor = build_tiny_hf_sam()
     by_hand = DatabaseBuilder(
-        encoder=ClipSegmentEncoder.from_names(
+        encoder=ConvSegmentEmbedding.from_names(
             "retclip-tiny-convnext", tiny_clip_file, min_size=128, max_size=512
         ),
         proposals=GroundingDinoSamProposals(
@@ -107,6 +103,8 @@ def test_bad_sam_backend_is_named(setup, tmp_path, tiny_clip_file):
     )
     with pytest.raises(ValueError, match="SAM.BACKEND must be one of .*'sam2'"):
         build_database_builder(cfg, progress=False)
+    cfg = cfg.clone()
+    cfg.defrost()
     cfg.DATABASE_BUILD.SAM.BACKEND, cfg.DATABASE_BUILD.SAM.HF_MODEL = "transformers", ""
     with pytest.raises(ValueError, match="needs SAM.HF_MODEL"):
         build_box_segmenter(cfg.DATABASE_BUILD.SAM)

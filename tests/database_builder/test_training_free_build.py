@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 
 from retclip import add_retclip_config
 from retclip.database_builder.factory import build_encoder, run_build, setup_build_config
-from retclip.modeling.vit_dense import DenseViTSegmentEncoder
+from retclip.modeling.segment_embedding import ViTSegmentEmbedding
 from retclip.retrieval import FeatureDatabase
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,18 +26,17 @@ def vit_file(tmp_path_factory):
     return str(path)
 
 
+CONFIG = str(ROOT / "configs/database/tiny_test_training_free.yaml")
+
+
 def _vit_opts(vit_file):
-    return ["MODEL.META_ARCHITECTURE", "TrainingFreeRetCLIP",
-            "MODEL.TRAINING_FREE.CLIP_MODEL_NAME", "retclip-tiny-vit",
-            "MODEL.TRAINING_FREE.CLIP_PRETRAINED_WEIGHTS", vit_file,
-            "MODEL.TRAINING_FREE.CLIP_SHORT_SIDE", "0",
-            "MODEL.TRAINING_FREE.SLIDE_WINDOW", "64", "MODEL.TRAINING_FREE.SLIDE_STRIDE", "32"]
+    return ["MODEL.TRAINING_FREE.CLIP_PRETRAINED_WEIGHTS", vit_file]
 
 
 def test_training_free_configs_build_with_the_dense_vit(vit_file):
-    cfg = setup_build_config(str(ROOT / "configs/database/tiny_test.yaml"), _vit_opts(vit_file))
+    cfg = setup_build_config(CONFIG, _vit_opts(vit_file))
     encoder = build_encoder(cfg)
-    assert isinstance(encoder, DenseViTSegmentEncoder)
+    assert isinstance(encoder, ViTSegmentEmbedding)
     assert encoder.fingerprint.model_name.startswith("retclip-tiny-vit+dense")
     assert encoder.fingerprint.weights.startswith("sha256:")
 
@@ -45,9 +44,7 @@ def test_training_free_configs_build_with_the_dense_vit(vit_file):
 @pytest.mark.slow
 def test_database_from_the_builder_serves_the_training_free_model(vit_file, tmp_path):
     db_dir = tmp_path / "db"
-    run_build(str(ROOT / "configs/database/tiny_test.yaml"), _vit_opts(vit_file) + [
-        "DATABASE_BUILD.OUTPUT_DIR", str(db_dir), "DATABASE_BUILD.SOURCE.TYPE", "dataset",
-        "DATABASE_BUILD.SOURCE.DATASET", "retclip_synthetic_test"], progress=False)
+    run_build(CONFIG, _vit_opts(vit_file) + ["DATABASE_BUILD.OUTPUT_DIR", str(db_dir)], progress=False)
     db = FeatureDatabase.open(db_dir)
     assert len(db) > 0
     cfg = get_cfg()

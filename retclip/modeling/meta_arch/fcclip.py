@@ -23,8 +23,9 @@ from torch import nn
 
 from ...ensemble import ENSEMBLE_MODES, ensemble_log_probabilities, ensemble_probabilities
 from ..criterion import SetCriterion
-from ..mask_pooling import MaskPooling, get_classification_logits
+from ..mask_pooling import get_classification_logits
 from ..postprocessing import PostprocessSettings, image_outputs, output_mask_logits
+from ..segment_embedding import ConvSegmentEmbedding
 from ..text_classifier import TextEmbeddingCache, append_void
 from ..vocabulary import (
     Vocabulary,
@@ -69,10 +70,8 @@ class FCCLIP(nn.Module):
         overlap_threshold: float,
         train_metadata: Any,
         test_metadata: Any,
-        size_divisibility: int,
+        segment_embedding: ConvSegmentEmbedding,
         sem_seg_postprocess_before_inference: bool,
-        pixel_mean: Tuple[float, float, float],
-        pixel_std: Tuple[float, float, float],
         semantic_on: bool,
         panoptic_on: bool,
         instance_on: bool,
@@ -95,15 +94,10 @@ class FCCLIP(nn.Module):
         self.overlap_threshold = overlap_threshold
         self.train_metadata = train_metadata
         self.test_metadata = test_metadata
-        self.size_divisibility = (
-            size_divisibility if size_divisibility >= 0 else backbone.size_divisibility
-        )
+        # Normalisation, padding and mask-pooled CLIP embeddings: the recipe the database
+        # builder uses too (plain object over ``backbone``: no new state-dict keys).
+        self.segment_embedding = segment_embedding
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
-        self.register_buffer(
-            "pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False
-        )
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
-        self.mask_pooling = MaskPooling()
         self.void_embedding = nn.Embedding(1, backbone.dim_latent)
         self.semantic_on = semantic_on
         self.panoptic_on = panoptic_on
@@ -143,12 +137,10 @@ class FCCLIP(nn.Module):
             "test_metadata": (
                 MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
             ),
-            "size_divisibility": mf.SIZE_DIVISIBILITY,
+            "segment_embedding": ConvSegmentEmbedding.from_config(cfg, backbone),
             "sem_seg_postprocess_before_inference": (
                 test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
             ),
-            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
-            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
             "semantic_on": test.SEMANTIC_ON,
             "panoptic_on": test.PANOPTIC_ON,
             "instance_on": test.INSTANCE_ON,
@@ -164,7 +156,7 @@ class FCCLIP(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.pixel_mean.device
+        return self.backbone.device
 
     def _clear_text_cache(self, *args: Any, **kwargs: Any) -> None:
         self.text_cache.clear()
@@ -252,8 +244,7 @@ class FCCLIP(nn.Module):
 
     def _preprocess(self, batched_inputs: List[Dict[str, Any]]) -> ImageList:
         images = [x["image"].to(self.device) for x in batched_inputs]
-        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        return self.segment_embedding.normalise_and_pad(images)
 
     def _forward_train(
         self, batched_inputs: List[Dict[str, Any]], images: ImageList
@@ -310,16 +301,8 @@ class FCCLIP(nn.Module):
         self, dense: torch.Tensor, pred_masks: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Frozen-CLIP embeddings of each query's mask (B, Q, D), and whether the mask is non-empty
-        at CLIP resolution (B, Q)."""
-        masks = F.interpolate(
-            pred_masks, size=dense.shape[-2:], mode="bilinear", align_corners=False
-        )
-        valid = (masks > 0).flatten(2).any(-1)
-        if self.backbone.kind == "convnext":
-            embeddings = self.backbone.convnext_head(self.mask_pooling(dense, masks))
-        else:
-            embeddings = self.backbone.masked_attention_pool(dense, masks)
-        return embeddings, valid
+        at CLIP resolution (B, Q): the segment-embedding recipe's pooling (also the retrieval key)."""
+        return self.segment_embedding.pool(dense, pred_masks)
 
     def ensemble_inputs(self, outputs: Dict[str, Any]) -> Dict[str, Optional[torch.Tensor]]:
         """What the ensemble reads from :meth:`_predict_queries`'s outputs, under the names of

@@ -27,7 +27,8 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 
-from ...retrieval import EncoderFingerprint, RetrievalConfig, RetrievalScorer
+from ...retrieval import RetrievalConfig, RetrievalScorer
+from ..segment_embedding import DatabaseRecipeCheck
 from ..text_classifier import encode_vocabulary
 from .fcclip import FCCLIP
 
@@ -51,6 +52,7 @@ class RetCLIP(FCCLIP):
         *,
         retrieval_head: Optional[RetrievalScorer],
         gamma: float,
+        allow_recipe_mismatch: bool = False,
         **fcclip_kwargs: Any,
     ) -> None:
         super().__init__(**fcclip_kwargs)
@@ -64,6 +66,11 @@ class RetCLIP(FCCLIP):
         self.return_retrieval_votes = False
         if retrieval_head is not None:
             retrieval_head.embed_texts = self._embed_class_texts
+        #: Refuses databases whose embedding recipe differs from the retrieval keys'.
+        self.recipe_check = DatabaseRecipeCheck(
+            self.segment_embedding, retrieval_head, allow_recipe_mismatch
+        )
+        self._register_load_state_dict_pre_hook(self.recipe_check.reset)
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, Any]:
@@ -71,14 +78,14 @@ class RetCLIP(FCCLIP):
         retrieval = RetrievalConfig.from_cfg(cfg, device=cfg.MODEL.DEVICE)
         head = None
         if retrieval.database_paths():
-            encoder = EncoderFingerprint.from_open_clip(
-                cfg.MODEL.FC_CLIP.CLIP_MODEL_NAME, cfg.MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS,
-                args["backbone"].dim_latent,
-            )
-            head = RetrievalScorer.from_config(retrieval, encoder, report_dir=cfg.OUTPUT_DIR or None)
+            # The databases' recipes are checked against the model's by ``recipe_check``.
+            head = RetrievalScorer.from_config(retrieval, None, report_dir=cfg.OUTPUT_DIR or None)
         else:
             logger.info("MODEL.RETCLIP.DATABASE is empty: no retrieval, CLIP alone out of vocabulary")
-        args.update(retrieval_head=head, gamma=cfg.MODEL.ENSEMBLE.GAMMA)
+        args.update(
+            retrieval_head=head, gamma=cfg.MODEL.ENSEMBLE.GAMMA,
+            allow_recipe_mismatch=cfg.MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH,
+        )
         return args
 
     def _embed_class_texts(self, texts: List[str]) -> torch.Tensor:
@@ -116,6 +123,7 @@ class RetCLIP(FCCLIP):
         outputs["retrieval_votes"] = None
         if self.retrieval_head is None:
             return outputs
+        self.recipe_check()
         flat = outputs["clip_embeddings"].reshape(batch * queries, -1)
         retrieved = self.retrieval_head(
             flat, self.vocabulary.class_names, usable=outputs["valid"].reshape(-1),

@@ -41,7 +41,8 @@ from ...retrieval import RetrievalConfig, RetrievalScorer
 from ..mask_pooling import get_classification_logits
 from ..proposal_postprocessing import proposal_instances, proposal_panoptic, proposal_semantic
 from ..text_classifier import TextEmbeddingCache, encode_vocabulary
-from ..vit_dense import DenseCLIPViT, clip_input_size, mask_pool_dense
+from ..segment_embedding import DatabaseRecipeCheck, ViTSegmentEmbedding
+from ..vit_dense import DenseCLIPViT
 from ..vocabulary import (
     Vocabulary,
     class_names_from_metadata,
@@ -80,15 +81,12 @@ class TrainingFreeRetCLIP(nn.Module):
     def __init__(
         self,
         *,
-        clip: DenseCLIPViT,
+        segment_embedding: ViTSegmentEmbedding,
         proposal_source: ProposalSource,
         retrieval_head: Optional[RetrievalScorer],
         mode: str,
         gamma: float,
-        clip_short_side: int,
         test_metadata: Any,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
         semantic_on: bool,
         panoptic_on: bool,
         instance_on: bool,
@@ -97,17 +95,18 @@ class TrainingFreeRetCLIP(nn.Module):
         test_topk_per_image: int,
         score_with_proposal_confidence: bool = False,
         restrict_to_detected_classes: bool = False,
+        allow_recipe_mismatch: bool = False,
     ) -> None:
         """
         Args:
-            clip: dense CLIP ViT (image and text towers).
+            segment_embedding: the recipe of the segment embeddings (resize, mean/std, dense
+                map, pooling) over the dense CLIP ViT (image and text towers), shared with the
+                database builder.
             proposal_source: called as ``source(image, class_names, dataset_dict)``.
             retrieval_head: databases to search; required by modes "retrieval" and "retclip".
             mode: a name in :data:`retclip.ensemble.TRAINING_FREE_MODES`.
             gamma: retrieval weight of mode "retclip" (MODEL.ENSEMBLE.GAMMA).
-            clip_short_side: short side of the ViT input (0 keeps the mapper's size).
             test_metadata: detectron2 metadata of the evaluated dataset (or None).
-            pixel_mean, pixel_std: CLIP's normalisation on the 0-255 scale.
             semantic_on, panoptic_on, instance_on: which outputs to produce.
             object_score_threshold: panoptic drops proposals scoring at most this.
             overlap_threshold: panoptic drops a proposal keeping less than this of its area.
@@ -115,6 +114,7 @@ class TrainingFreeRetCLIP(nn.Module):
             score_with_proposal_confidence: multiply class scores by proposal confidences.
             restrict_to_detected_classes: zero the scores of classes that no proposal of the
                 image carries as its class hint (text-prompted sources only).
+            allow_recipe_mismatch: search databases embedded another way, with a warning.
         """
         super().__init__()
         TRAINING_FREE_MODES.get(mode)  # an unknown mode fails here, listing the valid ones
@@ -125,32 +125,27 @@ class TrainingFreeRetCLIP(nn.Module):
             )
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"MODEL.ENSEMBLE.GAMMA must lie in [0, 1], got {gamma}")
-        self.clip = clip
+        self.segment_embedding = segment_embedding
+        self.clip = segment_embedding.clip
         self.proposal_source = proposal_source
         self.retrieval_head = retrieval_head
         if retrieval_head is not None:
             retrieval_head.embed_texts = self._embed_class_texts
         self.mode = mode
         self.gamma = float(gamma)
-        self.clip_short_side = int(clip_short_side)
         self.test_metadata = test_metadata
-        self.register_buffer(
-            "pixel_mean",
-            torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1),
-            persistent=False,
-        )
-        self.register_buffer(
-            "pixel_std",
-            torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1),
-            persistent=False,
-        )
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.object_score_threshold = object_score_threshold
         self.overlap_threshold = overlap_threshold
         self.test_topk_per_image = test_topk_per_image
         self.score_with_proposal_confidence = score_with_proposal_confidence
         self.restrict_to_detected_classes = restrict_to_detected_classes
-        self.text_cache = TextEmbeddingCache(clip.encode_prompts)
+        self.text_cache = TextEmbeddingCache(self.clip.encode_prompts)
+        #: Refuses databases whose embedding recipe differs from the retrieval keys'.
+        self.recipe_check = DatabaseRecipeCheck(
+            segment_embedding, retrieval_head, allow_recipe_mismatch
+        )
+        self._register_load_state_dict_pre_hook(self.recipe_check.reset)
         self._vocabulary: Optional[Vocabulary] = None
         self._fallback_logged: set = set()
 
@@ -161,19 +156,16 @@ class TrainingFreeRetCLIP(nn.Module):
         retrieval = RetrievalConfig.from_cfg(cfg, device=cfg.MODEL.DEVICE)
         head = None
         if retrieval.database_paths() and tf.MODE != "clip":
-            head = RetrievalScorer.from_config(retrieval, clip.fingerprint, report_dir=cfg.OUTPUT_DIR or None)
+            head = RetrievalScorer.from_config(retrieval, None, report_dir=cfg.OUTPUT_DIR or None)
         return {
-            "clip": clip,
+            "segment_embedding": ViTSegmentEmbedding.from_config(cfg, clip),
             "proposal_source": build_training_free_proposals(cfg),
             "retrieval_head": head,
             "mode": tf.MODE,
             "gamma": cfg.MODEL.ENSEMBLE.GAMMA,
-            "clip_short_side": tf.CLIP_SHORT_SIDE,
             "test_metadata": (
                 MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
             ),
-            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
-            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
             "semantic_on": test.SEMANTIC_ON,
             "panoptic_on": test.PANOPTIC_ON,
             "instance_on": test.INSTANCE_ON,
@@ -182,11 +174,12 @@ class TrainingFreeRetCLIP(nn.Module):
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "score_with_proposal_confidence": tf.SCORE_WITH_PROPOSAL_CONFIDENCE,
             "restrict_to_detected_classes": tf.RESTRICT_TO_DETECTED_CLASSES,
+            "allow_recipe_mismatch": cfg.MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH,
         }
 
     @property
     def device(self) -> torch.device:
-        return self.pixel_mean.device
+        return self.clip.device
 
     # ---------------------------------------------------------------- vocabulary
     @property
@@ -272,19 +265,13 @@ class TrainingFreeRetCLIP(nn.Module):
         return proposals
 
     def segment_embeddings(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """N x D mask-pooled dense CLIP features (not normalised) of one image.
+        """N x D mask-pooled dense CLIP features (not normalised) of one image: the recipe the
+        database builder uses for its rows.
 
         Args:
             image: 3 x H x W RGB 0-255; masks: N x H' x W' bool over the same extent.
         """
-        h, w = clip_input_size(
-            image.shape[1], image.shape[2], self.clip_short_side, self.clip.patch_size
-        )
-        x = ((image - self.pixel_mean) / self.pixel_std)[None]
-        if (h, w) != tuple(image.shape[1:]):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        dense = self.clip(x)[0]
-        return mask_pool_dense(dense, masks.to(dense.device))
+        return self.segment_embedding.embed_image(image, masks)
 
     def classify(self, embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """N x K class scores of segment embeddings by the configured mode (0 where not valid)."""
@@ -298,6 +285,7 @@ class TrainingFreeRetCLIP(nn.Module):
         )[:, :-1]
         retrieval_scores = available = None
         if self.retrieval_head is not None:
+            self.recipe_check()
             retrieved = self.retrieval_head(embeddings, names, usable=valid)
             available = retrieved.available.to(self.device)
             self._log_fallback(names, available)
@@ -335,7 +323,7 @@ class TrainingFreeRetCLIP(nn.Module):
         array, image = self._output_image(x)
         proposals = self._proposals(x, array)
         masks = proposals.masks.to(self.device)
-        valid = masks.flatten(1).any(1)
+        valid = self.segment_embedding.valid(masks)
         if len(proposals):
             with torch.no_grad():
                 probs = self.classify(self.segment_embeddings(image, masks), valid)
