@@ -5,7 +5,11 @@ FC-CLIP (same names and defaults, so their YAMLs load here with only ``_BASE_`` 
 and RetCLIP's own ``MODEL.RETCLIP`` and ``MODEL.TRAINING_FREE`` blocks. Paper symbols are named in
 the comments (alpha, beta, gamma, k).
 """
-from detectron2.config import CfgNode as CN
+from . import compat
+
+compat.apply_all()  # before detectron2 is first imported
+
+from detectron2.config import CfgNode as CN  # noqa: E402
 
 
 def _add_deeplab_keys(cfg: CN) -> None:
@@ -206,3 +210,6 @@ def add_retclip_config(cfg: CN) -> None:
     from retclip.database_builder.config import add_database_build_config  # DATABASE_BUILD block
 
     add_database_build_config(cfg)
+
+
+from .config_file import load_config  # noqa: E402,F401  (the one config reader)

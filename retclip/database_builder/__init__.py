@@ -1,5 +1,8 @@
 """Feature database construction (paper §2.1): sources with image-level labels, Grounding DINO
 -> SAM masks, the model's CLIP dense map and mask pooling, sharded resumable distributed writes."""
+from retclip import compat as _compat
+
+_compat.apply_all()  # before detectron2 is first imported
 
 from .builder import DatabaseBuilder
 from .config import add_database_build_config

@@ -1,4 +1,8 @@
 """Training helpers behind ``tools/train_net.py``: optimizer groups, checks, the Trainer."""
+from retclip import compat as _compat
+
+_compat.apply_all()  # before detectron2 is first imported
+
 from .optimizer import build_optimizer, build_param_groups, with_full_model_gradient_clipping
 from .trainer import (
     Trainer,
