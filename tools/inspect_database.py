@@ -9,14 +9,22 @@
 """
 import argparse
 import json
+import os
 import sys
 
-import retclip  # noqa: F401  (compat steps before detectron2)
-from retclip.retrieval import FeatureDatabase
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from retclip.utils.cli import UserError, run_tool  # noqa: E402  (light: --help imports no torch)
+
+
+def _open(path: str):
+    from retclip.retrieval import FeatureDatabase  # torch and faiss, only once arguments are parsed
+
+    return FeatureDatabase.open(path)
 
 
 def _inspect(args) -> None:
-    db = FeatureDatabase.open(args.database)
+    db = _open(args.database)
     info = db.describe()
     if args.json:
         print(json.dumps(info, indent=1))
@@ -35,26 +43,21 @@ def _inspect(args) -> None:
 
 
 def _add(args) -> None:
-    from detectron2.config import get_cfg
-
-    from retclip import add_retclip_config
+    from retclip.config import load_config
     from retclip.database_builder.manage import add_to_database
 
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, freeze=False)
     db = add_to_database(cfg, args.database)
     print(f"{db.path}: {len(db)} vectors, {len(db.class_names)} classes")
 
 
 def _remove(args) -> None:
-    out = FeatureDatabase.open(args.database).remove_classes(args.classes, args.output)
+    out = _open(args.database).remove_classes(args.classes, args.output)
     print(f"{out.path}: {len(out)} vectors, {len(out.class_names)} classes")
 
 
 def _merge(args) -> None:
-    a, b = FeatureDatabase.open(args.first), FeatureDatabase.open(args.second)
+    a, b = _open(args.first), _open(args.second)
     out = a.merge(b, args.output)
     print(f"{out.path}: {len(out)} vectors, {len(out.class_names)} classes")
 
@@ -63,7 +66,7 @@ def _thumbnails(args) -> None:
     from retclip.database_builder.manage import class_thumbnails
 
     n = class_thumbnails(
-        FeatureDatabase.open(args.database),
+        _open(args.database),
         args.class_name,
         args.output,
         max_items=args.max,
@@ -112,11 +115,12 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (KeyError, ValueError) as e:  # the database layer's words for a bad class or folder
+        if isinstance(e, UserError):
+            raise
+        raise UserError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

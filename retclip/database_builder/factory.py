@@ -139,17 +139,9 @@ def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
 
 def setup_build_config(config_file: str, opts: Sequence[str] = ()):
     """Frozen config: defaults of every RetCLIP key + ``config_file`` + KEY VALUE ``opts``."""
-    from detectron2.config import get_cfg
+    from retclip.config import load_config
 
-    from retclip.config import add_retclip_config
-
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    cfg.freeze()
-    return cfg
+    return load_config(config_file, opts)
 
 
 def run_build(

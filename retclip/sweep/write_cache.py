@@ -25,11 +25,11 @@ __all__ = ["write_score_cache", "main"]
 def write_score_cache(cfg: Any) -> Dict[str, Any]:
     """Build the model from ``cfg``, load MODEL.WEIGHTS, evaluate every DATASETS.TEST with the
     score cache writer added; returns the metrics per dataset."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import build_detection_test_loader
     from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
 
+    from retclip.checkpoint import load_model_weights
     from retclip.evaluation import build_evaluator
 
     from .hooks import add_score_cache
@@ -37,9 +37,7 @@ def write_score_cache(cfg: Any) -> Dict[str, Any]:
     if not cfg.TEST.SCORE_CACHE_DIR:
         raise ValueError("TEST.SCORE_CACHE_DIR is empty: give the directory for the score cache")
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-        cfg.MODEL.WEIGHTS, resume=False
-    )
+    load_model_weights(model, cfg.MODEL.WEIGHTS)
     results = {}
     for name in cfg.DATASETS.TEST:
         evaluator = build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference", name))
@@ -53,16 +51,12 @@ def write_score_cache(cfg: Any) -> Dict[str, Any]:
 
 
 def _main(args: Any) -> Dict[str, Any]:
-    from detectron2.config import get_cfg
     from detectron2.engine import default_setup
     from detectron2.utils import comm
 
-    import retclip
+    from retclip.config import load_config
 
-    cfg = get_cfg()
-    retclip.add_retclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, freeze=False)
     if not cfg.MODEL.DEVICE or args.num_gpus == 0:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
@@ -79,8 +73,7 @@ def _main(args: Any) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    import retclip  # noqa: F401  (compat steps before detectron2)
-    from detectron2.engine import default_argument_parser, launch
+    from detectron2.engine import default_argument_parser, launch  # retclip.sweep ran compat
 
     args = default_argument_parser().parse_args(argv)
     launch(
