@@ -25,12 +25,14 @@ sys.meta_path.insert(0, BlockDetectron2())
 """
 
 RETRIEVAL_WITHOUT_DETECTRON2 = BLOCK_DETECTRON2 + r"""
+import importlib, pkgutil
 import retclip
 import retclip.ensemble
 import retclip.retrieval
-for sub in ("database", "fingerprint", "index", "scoring", "label_matching", "search", "shards",
-            "pipeline"):
-    __import__("retclip.retrieval." + sub)
+names = [info.name for info in pkgutil.iter_modules(retclip.retrieval.__path__)]
+for name in names:  # every module, new ones included
+    importlib.import_module("retclip.retrieval." + name)
+print("RETRIEVAL_MODULES", ",".join(names))
 assert callable(retclip.ensemble.geometric_ensemble)
 assert callable(retclip.retrieval.FeatureDatabase.create)
 try:
@@ -51,6 +53,8 @@ def test_retrieval_and_ensemble_import_where_detectron2_cannot():
     proc = _run(RETRIEVAL_WITHOUT_DETECTRON2)
     assert proc.returncode == 0, proc.stderr
     assert "DETECTRON2_MODULES []" in proc.stdout, proc.stdout
+    imported = proc.stdout.split("RETRIEVAL_MODULES ")[1].split()[0].split(",")
+    assert {"database", "index", "scoring", "search", "pipeline"} <= set(imported), imported
     # the block is real: the detectron2-facing package does need it
     assert "MODELING_BLOCKED" in proc.stdout and "blocked for this test" in proc.stdout
 
