@@ -91,19 +91,19 @@ YAML_CASES = [
          protect=["{tmp}/in"], absent=[PWNED]),
 ]
 
+def _eval_only_weights(id: str, name: str, names) -> Case:
+    """train_net.py --eval-only with MODEL.WEIGHTS {tmp}/in/<name> holding a pickle payload."""
+    return Case(id=id, tool="train_net.py",
+                args=["--config-file", TINY, "--num-gpus", "0", "--eval-only", "OUTPUT_DIR",
+                      "{tmp}/out", "MODEL.WEIGHTS", "{tmp}/in/" + name],
+                names=["{tmp}/in/" + name, *names], prepare=_pickled_payload(name),
+                protect=["{tmp}/in"], absent=[PWNED, "{tmp}/out/metrics_eval.json"])
+
+
 WEIGHT_CASES = [
-    Case(id="pkl-weights-train-net-eval-only", tool="train_net.py",
-         args=["--config-file", TINY, "--num-gpus", "0", "--eval-only", "OUTPUT_DIR", "{tmp}/out",
-               "MODEL.WEIGHTS", "{tmp}/in/model_final.pkl"],
-         names=["{tmp}/in/model_final.pkl", "tools/convert_checkpoint.py --allow-pickle"],
-         prepare=_pickled_payload("model_final.pkl"), protect=["{tmp}/in"],
-         absent=[PWNED, "{tmp}/out/metrics_eval.json"]),
-    Case(id="pickle-payload-in-a-pth", tool="train_net.py",
-         args=["--config-file", TINY, "--num-gpus", "0", "--eval-only", "OUTPUT_DIR", "{tmp}/out",
-               "MODEL.WEIGHTS", "{tmp}/in/model_final.pth"],
-         names=["{tmp}/in/model_final.pth", "weights_only"],
-         prepare=_pickled_payload("model_final.pth"), protect=["{tmp}/in"],
-         absent=[PWNED, "{tmp}/out/metrics_eval.json"]),
+    _eval_only_weights("pkl-weights-train-net-eval-only", "model_final.pkl",
+                       ["tools/convert_checkpoint.py --allow-pickle"]),
+    _eval_only_weights("pickle-payload-in-a-pth", "model_final.pth", ["weights_only"]),
     Case(id="pkl-weights-demo", tool="demo.py",
          args=["--config-file", TINY, "--input", "{tmp}/in/img.png", "--vocabulary", "cat, dog",
                "--output", "{tmp}/out", "MODEL.WEIGHTS", "{tmp}/in/model_final.pkl"],
