@@ -4,6 +4,8 @@ from retclip import compat as _compat
 
 _compat.apply_all()  # before detectron2 is first imported
 
+from retclip import data as _data  # noqa: E402,F401  (registers the datasets a DatasetSource reads)
+
 from .builder import DatabaseBuilder
 from .config import add_database_build_config
 from .counting import ForwardCounter

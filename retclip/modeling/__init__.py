@@ -9,6 +9,8 @@ from retclip import compat as _compat
 
 _compat.apply_all()  # before detectron2 is first imported
 
+from retclip import data as _data  # noqa: E402,F401  (registers the datasets whose metadata the models read)
+
 from . import pixel_decoder, transformer_decoder  # noqa: F401  (registration)
 from .backbone import CLIP
 from .head import FCCLIPHead

@@ -103,6 +103,8 @@ from detectron2.modeling import META_ARCH_REGISTRY
 print("META_ARCHS", sorted(k for k in ("FCCLIP", "RetCLIP", "TrainingFreeRetCLIP")
                            if k in META_ARCH_REGISTRY._obj_map))
 print("TINY_REGISTERED", tiny in open_clip.list_models())
+from detectron2.data import DatasetCatalog
+print("DATASETS_REGISTERED", "retclip_synthetic_train" in DatasetCatalog.list())
 from retclip.modeling.backbone.clip import create_clip_model
 create_clip_model(tiny, "")  # a config naming a tiny test architecture registers it on demand
 print("TINY_AFTER_CREATE", tiny in open_clip.list_models())
@@ -114,6 +116,7 @@ def test_modeling_registers_every_meta_arch_but_not_the_test_architectures():
     proc = _run(REGISTRATION, "retclip.modeling")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "META_ARCHS ['FCCLIP', 'RetCLIP', 'TrainingFreeRetCLIP']" in proc.stdout
+    assert "DATASETS_REGISTERED True" in proc.stdout  # the models read their metadata
     assert "TINY_REGISTERED False" in proc.stdout
     assert "TINY_AFTER_CREATE True" in proc.stdout
 
