@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retclip.utils.cli import UserError, run_tool  # noqa: E402  (light: --help imports no torch)
+from retclip.utils.cli import run_tool  # noqa: E402  (light: --help imports no torch)
 
 
 def _open(path: str):
@@ -115,10 +115,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (KeyError, ValueError) as e:  # the database layer's words for a bad class or folder
-        if isinstance(e, UserError):
-            raise
-        raise UserError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
