@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import retclip  # noqa: E402,F401
+import retclip.modeling  # noqa: E402,F401  (compat steps, then registration, before detectron2)
 from retclip.database_builder import (
     ConvSegmentEmbedding,
     DatabaseBuilder,

@@ -14,7 +14,7 @@ Prints a markdown table; numbers depend on the machine and its load (say which).
 import argparse
 import time
 
-import retclip  # noqa: F401  (compat steps before detectron2)
+import retclip.modeling  # noqa: F401  (compat steps, then registration, before detectron2)
 import torch
 import torch.nn.functional as F
 

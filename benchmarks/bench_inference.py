@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-import retclip  # noqa: E402  (compat steps before detectron2)
+import retclip.modeling  # noqa: E402  (compat steps, then registration, before detectron2)
 from retclip.modeling.mask_pooling import get_classification_logits  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import retclip  # noqa: E402,F401  (compat steps before detectron2)
+import retclip.modeling  # noqa: E402,F401  (compat steps, then registration, before detectron2)
 from retclip.data.categories import ade20k_150_categories  # noqa: E402
 from retclip.modeling.mask_pooling import get_classification_logits  # noqa: E402
 from retclip.modeling.proposal_postprocessing import (  # noqa: E402

@@ -1,8 +1,9 @@
 """The one place for compatibility steps between detectron2 v0.6 and today's libraries.
 
 Every step checks whether it is needed and does nothing otherwise, so a cluster install of a
-newer, compiled detectron2 is left untouched. ``retclip/__init__.py`` calls :func:`apply_all`
-before anything imports detectron2. Each step has a test in ``tests/test_compat.py`` that fails
+newer, compiled detectron2 is left untouched. Every detectron2-facing part of RetCLIP
+(``retclip.config``, ``retclip.checkpoint``, ``retclip.modeling``, ``retclip.data``, ...) calls
+:func:`apply_all` before it imports detectron2; ``import retclip`` alone changes nothing. Each step has a test in ``tests/test_compat.py`` that fails
 when the step is removed.
 """
 from __future__ import annotations
@@ -109,12 +110,37 @@ def safe_torch_load_globals() -> bool:
     return True
 
 
+#: Modules that call ``torch.jit.script`` when imported (fvcore's focal losses, detectron2 v0.6's
+#: box encoders).
+JIT_SCRIPT_AT_IMPORT = ("fvcore.nn", "detectron2.modeling.box_regression")
+
+
+def quiet_jit_script_warnings() -> bool:
+    """torch >= 2.10 answers every ``torch.jit.script`` with a FutureWarning, so each tool printed
+    one per run from the modules in :data:`JIT_SCRIPT_AT_IMPORT`. Import exactly those modules
+    with exactly that warning (its message and category) ignored; other callers still warn."""
+    todo = [m for m in JIT_SCRIPT_AT_IMPORT if m not in sys.modules]
+    if not todo or importlib.util.find_spec("fvcore") is None:
+        return False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is (deprecated|not supported)", category=FutureWarning
+        )
+        for name in todo:
+            if importlib.util.find_spec(name.split(".")[0]) is not None:
+                importlib.import_module(name)
+    return True
+
+
 _STEPS: Dict[str, Callable[[], bool]] = {
     "pillow_linear": pillow_linear,
     "numpy_aliases": numpy_aliases,
     "pkg_resources_standin": pkg_resources_standin,
     "detectron2_c_standin": detectron2_c_standin,
     "safe_torch_load_globals": safe_torch_load_globals,
+    "quiet_jit_script_warnings": quiet_jit_script_warnings,
 }
 
 

@@ -10,7 +10,11 @@ Renamed keys: FC-CLIP's ``MODEL.FC_CLIP.GEOMETRIC_ENSEMBLE_ALPHA/BETA`` and the 
 ``MODEL.RETCLIP.ENSEMBLE_MODE/ALPHA/BETA/GAMMA`` are now ``MODEL.ENSEMBLE.*`` (one key per
 hyper-parameter); a YAML or command line that sets an old name fails naming the new one.
 """
-from detectron2.config import CfgNode as CN
+from . import compat
+
+compat.apply_all()  # before detectron2 is first imported
+
+from detectron2.config import CfgNode as CN  # noqa: E402
 
 #: Old key -> the key that replaced it (a config setting the old one is refused, naming the new).
 RENAMED_KEYS = {
@@ -315,3 +319,6 @@ def add_retclip_config(cfg: CN) -> None:
     if not hasattr(cfg, "DATABASE_BUILD"):
         add_database_build_config(cfg)
     _register_renamed_keys(cfg)
+
+
+from .config_file import load_config  # noqa: E402,F401  (the one config reader)

@@ -6,6 +6,10 @@ the retrieved neighbours that voted for the class (database row, source image, s
 """
 from __future__ import annotations
 
+from retclip import compat as _compat
+
+_compat.apply_all()  # before detectron2 is first imported
+
 import json
 import logging
 import os

@@ -10,7 +10,10 @@ import hashlib  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import retclip  # noqa: E402,F401  (compat steps, then registration)
+import retclip.data  # noqa: E402,F401  (compat steps, then dataset registration)
+import retclip.evaluation  # noqa: E402,F401
+import retclip.modeling  # noqa: E402,F401  (meta-architectures, backbones, heads)
+import retclip.testing.clip_configs  # noqa: E402,F401  (tiny open_clip test architectures)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

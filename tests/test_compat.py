@@ -66,7 +66,7 @@ def test_safe_torch_load_still_refuses_arbitrary_objects(tmp_path):
 
 def test_steps_are_applied_before_detectron2_in_a_fresh_interpreter():
     code = (
-        "import retclip, sys; from retclip import compat; "
+        "import retclip.config, sys; from retclip import compat; "
         "import detectron2.data.transforms, detectron2.model_zoo, detectron2.engine; "
         "print(','.join(compat.APPLIED))"
     )

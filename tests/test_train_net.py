@@ -103,6 +103,17 @@ def test_adamw_is_default_and_unknown_optimizer_rejected():
         build_optimizer(cfg, _Toy())
 
 
+def test_light_parser_matches_detectron2_flags():
+    """tools/ parse detectron2's launcher flags without importing detectron2 (fast --help)."""
+    from retclip.utils.launch_args import launcher_argument_parser
+
+    ours, theirs = launcher_argument_parser(), default_argument_parser()
+    key = lambda p: sorted((a.dest, tuple(a.option_strings), a.default, a.nargs) for a in p._actions)  # noqa: E731
+    assert key(ours) == key(theirs)
+    argv = ["--config-file", "x.yaml", "--num-gpus", "0", "--resume", "MODEL.WEIGHTS", "w.pth"]
+    assert vars(ours.parse_args(argv)) == vars(theirs.parse_args(argv))
+
+
 def test_argument_parser_accepts_detectron2_flags():
     args = default_argument_parser().parse_args(
         ["--config-file", "x.yaml", "--num-gpus", "0", "--num-machines", "2", "--machine-rank", "1",
@@ -268,7 +279,7 @@ def test_resume_continues_and_eval_only_reproduces_final_metrics(tmp_path, one_t
     assert "PQ_seen" in final["panoptic_seg"] and "mIoU_unseen" in final["sem_seg"]
 
     # 3) --eval-only with the final weights reproduces the final evaluation exactly.
-    train_net.main(_args(out, "MODEL.WEIGHTS", str(out / "model_final.pth"), eval_only=True))
+    train_net.run(_args(out, "MODEL.WEIGHTS", str(out / "model_final.pth"), eval_only=True))
     # Same text = same floats to the last bit (repr round-trips), NaN entries included.
     assert (out / "metrics_eval.json").read_text() == (out / "metrics_0000004.json").read_text()
 
@@ -279,7 +290,7 @@ def test_eval_only_with_score_cache_dir_writes_a_readable_cache(tmp_path, one_th
 
     train_net = _load_train_net()
     out, cache = tmp_path / "run", tmp_path / "cache"
-    results = train_net.main(_args(
+    results = train_net.run(_args(
         out, "MODEL.META_ARCHITECTURE", "RetCLIP", "MODEL.ENSEMBLE.MODE", "geometric",
         "TEST.SCORE_CACHE_DIR", str(cache), eval_only=True,
     ))

@@ -13,13 +13,9 @@ import logging
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import retclip  # noqa: E402  (compat steps before detectron2)
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from retclip.demo import DemoPredictor, list_images, parse_vocabulary  # noqa: E402
+from retclip.utils.cli import UserError, run_tool  # noqa: E402  (light: --help imports no torch)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -36,13 +32,12 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    retclip.add_retclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    from retclip.config import load_config
+
+    cfg = load_config(args.config_file, args.opts, freeze=False)
     if args.database is not None:
         if cfg.MODEL.META_ARCHITECTURE != "RetCLIP":
-            raise ValueError(f"--database needs a RetCLIP config; {args.config_file} builds {cfg.MODEL.META_ARCHITECTURE}")
+            raise UserError(f"--database needs a RetCLIP config; {args.config_file} builds {cfg.MODEL.META_ARCHITECTURE}")
         cfg.MODEL.RETCLIP.DATABASE = os.path.abspath(os.path.expanduser(args.database))
     cfg.freeze()
     return cfg
@@ -50,6 +45,13 @@ def setup_cfg(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
+    import retclip.modeling  # noqa: F401  (compat steps, then the meta-architectures' registration)
+    from detectron2.modeling import build_model
+    from detectron2.utils.logger import setup_logger
+
+    from retclip.checkpoint import load_model_weights
+    from retclip.demo import DemoPredictor, list_images, parse_vocabulary
+
     setup_logger(name="retclip")
     logger = logging.getLogger("retclip.demo")
     cfg = setup_cfg(args)
@@ -57,9 +59,7 @@ def main(argv=None) -> int:
     images = list_images(args.input)
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        from retclip.checkpoint import RetCLIPCheckpointer
-
-        RetCLIPCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_model_weights(model, cfg.MODEL.WEIGHTS)
     else:
         logger.warning("MODEL.WEIGHTS is empty: the model has random weights (predictions are meaningless)")
     predictor = DemoPredictor(model, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, args.top_neighbours)
@@ -76,4 +76,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -9,14 +9,22 @@
 """
 import argparse
 import json
+import os
 import sys
 
-import retclip  # noqa: F401  (compat steps before detectron2)
-from retclip.retrieval import FeatureDatabase
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from retclip.utils.cli import run_tool  # noqa: E402  (light: --help imports no torch)
+
+
+def _open(path: str):
+    from retclip.retrieval import FeatureDatabase  # torch and faiss, only once arguments are parsed
+
+    return FeatureDatabase.open(path)
 
 
 def _inspect(args) -> None:
-    db = FeatureDatabase.open(args.database)
+    db = _open(args.database)
     info = db.describe()
     if args.json:
         print(json.dumps(info, indent=1))
@@ -44,12 +52,12 @@ def _add(args) -> None:
 
 
 def _remove(args) -> None:
-    out = FeatureDatabase.open(args.database).remove_classes(args.classes, args.output)
+    out = _open(args.database).remove_classes(args.classes, args.output)
     print(f"{out.path}: {len(out)} vectors, {len(out.class_names)} classes")
 
 
 def _merge(args) -> None:
-    a, b = FeatureDatabase.open(args.first), FeatureDatabase.open(args.second)
+    a, b = _open(args.first), _open(args.second)
     out = a.merge(b, args.output)
     print(f"{out.path}: {len(out)} vectors, {len(out.class_names)} classes")
 
@@ -58,7 +66,7 @@ def _thumbnails(args) -> None:
     from retclip.database_builder.manage import class_thumbnails
 
     n = class_thumbnails(
-        FeatureDatabase.open(args.database),
+        _open(args.database),
         args.class_name,
         args.output,
         max_items=args.max,
@@ -114,4 +122,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -16,11 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import retclip  # noqa: E402,F401  (compat steps before detectron2)
-from retclip.sweep.expected import load_expected  # noqa: E402
-from retclip.sweep.report import pq_heatmaps, sweep_markdown, table_markdown  # noqa: E402
-from retclip.sweep.runner import read_rows  # noqa: E402
-from retclip.utils.fileio import atomic_write_text  # noqa: E402
+from retclip.utils.cli import run_tool  # noqa: E402  (light: --help imports no torch)
 
 
 def main(argv=None) -> int:
@@ -47,6 +43,10 @@ def main(argv=None) -> int:
     s.add_argument("--mode", help="only rows of this ensemble mode (default: all)")
     s.add_argument("--dpi", type=int, default=80)
     args = p.parse_args(argv)
+    from retclip.sweep.expected import load_expected
+    from retclip.sweep.report import pq_heatmaps, sweep_markdown, table_markdown
+    from retclip.sweep.runner import read_rows
+    from retclip.utils.fileio import atomic_write_text
 
     if args.kind == "table":
         text = table_markdown(load_expected(args.expected), args.results, args.note)
@@ -72,4 +72,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -27,15 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import retclip  # noqa: E402  (compat steps and registrations, before detectron2)
-import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from retclip.sweep.grid import make_grid  # noqa: E402
-from retclip.sweep.metrics import METRICS_BACKENDS  # noqa: E402
-from retclip.ensemble import ENSEMBLE_MODES  # noqa: E402
-from retclip.sweep.runner import SweepRunner  # noqa: E402
+from retclip.utils.cli import run_tool  # noqa: E402  (light: --help imports no torch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,12 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", help="comma-separated beta values (unseen classes)")
     p.add_argument("--gamma", help="comma-separated gamma values (retrieval weight)")
     p.add_argument("--grid", help="YAML/JSON grid file (alpha/beta/gamma lists and/or points)")
+    # Choices are checked after parsing (listing the valid ones), so --help imports no torch.
+    p.add_argument("--mode", help="ensemble form (default: the mode of the model that wrote the cache)")
     p.add_argument(
-        "--mode",
-        choices=ENSEMBLE_MODES.names(),
-        help="ensemble form (default: the mode of the model that wrote the cache)",
+        "--metrics-backend", default="hotcoco", help="hotcoco (fast) or reference (panopticapi, pycocotools)"
     )
-    p.add_argument("--metrics-backend", choices=METRICS_BACKENDS, default="hotcoco")
     p.add_argument(
         "--workers", type=int, default=1, help="grid points evaluated in parallel processes"
     )
@@ -87,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
+    from retclip.sweep.grid import make_grid  # retclip.sweep applies compat before detectron2
+    from retclip.sweep.metrics import METRICS_BACKENDS
+    from retclip.ensemble import ENSEMBLE_MODES
+    from retclip.sweep.runner import SweepRunner
+    from detectron2.utils.logger import setup_logger
+
+    for flag, value, valid in (("--mode", args.mode, list(ENSEMBLE_MODES.names())),
+                               ("--metrics-backend", args.metrics_backend, list(METRICS_BACKENDS))):
+        if value is not None and value not in valid:
+            parser.error(f"{flag} {value!r}: choose one of {', '.join(valid)}")
     setup_logger(name="retclip")
     logging.getLogger("retclip").setLevel(logging.INFO)
     try:
@@ -96,11 +99,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, args.threads))
     cfg = None
     if args.config_file:
-        cfg = get_cfg()
-        retclip.add_retclip_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        cfg.freeze()
+        from retclip.config import load_config
+
+        cfg = load_config(args.config_file, args.opts or [])
     expected = None
     if args.expect_fingerprint:
         with open(args.expect_fingerprint) as f:
@@ -141,4 +142,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

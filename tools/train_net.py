@@ -16,30 +16,23 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import retclip  # noqa: E402  (compat steps and registrations, before detectron2)
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from retclip.engine import (  # noqa: E402
-    Trainer,
-    check_config,
-    evaluate_checkpoint,
-    format_metrics,
-    resolve_device,
-    resume_or_load,
-)
+from retclip.utils.cli import run_tool  # noqa: E402  (light: --help imports no torch)
+from retclip.utils.launch_args import launcher_argument_parser  # noqa: E402
 
 logger = logging.getLogger("retclip.train_net")
 
 
 def setup(args):
     """Config = defaults + RetCLIP keys + file + command-line KEY VALUE pairs, checked and frozen."""
-    cfg = get_cfg()
-    retclip.add_retclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    from retclip.config import load_config  # compat steps before detectron2
+
+    from detectron2.engine import default_setup
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    from retclip.engine import check_config, resolve_device
+
+    cfg = load_config(args.config_file, args.opts, freeze=False)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retclip")
     resolve_device(cfg)
     check_config(cfg)
@@ -48,7 +41,13 @@ def setup(args):
     return cfg
 
 
-def main(args):
+def run(args):
+    """One process's training or evaluation (what ``launch`` runs on every worker)."""
+    import retclip.modeling  # noqa: F401  (registers the meta-architectures)
+    from detectron2.utils import comm
+
+    from retclip.engine import Trainer, evaluate_checkpoint, format_metrics, resume_or_load
+
     cfg = setup(args)
     if args.eval_only:
         results = evaluate_checkpoint(cfg, resume=args.resume)
@@ -61,14 +60,22 @@ def main(args):
     return trainer.train()  # each evaluation logs its PQ / mAP / mIoU summary
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+def main(argv=None) -> int:
+    args = launcher_argument_parser(__doc__).parse_args(argv)
+    import retclip.engine  # noqa: F401  (compat steps before detectron2)
+    from detectron2.engine import launch
+
     print("Command Line Args:", args)
     launch(
-        main,
+        run,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
     )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))

@@ -20,7 +20,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-import retclip  # noqa: E402,F401
+import retclip.modeling  # noqa: E402,F401  (compat steps, then registration, before detectron2)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402

@@ -1,4 +1,8 @@
 """Datasets (COCO panoptic, ADE20k-150, synthetic), class names and training mappers."""
+from retclip import compat as _compat
+
+_compat.apply_all()  # before detectron2 is first imported
+
 from .builtin import BUILTIN_DATASET_NAMES, datasets_root, register_builtin_datasets
 from .categories import ade20k_150_categories, coco_panoptic_categories, read_class_names
 from .mappers import DATASET_MAPPER_REGISTRY, build_dataset_mapper

@@ -1,5 +1,10 @@
 """Feature database construction (paper §2.1): sources with image-level labels, Grounding DINO
 -> SAM masks, the model's CLIP dense map and mask pooling, sharded resumable distributed writes."""
+from retclip import compat as _compat
+
+_compat.apply_all()  # before detectron2 is first imported
+
+from retclip import data as _data  # noqa: E402,F401  (registers the datasets a DatasetSource reads)
 
 from retclip.modeling.segment_embedding import (
     ConvSegmentEmbedding,

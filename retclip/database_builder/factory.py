@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import yaml
 
+from retclip.utils.cli import UserError
 from retclip.proposals import GroundingDinoSamProposals, ProposalSource, build_proposal_source
 
 from retclip.modeling.segment_embedding import SegmentEmbedding, build_segment_embedding
@@ -119,10 +119,9 @@ _DATABASE_CONFIG_MODEL_KEYS = ("DEVICE",)
 def _read_yaml_chain(path: Path) -> Dict[str, Any]:
     """One database YAML with its ``_BASE_`` chain (safe loader), ``DATABASE_BUILD.MODEL_CONFIG``
     made absolute relative to the file that sets it; later files override earlier ones."""
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    from retclip.config_file import merge_yaml_mappings, read_yaml_mapping
+
+    data = read_yaml_mapping(str(path))
     model_config = (data.get("DATABASE_BUILD") or {}).get("MODEL_CONFIG")
     if model_config:
         data["DATABASE_BUILD"]["MODEL_CONFIG"] = str((path.parent / model_config).resolve())
@@ -130,16 +129,8 @@ def _read_yaml_chain(path: Path) -> Dict[str, Any]:
     if base is None:
         return data
     merged = _read_yaml_chain((path.parent / os.path.expanduser(base)).resolve())
-    _deep_update(merged, data)
+    merge_yaml_mappings(merged, data, str(path))
     return merged
-
-
-def _deep_update(into: Dict[str, Any], new: Dict[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_update(into[key], value)
-        else:
-            into[key] = value
 
 
 def read_database_config(config_file: str) -> Tuple[Dict[str, Any], str]:
@@ -154,7 +145,7 @@ def read_database_config(config_file: str) -> Tuple[Dict[str, Any], str]:
     extra = [k for k in data if k not in ("DATABASE_BUILD", "MODEL")]
     extra += [f"MODEL.{k}" for k in data.get("MODEL") or {} if k not in _DATABASE_CONFIG_MODEL_KEYS]
     if extra:
-        raise ValueError(
+        raise UserError(
             f"{config_file} sets {extra}: a database config holds DATABASE_BUILD (and MODEL.DEVICE) "
             "only; the CLIP, resize, mean/std and every other model setting come from the model "
             "config named by DATABASE_BUILD.MODEL_CONFIG"
@@ -170,9 +161,9 @@ def setup_build_config(config_file: str, opts: Sequence[str] = ()):
     A relative MODEL_CONFIG resolves against the YAML file that sets it (on the command line:
     against the current directory, like ``--config-file``).
     """
-    from detectron2.config import CfgNode, get_cfg
+    from detectron2.config import CfgNode
 
-    from retclip.config import add_retclip_config
+    from retclip.config_file import load_config, merge_overrides
 
     data, model_config = read_database_config(config_file) if config_file else ({}, "")
     opts = list(opts)
@@ -181,17 +172,18 @@ def setup_build_config(config_file: str, opts: Sequence[str] = ()):
         index = 2 * keys.index("DATABASE_BUILD.MODEL_CONFIG") + 1
         model_config = opts[index] = str(Path(opts[index]).expanduser().resolve())
     if not model_config:
-        raise ValueError(
+        raise UserError(
             f"{config_file or 'the database build'}: DATABASE_BUILD.MODEL_CONFIG is empty; name "
             "the model config whose retrieval keys this database serves"
         )
     if not os.path.isfile(model_config):
-        raise FileNotFoundError(f"DATABASE_BUILD.MODEL_CONFIG: no file {model_config}")
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(model_config)
-    cfg.merge_from_other_cfg(CfgNode(data))
-    cfg.merge_from_list(opts)
+        raise UserError(f"DATABASE_BUILD.MODEL_CONFIG of {config_file}: no file {model_config}")
+    cfg = load_config(model_config, freeze=False)
+    try:
+        cfg.merge_from_other_cfg(CfgNode(data))
+    except (KeyError, ValueError) as e:  # yacs: unknown key or wrong type
+        raise UserError(f"{config_file}: {e.args[0] if e.args else e}") from e
+    merge_overrides(cfg, opts)
     cfg.freeze()
     return cfg
 

@@ -1,6 +1,10 @@
 """Training and evaluation behind ``tools/train_net.py``: optimizer groups, checks, the Trainer,
 the one evaluation path."""
-from .evaluate import evaluate_checkpoint, load_weights
+from retclip import compat as _compat
+
+_compat.apply_all()  # before detectron2 is first imported
+
+from .evaluate import evaluate_checkpoint, load_weights  # noqa: E402
 from .optimizer import build_optimizer, build_param_groups, with_full_model_gradient_clipping
 from .trainer import (
     Trainer,

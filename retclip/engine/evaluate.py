@@ -11,9 +11,9 @@ import os
 from typing import Any, Dict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 
+from ..checkpoint import load_model_weights
 from .trainer import Trainer, write_metrics
 
 logger = logging.getLogger(__name__)
@@ -22,10 +22,9 @@ __all__ = ["evaluate_checkpoint", "load_weights"]
 
 
 def load_weights(model: torch.nn.Module, cfg: Any, resume: bool = False) -> None:
-    """Load ``MODEL.WEIGHTS`` (or, with ``resume``, OUTPUT_DIR's last checkpoint) into ``model``."""
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-        cfg.MODEL.WEIGHTS, resume=resume
-    )
+    """Load ``MODEL.WEIGHTS`` (or, with ``resume``, OUTPUT_DIR's last checkpoint) into ``model``
+    through the strict, ``weights_only`` loader: a wrong checkpoint fails before any metric."""
+    load_model_weights(model, cfg.MODEL.WEIGHTS, save_dir=cfg.OUTPUT_DIR, resume=resume)
 
 
 def evaluate_checkpoint(cfg: Any, resume: bool = False) -> Dict[str, Any]:

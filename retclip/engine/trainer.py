@@ -19,6 +19,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_tra
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.utils import comm
 
+from retclip.checkpoint import CLASS_COUNT_KEYS, RetCLIPCheckpointer
 from retclip.data.mappers import build_dataset_mapper
 from retclip.evaluation import build_evaluator
 from retclip.utils.fileio import atomic_write_text
@@ -150,6 +151,15 @@ class Trainer(DefaultTrainer):
         return super().test(cfg, model, evaluators)
 
     def build_hooks(self) -> List[Any]:
+        # DefaultTrainer.__init__ made a lenient DetectionCheckpointer just before calling this;
+        # swap in the strict one (same save dir and checkpointables, so --resume and the periodic
+        # checkpointer keep working) before the hooks capture it. A class-count change is the one
+        # shape difference allowed when fine-tuning from MODEL.WEIGHTS.
+        old = self.checkpointer
+        self.checkpointer = RetCLIPCheckpointer(
+            old.model, old.save_dir, allow_shape_mismatch=CLASS_COUNT_KEYS, strict=True,
+            save_to_disk=old.save_to_disk, **old.checkpointables,
+        )
         ret = super().build_hooks()
         for i, hook in enumerate(ret):
             if isinstance(hook, hooks.EvalHook):

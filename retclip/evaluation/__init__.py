@@ -1,4 +1,8 @@
 """Evaluators: PQ, mask AP and mIoU from one inference pass, split into seen / unseen classes."""
+from retclip import compat as _compat
+
+_compat.apply_all()  # before detectron2 is first imported
+
 from .build import EVALUATOR_TYPES, build_evaluator
 from .instance_seg import InstanceSegEvaluator
 from .panoptic import PanopticEvaluator, panoptic_quality

@@ -1,5 +1,8 @@
 """Mask proposal sources (ground truth, SAM point grid, Grounding DINO -> SAM) behind one call
 signature and one registry, shared by the database builder and the training-free model."""
+from retclip import compat as _compat
+
+_compat.apply_all()  # before detectron2 is first imported
 
 from .base import (
     PROPOSAL_REGISTRY,

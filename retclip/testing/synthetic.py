@@ -240,9 +240,9 @@ def make_synthetic_panoptic(
 
 def register_synthetic_panoptic(name: str, split: SyntheticSplit, evaluator_type: str = "coco_panoptic_seg") -> str:
     """Register a generated split with detectron2 under ``name`` (replacing an older one)."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from retclip.data.panoptic import register_panoptic_dataset  # compat steps before detectron2
 
-    from retclip.data.panoptic import register_panoptic_dataset
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)

@@ -30,6 +30,7 @@ from retclip.database_builder import build_database_builder, build_source, setup
 from retclip.database_builder.factory import read_database_config
 from retclip.proposals import GroundTruthProposals
 from retclip.retrieval import FeatureDatabase
+from retclip.utils.cli import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def test_database_config_setting_a_model_key_is_refused(tmp_path):
     path.write_text(
         f"_BASE_: {ROOT / 'configs/database/tiny_test.yaml'}\nINPUT:\n  MIN_SIZE_TEST: 192\n"
     )
-    with pytest.raises(ValueError, match=r"db.yaml sets \['INPUT'\].*DATABASE_BUILD.MODEL_CONFIG"):
+    with pytest.raises(UserError, match=r"db.yaml sets \['INPUT'\].*DATABASE_BUILD.MODEL_CONFIG"):
         setup_build_config(str(path))
 
 

@@ -6,12 +6,11 @@ import os
 from typing import Dict, List, Tuple
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
-from retclip.config import add_retclip_config
+from retclip.config import load_config
 from retclip.testing.synthetic import TEST_CLASSES, TRAIN_CLASSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,9 +55,7 @@ def register_metadata() -> None:
 
 
 def tiny_cfg(kind: str):
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(TINY_CONFIGS[kind])
+    cfg = load_config(TINY_CONFIGS[kind], freeze=False)
     cfg.DATASETS.TRAIN = (TRAIN_NAME,)
     cfg.DATASETS.TEST = (TEST_NAME,)
     cfg.MODEL.DEVICE = "cpu"

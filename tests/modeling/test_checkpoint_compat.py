@@ -4,20 +4,20 @@ import os
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from fcclip_testutils import REPO, build_tiny, released_rows
 
-from retclip.checkpoint import CLASS_COUNT_KEYS, RetCLIPCheckpointer
-from retclip.config import add_retclip_config
+from retclip.checkpoint import CLASS_COUNT_KEYS, RetCLIPCheckpointer, load_model_weights
+from retclip.config import load_config
+from retclip.utils.cli import UserError
+
 
 def _real_cfg(name):
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "fcclip", name))
-    cfg.MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS = ""
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
+    return load_config(
+        os.path.join(REPO, "configs", "fcclip", name),
+        ["MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS", "", "MODEL.DEVICE", "cpu"],
+        freeze=False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_strict_mode_reports_unexpected_keys(tmp_path, tiny_pair):
     state = dict(source.state_dict())
     state["sem_seg_head.extra.weight"] = torch.zeros(2)
     path = _save(state, tmp_path / "extra.pth")
-    with pytest.raises(KeyError, match="sem_seg_head.extra.weight"):
+    with pytest.raises(ValueError, match="sem_seg_head.extra.weight"):
         RetCLIPCheckpointer(target, strict=True).load(path)
 
 
@@ -131,10 +131,42 @@ def test_unknown_yaml_key_is_named(tmp_path):
         f"_BASE_: {os.path.join(REPO, 'configs', 'tests', 'tiny_fcclip_convnext.yaml')}\n"
         "MODEL:\n  FC_CLIP:\n    CLIP_MODE_NAME: RN50\n"
     )
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    with pytest.raises(KeyError, match="CLIP_MODE_NAME"):
-        cfg.merge_from_file(str(bad))
+    with pytest.raises(UserError, match=f"{bad}.*CLIP_MODE_NAME"):
+        load_config(str(bad))
+
+
+def test_pkl_is_refused_with_the_conversion_command(tmp_path, tiny_pair):
+    _, target = tiny_pair
+    pkl = tmp_path / "model_final.pkl"
+    pkl.write_bytes(b"\x80\x04N.")
+    with pytest.raises(UserError) as err:
+        load_model_weights(target, str(pkl))
+    assert str(pkl) in str(err.value) and "tools/convert_checkpoint.py --allow-pickle" in str(err.value)
+
+
+def test_safetensors_weights_load_strictly(tmp_path, tiny_pair):
+    from safetensors.torch import save_file
+
+    source, target = tiny_pair
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    load_model_weights(target, str(tmp_path / "w.safetensors"))
+    for key, value in state.items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_missing_keys_fail_and_are_named(tmp_path, tiny_pair):
+    source, target = tiny_pair
+    state = dict(source.state_dict())
+    del state["sem_seg_head.predictor.query_feat.weight"]
+    path = _save(state, tmp_path / "partial.pth")
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(UserError, match="sem_seg_head.predictor.query_feat.weight"):
+        load_model_weights(target, path)
+    # the same checkpointer (not strict) loads the rest and keeps the missing key as it was
+    RetCLIPCheckpointer(target).load(path)
+    key = "sem_seg_head.predictor.query_feat.weight"
+    assert torch.equal(target.state_dict()[key], before[key])
 
 
 @pytest.mark.parametrize(
