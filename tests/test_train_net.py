@@ -137,7 +137,7 @@ def test_num_classes_mismatch_names_both():
 def test_amp_is_ignored_on_cpu_with_a_warning(caplog, propagate):
     cfg = _cfg()
     cfg.SOLVER.AMP.ENABLED = True
-    with caplog.at_level(logging.WARNING, logger="retclip.engine.trainer"):
+    with caplog.at_level(logging.WARNING, logger="retclip.utils.device"):
         resolve_device(cfg)
     assert not cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu"
     assert any("AMP" in r.getMessage() for r in caplog.records)
@@ -268,7 +268,7 @@ def test_resume_continues_and_eval_only_reproduces_final_metrics(tmp_path, one_t
     assert "PQ_seen" in final["panoptic_seg"] and "mIoU_unseen" in final["sem_seg"]
 
     # 3) --eval-only with the final weights reproduces the final evaluation exactly.
-    train_net.main(_args(out, "MODEL.WEIGHTS", str(out / "model_final.pth"), eval_only=True))
+    train_net.run(_args(out, "MODEL.WEIGHTS", str(out / "model_final.pth"), eval_only=True))
     # Same text = same floats to the last bit (repr round-trips), NaN entries included.
     assert (out / "metrics_eval.json").read_text() == (out / "metrics_0000004.json").read_text()
 
@@ -279,7 +279,7 @@ def test_eval_only_with_score_cache_dir_writes_a_readable_cache(tmp_path, one_th
 
     train_net = _load_train_net()
     out, cache = tmp_path / "run", tmp_path / "cache"
-    results = train_net.main(_args(
+    results = train_net.run(_args(
         out, "MODEL.META_ARCHITECTURE", "RetCLIP", "MODEL.RETCLIP.ENSEMBLE_MODE", "geometric",
         "TEST.SCORE_CACHE_DIR", str(cache), eval_only=True,
     ))

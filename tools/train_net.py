@@ -15,9 +15,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from retclip.utils.cli import UserError, run_tool  # noqa: E402
+
 import retclip  # noqa: E402  (compat steps and registrations, before detectron2)
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
@@ -26,29 +27,42 @@ from retclip.engine import (  # noqa: E402
     Trainer,
     check_config,
     format_metrics,
-    resolve_device,
     resume_or_load,
     write_metrics,
 )
+from retclip.utils.device import check_num_gpus  # noqa: E402
+from retclip.utils.tool_config import load_tool_config  # noqa: E402
 
 logger = logging.getLogger("retclip.train_net")
 
 
+def load_checked_config(args):
+    """Config = defaults + RetCLIP keys + file + KEY VALUE pairs, CPU fallback applied, checked;
+    every mistake (file, key, value, dataset, weights) a UserError naming it."""
+    cfg = load_tool_config(args.config_file, args.opts, freeze=False)
+    try:
+        check_config(cfg)
+    except KeyError as e:  # an unregistered dataset name (the message lists the registered ones)
+        raise UserError(e.args[0] if e.args else str(e)) from e
+    except ValueError as e:  # NUM_CLASSES against the training set
+        raise UserError(str(e)) from e
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(os.path.expanduser(weights)):
+        raise UserError(f"MODEL.WEIGHTS {weights}: no such file")
+    return cfg
+
+
 def setup(args):
-    """Config = defaults + RetCLIP keys + file + command-line KEY VALUE pairs, checked and frozen."""
-    cfg = get_cfg()
-    retclip.add_retclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    """The checked config, frozen, with logging and detectron2's default setup."""
+    cfg = load_checked_config(args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retclip")
-    resolve_device(cfg)
-    check_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
 
 
-def main(args):
+def run(args):
+    """One process's training or evaluation (what ``launch`` runs on every worker)."""
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -64,14 +78,25 @@ def main(args):
     return trainer.train()  # each evaluation logs its PQ / mAP / mIoU summary
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+def main(argv=None) -> int:
+    """Check the GPU count and the config here, before any worker starts, then launch."""
+    args = default_argument_parser().parse_args(argv)
+    check_num_gpus(args.num_gpus)
+    if not args.config_file:
+        raise UserError("--config-file is required")
+    if args.num_gpus * args.num_machines > 1:
+        load_checked_config(args)  # fail here, not in every worker
     print("Command Line Args:", args)
     launch(
-        main,
+        run,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
     )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))

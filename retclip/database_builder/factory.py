@@ -142,12 +142,14 @@ def setup_build_config(config_file: str, opts: Sequence[str] = ()):
     from detectron2.config import get_cfg
 
     from retclip.config import add_retclip_config
+    from retclip.utils.device import resolve_device
 
     cfg = get_cfg()
     add_retclip_config(cfg)
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    resolve_device(cfg)
     cfg.freeze()
     return cfg
 
