@@ -13,19 +13,25 @@ import json
 import os
 import sys
 
-import retclip  # noqa: F401  (compat steps before detectron2)
-from detectron2.engine import default_argument_parser
-from detectron2.utils.logger import setup_logger
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retclip.database_builder import (
+from retclip.utils.cli import UserError, run_tool  # noqa: E402
+
+import retclip  # noqa: F401,E402  (compat steps before detectron2)
+from detectron2.engine import default_argument_parser  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from retclip.database_builder import (  # noqa: E402
     launch_build,
     rank_and_world_size,
     run_build,
     setup_build_config,
 )
+from retclip.utils.device import check_num_gpus  # noqa: E402
+from retclip.utils.tool_config import load_tool_config  # noqa: E402
 
 
-def main(args):
+def run(args):
     """Logging (console + <database>/build/log.txt), then this rank's part of the build."""
     rank, _ = rank_and_world_size()
     out = setup_build_config(args.config_file, args.opts).DATABASE_BUILD.OUTPUT_DIR
@@ -48,15 +54,25 @@ def main(args):
     return report
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+def main(argv=None) -> int:
+    """Check the arguments, the GPU count and the config before any worker starts, then launch."""
+    args = default_argument_parser().parse_args(argv)
     if args.eval_only or args.resume:
-        sys.exit("build_database.py has no --eval-only/--resume: a build always resumes")
+        raise UserError("build_database.py has no --eval-only/--resume: a build always resumes")
+    if not args.config_file:
+        raise UserError("--config-file is required")
+    check_num_gpus(args.num_gpus, cpu_processes=True)
+    load_tool_config(args.config_file, args.opts)  # a bad file, key or value stops here, once
     launch_build(
-        main,
+        run,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
     )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))

@@ -9,10 +9,15 @@
 """
 import argparse
 import json
+import os
 import sys
 
-import retclip  # noqa: F401  (compat steps before detectron2)
-from retclip.retrieval import FeatureDatabase
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from retclip.utils.cli import UserError, run_tool  # noqa: E402
+
+import retclip  # noqa: F401,E402  (compat steps before detectron2)
+from retclip.retrieval import FeatureDatabase  # noqa: E402
 
 
 def _inspect(args) -> None:
@@ -35,15 +40,10 @@ def _inspect(args) -> None:
 
 
 def _add(args) -> None:
-    from detectron2.config import get_cfg
-
-    from retclip import add_retclip_config
     from retclip.database_builder.manage import add_to_database
+    from retclip.utils.tool_config import load_tool_config
 
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_tool_config(args.config_file, args.opts, freeze=False)
     db = add_to_database(cfg, args.database)
     print(f"{db.path}: {len(db)} vectors, {len(db.class_names)} classes")
 
@@ -112,11 +112,10 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (KeyError, ValueError) as e:  # the database layer's words for a bad class or folder
+        raise UserError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -27,15 +27,25 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import retclip  # noqa: E402  (compat steps and registrations, before detectron2)
+from retclip.utils.cli import UserError, run_tool  # noqa: E402
+
+import retclip  # noqa: E402,F401  (compat steps and registrations, before detectron2)
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
+from retclip.sweep.cache import StaleCacheError  # noqa: E402
 from retclip.sweep.grid import make_grid  # noqa: E402
 from retclip.sweep.metrics import METRICS_BACKENDS  # noqa: E402
 from retclip.sweep.recombine import ENSEMBLE_MODES  # noqa: E402
 from retclip.sweep.runner import SweepRunner  # noqa: E402
+from retclip.utils.tool_config import load_tool_config  # noqa: E402
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,17 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=ENSEMBLE_MODES, default="arithmetic", help="ensemble form")
     p.add_argument("--metrics-backend", choices=METRICS_BACKENDS, default="hotcoco")
     p.add_argument(
-        "--workers", type=int, default=1, help="grid points evaluated in parallel processes"
+        "--workers", type=_positive, default=1, help="grid points evaluated in parallel processes"
     )
     p.add_argument(
         "--points-per-pass",
-        type=int,
+        type=_positive,
         default=4,
         help="grid points per pass over the cache (each cached image is read once per pass)",
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=_positive,
         default=1,
         help="torch threads per process (1 is fastest for small masks and with --workers)",
     )
@@ -90,28 +100,35 @@ def main(argv=None) -> int:
     except ValueError as e:  # a value outside [0, 1], a malformed list or grid file
         parser.error(str(e))
     torch.set_num_threads(max(1, args.threads))
-    cfg = None
-    if args.config_file:
-        cfg = get_cfg()
-        retclip.add_retclip_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        cfg.freeze()
+    cfg = load_tool_config(args.config_file, args.opts or []) if args.config_file else None
+    if args.opts and cfg is None:
+        raise UserError(f"config overrides {' '.join(args.opts)} need --config-file")
     expected = None
     if args.expect_fingerprint:
         with open(args.expect_fingerprint) as f:
-            expected = json.load(f)
-    runner = SweepRunner(
-        args.cache,
-        args.output_dir,
-        mode=args.mode,
-        backend=args.metrics_backend,
-        cfg=cfg,
-        expected_fingerprint=expected,
-        workers=args.workers,
-        points_per_pass=args.points_per_pass,
-    )
-    rows = runner.run(points)
+            try:
+                expected = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserError(f"--expect-fingerprint {args.expect_fingerprint} is not JSON: {e}") from e
+    if not os.path.isdir(os.path.expanduser(args.cache)):
+        raise UserError(f"--cache {args.cache}: no such folder")
+    try:  # checks the mode, backend and cache (manifest, fingerprint, shards) before any work
+        runner = SweepRunner(
+            args.cache,
+            args.output_dir,
+            mode=args.mode,
+            backend=args.metrics_backend,
+            cfg=cfg,
+            expected_fingerprint=expected,
+            workers=args.workers,
+            points_per_pass=args.points_per_pass,
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    try:
+        rows = runner.run(points)
+    except StaleCacheError as e:  # results in --output-dir from another cache or backend
+        raise UserError(str(e)) from e
     keys = {p.key(args.mode) for p in points}
     rows = [r for r in rows if (r["mode"], r["alpha"], r["beta"], r["gamma"]) in keys]
     print(
@@ -137,4 +154,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

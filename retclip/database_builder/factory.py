@@ -138,20 +138,11 @@ def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
 
 
 def setup_build_config(config_file: str, opts: Sequence[str] = ()):
-    """Frozen config: defaults of every RetCLIP key + ``config_file`` + KEY VALUE ``opts``."""
-    from detectron2.config import get_cfg
+    """Frozen config: defaults of every RetCLIP key + ``config_file`` + KEY VALUE ``opts``, CPU
+    fallback applied (the tools' one loader: mistakes are UserErrors naming the file and key)."""
+    from retclip.utils.tool_config import load_tool_config
 
-    from retclip.config import add_retclip_config
-    from retclip.utils.device import resolve_device
-
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    resolve_device(cfg)
-    cfg.freeze()
-    return cfg
+    return load_tool_config(config_file, opts)
 
 
 def run_build(
