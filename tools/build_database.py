@@ -51,6 +51,11 @@ def run(args):
         summary["unreadable_images"] = len(report["images"]["unreadable"])
         summary["images_without_labels"] = len(report["images"]["no_labels"])
         print(json.dumps(summary, indent=1))
+        unreadable = report["images"]["unreadable"]
+        if unreadable:  # the database is complete without them; say which, and exit non-zero
+            listed = "".join(f"\n  {u['path']}: {u['error']}" for u in unreadable)
+            raise UserError(f"the database is built, but {len(unreadable)} image(s) could not be read "
+                            f"and were skipped:{listed}")
     return report
 
 

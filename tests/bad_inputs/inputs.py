@@ -16,6 +16,7 @@ from .harness import REPO
 TINY_FCCLIP = str(REPO / "configs/tests/tiny_fcclip_convnext.yaml")
 TINY_RETCLIP = str(REPO / "configs/tests/tiny_retclip_convnext.yaml")
 TINY_TRAIN = str(REPO / "configs/tests/tiny_fcclip_synthetic.yaml")
+TINY_DB = str(REPO / "configs/database/tiny_test.yaml")
 TABLE1 = str(REPO / "configs/expected/table1.json")
 #: Demo runs need no training set (the tiny configs name the synthetic one).
 NO_DATASETS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
