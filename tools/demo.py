@@ -8,8 +8,10 @@
 
 Writes <name>_panoptic.png and <name>_segments.json per image into --output, <name> being the
 image's path relative to the inputs' common folder (so a/x.jpg and b/x.jpg do not collide).
-Without a CUDA GPU it runs on CPU by itself (slower), saying so once; with one it uses
-MODEL.DEVICE (cuda). Images that cannot be read are skipped and listed at the end (exit code 2).
+CPU: on a machine without a CUDA GPU it runs on CPU by itself (slower), saying so once.
+GPU: with one, it runs on MODEL.DEVICE (cuda by default).
+Images that cannot be read are skipped and listed at the end (exit code 2); other mistakes end
+in one line naming the file, key or class (exit code 2; --debug for the traceback).
 """
 import argparse
 import logging
