@@ -53,19 +53,12 @@ def write_score_cache(cfg: Any) -> Dict[str, Any]:
 
 
 def _main(args: Any) -> Dict[str, Any]:
-    from detectron2.config import get_cfg
     from detectron2.engine import default_setup
     from detectron2.utils import comm
 
-    import retclip
+    from retclip.utils.tool_config import load_tool_config
 
-    cfg = get_cfg()
-    retclip.add_retclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not cfg.MODEL.DEVICE or args.num_gpus == 0:
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cfg = load_tool_config(args.config_file, args.opts)  # the tools' CPU fallback and named mistakes
     default_setup(cfg, args)
     results = write_score_cache(cfg)
     if comm.is_main_process():
@@ -78,11 +71,14 @@ def _main(args: Any) -> Dict[str, Any]:
     return results
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     import retclip  # noqa: F401  (compat steps before detectron2)
     from detectron2.engine import default_argument_parser, launch
 
+    from retclip.utils.device import check_num_gpus
+
     args = default_argument_parser().parse_args(argv)
+    check_num_gpus(args.num_gpus)  # before any worker starts
     launch(
         _main,
         args.num_gpus,
@@ -91,7 +87,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         dist_url=args.dist_url,
         args=(args,),
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from retclip.utils.cli import run_tool
+
+    sys.exit(run_tool(main))
