@@ -1,6 +1,8 @@
 """Ensembles of the in-vocabulary, CLIP and retrieval classifiers.
 
-Two forms, one function each, both config choices (``MODEL.RETCLIP.ENSEMBLE_MODE``):
+Two forms, one function each, registered by name in :data:`ENSEMBLE_MODES` (the values of
+``MODEL.ENSEMBLE.MODE``); FC-CLIP, RetCLIP and the score-cache sweep all reach them through
+:func:`ensemble_log_probabilities`, so a mode registered once is available to all three:
 
 * :func:`geometric_ensemble` is FC-CLIP's released form (after ODISE): a per-class geometric mean
   of the in-vocabulary and CLIP probabilities, computed with the same expression order as FC-CLIP
@@ -15,24 +17,46 @@ without an in-vocabulary classifier (and without void).
 
 Plain PyTorch: this module must not import detectron2 (see tests/retrieval/test_imports.py).
 """
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from .utils.registry import NamedRegistry
+
 __all__ = [
-    "geometric_ensemble",
-    "arithmetic_ensemble",
-    "training_free_scores",
+    "ENSEMBLE_MODES",
+    "LOG_EPS",
     "TRAINING_FREE_MODES",
+    "arithmetic_ensemble",
+    "ensemble_log_probabilities",
+    "ensemble_probabilities",
+    "geometric_ensemble",
+    "training_free_scores",
 ]
+
+#: Ensemble modes (``MODEL.ENSEMBLE.MODE``). An entry is called with keyword arguments
+#: ``in_vocab_logits, clip_logits`` (..., K+1), ``seen`` (K,) bool, ``alpha, beta, gamma`` floats,
+#: ``valid`` (...) bool or None, ``retrieval_scores`` (..., K) or None (None when gamma is 0) and
+#: ``retrieval_available`` (K,) bool or None, and returns (..., K+1) probabilities, void last,
+#: the first K scaled by (1 - void probability).
+ENSEMBLE_MODES: NamedRegistry[Callable[..., Tensor]] = NamedRegistry(
+    "ensemble mode", "MODEL.ENSEMBLE.MODE"
+)
+
+#: Modes of :func:`training_free_scores` (``MODEL.TRAINING_FREE.MODE``): the paper's "CLIP",
+#: "Retrieval" and "RetCLIP" rows. An entry is called as ``fn(s_clip, s_ret, available, gamma)``
+#: with probabilities s_clip (..., K), s_ret (..., K) or None, available (K,) bool or None.
+TRAINING_FREE_MODES: NamedRegistry[Callable[..., Tensor]] = NamedRegistry(
+    "training-free mode", "MODEL.TRAINING_FREE.MODE"
+)
+
+#: The models' class log-probabilities are ``log(probabilities + LOG_EPS)`` (FC-CLIP's form).
+LOG_EPS = 1e-8
 
 #: Scores below this are raised to it before the geometric form takes a power of them, so that a
 #: class without any retrieved neighbour (s_ret = 0) is strongly down-weighted but not log(0).
 RETRIEVAL_FLOOR = 1e-8
-
-#: Modes of :func:`training_free_scores`: the paper's "CLIP", "Retrieval" and "RetCLIP" rows.
-TRAINING_FREE_MODES = ("clip", "retrieval", "retclip")
 
 
 def _check_weight(name: str, value: float) -> None:
@@ -112,6 +136,7 @@ def _with_void(scores: Tensor, in_vocab_logits: Tensor) -> Tensor:
     return torch.cat([scores * (1.0 - void_prob), void_prob], dim=-1)
 
 
+@ENSEMBLE_MODES.register("geometric")
 def geometric_ensemble(
     in_vocab_logits: Tensor,
     clip_logits: Tensor,
@@ -183,6 +208,7 @@ def geometric_ensemble(
     return _with_void(scores.softmax(-1), in_vocab_logits)
 
 
+@ENSEMBLE_MODES.register("arithmetic")
 def arithmetic_ensemble(
     in_vocab_logits: Tensor,
     clip_logits: Tensor,
@@ -235,6 +261,87 @@ def arithmetic_ensemble(
     return _with_void(scores, in_vocab_logits)
 
 
+def ensemble_probabilities(
+    mode: str,
+    inputs: Mapping[str, Any],
+    alpha: float,
+    beta: float,
+    gamma: float,
+) -> Tensor:
+    """The ensemble ``mode`` (a name in :data:`ENSEMBLE_MODES`) on one set of ensemble inputs.
+
+    The one place where the models' and the sweep's ensemble inputs meet the registered
+    functions: without retrieval scores (a model without a database) gamma is 0, and retrieval
+    inputs are passed only when gamma > 0, as the models always did.
+
+    Args:
+        mode: registered ensemble mode.
+        inputs: mapping with "in_vocab_logits", "clip_logits" (..., K+1), "seen" (K,) bool and
+            optionally "valid" (...) bool, "retrieval_scores" (..., K), "retrieval_available"
+            (K,) bool (absent or None: not used). A score-cache image's tensors have this form.
+        alpha, beta, gamma: ensemble weights.
+    Returns:
+        (..., K+1) probabilities, void last.
+    """
+    fn = ENSEMBLE_MODES.get(mode)
+    scores = inputs.get("retrieval_scores")
+    if scores is None:
+        gamma = 0.0
+    use_retrieval = gamma > 0
+    return fn(
+        in_vocab_logits=inputs["in_vocab_logits"],
+        clip_logits=inputs["clip_logits"],
+        seen=inputs["seen"],
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        valid=inputs.get("valid"),
+        retrieval_scores=scores if use_retrieval else None,
+        retrieval_available=inputs.get("retrieval_available") if use_retrieval else None,
+    )
+
+
+def ensemble_log_probabilities(
+    mode: str, inputs: Mapping[str, Any], alpha: float, beta: float, gamma: float
+) -> Tensor:
+    """``log(ensemble_probabilities(...) + LOG_EPS)``: the class log-probabilities (``mask_cls``)
+    that FC-CLIP, RetCLIP and the sweep hand to post-processing."""
+    return torch.log(ensemble_probabilities(mode, inputs, alpha, beta, gamma) + LOG_EPS)
+
+
+def _checked_retrieval(
+    s_clip: Tensor, retrieval_scores: Optional[Tensor], retrieval_available: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    s_ret, available = _check_retrieval(
+        retrieval_scores, retrieval_available, s_clip.shape[:-1], s_clip.shape[-1]
+    )
+    return s_ret.to(s_clip), available
+
+
+@TRAINING_FREE_MODES.register("clip")
+def _clip_only(
+    s_clip: Tensor, retrieval_scores: Optional[Tensor], available: Optional[Tensor], gamma: float
+) -> Tensor:
+    return s_clip
+
+
+@TRAINING_FREE_MODES.register("retclip")
+def _clip_and_retrieval(
+    s_clip: Tensor, retrieval_scores: Optional[Tensor], available: Optional[Tensor], gamma: float
+) -> Tensor:
+    s_ret, available = _checked_retrieval(s_clip, retrieval_scores, available)
+    g = available.to(s_clip) * gamma
+    return g * s_ret + (1.0 - g) * s_clip
+
+
+@TRAINING_FREE_MODES.register("retrieval")
+def _retrieval_only(
+    s_clip: Tensor, retrieval_scores: Optional[Tensor], available: Optional[Tensor], gamma: float
+) -> Tensor:
+    """s_ret where a database covers the class, s_clip where none does: "retclip" at gamma 1."""
+    return _clip_and_retrieval(s_clip, retrieval_scores, available, 1.0)
+
+
 def training_free_scores(
     clip_logits_or_probs: Tensor,
     retrieval_scores: Optional[Tensor],
@@ -247,33 +354,21 @@ def training_free_scores(
 
     ``mode`` picks the paper's rows: "clip" (s = s_clip), "retrieval" (s = s_ret) and "retclip"
     (s = s_oov = g_k * s_ret + (1 - g_k) * s_clip, g_k = gamma where retrieval is available for
-    class k, else 0). Scores are not renormalised: each lies in [0, 1] (s_ret from min-max
+    class k, else 0). Classes that no database covers fall back to s_clip in "retrieval" too. Scores are not renormalised: each lies in [0, 1] (s_ret from min-max
     scoring with the default "max" aggregation), and post-processing compares them across queries.
 
     Args:
         clip_logits_or_probs: (..., K) CLIP logits (softmaxed here) or probabilities
             (``clip_is_logits=False``). No void column.
         retrieval_scores: (..., K) s_ret; may be None for mode "clip".
-        mode: one of :data:`TRAINING_FREE_MODES`.
+        mode: a name in :data:`TRAINING_FREE_MODES`.
         gamma: retrieval weight for mode "retclip", in [0, 1].
-        retrieval_available: optional (K,) bool; default all True. For mode "retrieval" classes
-            without retrieval score 0 (their s_ret is 0 by construction).
+        retrieval_available: optional (K,) bool; default all True.
 
     Returns:
         (..., K) scores.
     """
-    if mode not in TRAINING_FREE_MODES:
-        raise ValueError(f"unknown training-free mode {mode!r}; valid: {TRAINING_FREE_MODES}")
+    fn = TRAINING_FREE_MODES.get(mode)
     _check_weight("gamma", gamma)
     s_clip = clip_logits_or_probs.softmax(-1) if clip_is_logits else clip_logits_or_probs
-    if mode == "clip":
-        return s_clip
-    lead_shape, num_classes = s_clip.shape[:-1], s_clip.shape[-1]
-    s_ret, available = _check_retrieval(
-        retrieval_scores, retrieval_available, lead_shape, num_classes
-    )
-    s_ret = s_ret.to(s_clip)
-    if mode == "retrieval":
-        return s_ret * available.to(s_ret)
-    g = available.to(s_clip) * gamma
-    return g * s_ret + (1.0 - g) * s_clip
+    return fn(s_clip, retrieval_scores, retrieval_available, gamma)

@@ -5,7 +5,7 @@
 #
 # Step 1 runs the network once over ADE20k val and writes the score cache (and the metrics of the
 # config's own point, 0.4 / 0.7 / 0.3, into OUTPUT_ROOT/eval/metrics_eval.json):
-#   python -m retclip.sweep.write_cache --config-file configs/retclip/retclip_convnext_large_ade20k.yaml \
+#   python tools/train_net.py --eval-only --config-file configs/retclip/retclip_convnext_large_ade20k.yaml \
 #       MODEL.WEIGHTS ... TEST.SCORE_CACHE_DIR ...
 # Step 2 sweeps the grid on the cache without the network (tools/sweep_ensemble.py), step 3
 # writes the table (paper's layout, paper's PQ beside ours) and PQ heatmaps, and checks the
@@ -64,7 +64,7 @@ table4_main() {
   else
     echo "=== Table 4, step 1: evaluation with the score cache -> $cache"
     # shellcheck disable=SC2086  # EXTRA_OPTS is a list of KEY VALUE words
-    "$(repro_python)" -m retclip.sweep.write_cache --num-gpus "${NUM_GPUS:-1}" --config-file "$REPO/$CONFIG" \
+    "$(repro_python)" "$REPO/tools/train_net.py" --eval-only --num-gpus "${NUM_GPUS:-1}" --config-file "$REPO/$CONFIG" \
       OUTPUT_DIR "$root/eval" MODEL.WEIGHTS "$FCCLIP_CONVNEXT_WEIGHTS" \
       TEST.SCORE_CACHE_DIR "$cache_root" TEST.SCORE_CACHE_MASK_DTYPE "${CACHE_DTYPE:-float32}" \
       ${EXTRA_OPTS:-} 2>&1 | tee "$root/eval/log.txt"

@@ -162,7 +162,8 @@ def test_training_free_modes():
     clip_only = training_free_scores(clip_probs, s_ret, "clip", 0.5, clip_is_logits=False)
     torch.testing.assert_close(clip_only, clip_probs)
     ret = training_free_scores(clip_probs, s_ret, "retrieval", 0.5, avail, clip_is_logits=False)
-    torch.testing.assert_close(ret, torch.tensor([[0.2, 0.0]]))
+    # class 1 has no database: it falls back to its CLIP score
+    torch.testing.assert_close(ret, torch.tensor([[0.2, 0.75]]))
     # class 0: 0.5 * 0.2 + 0.5 * 0.25 = 0.225; class 1 has no retrieval: 0.75
     both = training_free_scores(clip_probs, s_ret, "retclip", 0.5, avail, clip_is_logits=False)
     torch.testing.assert_close(both, torch.tensor([[0.225, 0.75]]))

@@ -280,7 +280,7 @@ def test_eval_only_with_score_cache_dir_writes_a_readable_cache(tmp_path, one_th
     train_net = _load_train_net()
     out, cache = tmp_path / "run", tmp_path / "cache"
     results = train_net.run(_args(
-        out, "MODEL.META_ARCHITECTURE", "RetCLIP", "MODEL.RETCLIP.ENSEMBLE_MODE", "geometric",
+        out, "MODEL.META_ARCHITECTURE", "RetCLIP", "MODEL.ENSEMBLE.MODE", "geometric",
         "TEST.SCORE_CACHE_DIR", str(cache), eval_only=True,
     ))
     assert "panoptic_seg" in results

@@ -10,7 +10,7 @@ TEST.SCORE_CACHE_DIR/<dataset>):
 then sweep (one row per point in OUTPUT/sweep.jsonl and sweep.csv; re-running skips finished points):
 
     python tools/sweep_ensemble.py --cache cache/openvocab_ade20k_panoptic_val --output-dir sweep/ \\
-        --alpha 0.3,0.4,0.5 --beta 0.7,0.8 --gamma 0.0,0.3 --mode arithmetic --workers 4
+        --alpha 0.3,0.4,0.5 --beta 0.7,0.8 --gamma 0.0,0.3 --workers 4
     python tools/sweep_ensemble.py --cache ... --output-dir ... --grid configs/sweep/table4.yaml
 
 ``--metrics-backend reference`` uses the evaluators of the full run (panopticapi, pycocotools) and
@@ -36,7 +36,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from retclip.sweep.cache import StaleCacheError  # noqa: E402
 from retclip.sweep.grid import make_grid  # noqa: E402
 from retclip.sweep.metrics import METRICS_BACKENDS  # noqa: E402
-from retclip.sweep.recombine import ENSEMBLE_MODES  # noqa: E402
+from retclip.ensemble import ENSEMBLE_MODES  # noqa: E402
 from retclip.sweep.runner import SweepRunner  # noqa: E402
 from retclip.utils.tool_config import load_tool_config  # noqa: E402
 
@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", help="comma-separated beta values (unseen classes)")
     p.add_argument("--gamma", help="comma-separated gamma values (retrieval weight)")
     p.add_argument("--grid", help="YAML/JSON grid file (alpha/beta/gamma lists and/or points)")
-    p.add_argument("--mode", choices=ENSEMBLE_MODES, default="arithmetic", help="ensemble form")
+    p.add_argument(
+        "--mode",
+        choices=ENSEMBLE_MODES.names(),
+        help="ensemble form (default: the mode of the model that wrote the cache)",
+    )
     p.add_argument("--metrics-backend", choices=METRICS_BACKENDS, default="hotcoco")
     p.add_argument(
         "--workers", type=_positive, default=1, help="grid points evaluated in parallel processes"
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
         rows = runner.run(points)
     except StaleCacheError as e:  # results in --output-dir from another cache or backend
         raise UserError(str(e)) from e
-    keys = {p.key(args.mode) for p in points}
+    keys = {p.key(runner.mode) for p in points}
     rows = [r for r in rows if (r["mode"], r["alpha"], r["beta"], r["gamma"]) in keys]
     print(
         f"{'alpha':>6}{'beta':>6}{'gamma':>6}{'PQ':>8}{'mAP':>8}{'mIoU':>8}{'PQ_seen':>9}{'PQ_unseen':>10}"

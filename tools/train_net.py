@@ -3,6 +3,7 @@
 
     python tools/train_net.py --config-file configs/... --num-gpus 8 [KEY VALUE ...]
     python tools/train_net.py --config-file configs/... --eval-only MODEL.WEIGHTS path/to/model.pth
+    python tools/train_net.py ... --eval-only MODEL.WEIGHTS ... TEST.SCORE_CACHE_DIR cache/  # + sweep cache
     python tools/train_net.py --config-file configs/tests/tiny_fcclip_synthetic.yaml --num-gpus 0
 
 Multi-node: ``--num-machines N --machine-rank R --dist-url tcp://HOST:PORT``. ``--resume``
@@ -18,7 +19,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from retclip.utils.cli import UserError, run_tool  # noqa: E402
 
 import retclip  # noqa: E402  (compat steps and registrations, before detectron2)
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
@@ -26,9 +26,9 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from retclip.engine import (  # noqa: E402
     Trainer,
     check_config,
+    evaluate_checkpoint,
     format_metrics,
     resume_or_load,
-    write_metrics,
 )
 from retclip.utils.device import check_num_gpus  # noqa: E402
 from retclip.utils.tool_config import load_tool_config  # noqa: E402
@@ -65,11 +65,8 @@ def run(args):
     """One process's training or evaluation (what ``launch`` runs on every worker)."""
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
+        results = evaluate_checkpoint(cfg, resume=args.resume)
         if comm.is_main_process():
-            write_metrics(results, os.path.join(cfg.OUTPUT_DIR, "metrics_eval.json"))
             print(format_metrics(results))
         return results
 

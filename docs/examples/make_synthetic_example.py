@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from retclip.modeling.vocabulary import thing_ids_from_metadata  # noqa: E402
 from retclip.sweep.writer import ScoreCacheWriter  # noqa: E402
 from retclip.testing.synthetic import make_and_register_synthetic  # noqa: E402
 
@@ -108,7 +109,14 @@ def main():
     writer = ScoreCacheWriter(
         cache_dir,
         dataset_name=test,
-        postprocess=POSTPROCESS,
+        model_manifest={
+            "ensemble_mode": "arithmetic",
+            "weights": {"alpha": 0.4, "beta": 0.7, "gamma": 0.3},
+            "class_names": list(MetadataCatalog.get(test).stuff_classes),
+            "postprocess": dict(
+                POSTPROCESS, thing_ids=sorted(thing_ids_from_metadata(MetadataCatalog.get(test)))
+            ),
+        },
         fingerprint={
             "model": "synthetic scores (no model)",
             "databases": "synthetic",

@@ -2,7 +2,7 @@
 -> SAM masks, the model's CLIP dense map and mask pooling, sharded resumable distributed writes."""
 
 from .builder import DatabaseBuilder
-from .config import add_database_build_config
+from retclip.config import add_database_build_config
 from .counting import ForwardCounter
 from .distributed import launch_build, rank_and_world_size
 from .encoder import ClipSegmentEncoder, SegmentEncoder, masks_to_logits

@@ -7,13 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Optional, Sequence
 
-from retclip.proposals import (
-    GroundingDinoDetector,
-    GroundingDinoSamProposals,
-    GroundTruthProposals,
-    ProposalSource,
-    build_box_segmenter,
-)
+from retclip.proposals import GroundingDinoSamProposals, ProposalSource, build_proposal_source
 
 from .builder import DatabaseBuilder
 from .counting import ForwardCounter
@@ -29,8 +23,6 @@ __all__ = [
     "setup_build_config",
     "run_build",
 ]
-
-_PROPOSALS = ("GroundingDinoSamProposals", "GroundTruthProposals")
 
 
 def build_encoder(cfg):
@@ -52,26 +44,17 @@ def build_encoder(cfg):
 
 
 def build_proposals(cfg) -> ProposalSource:
-    """``DATABASE_BUILD.PROPOSALS``: Grounding DINO -> SAM, or ground-truth masks."""
+    """``DATABASE_BUILD.PROPOSALS``, a name of :data:`retclip.proposals.PROPOSAL_REGISTRY` (the
+    training-free model's names), built from ``DATABASE_BUILD.SAM`` / ``GROUNDING_DINO``."""
     b = cfg.DATABASE_BUILD
-    if b.PROPOSALS == "GroundTruthProposals":
-        return GroundTruthProposals()
-    if b.PROPOSALS != "GroundingDinoSamProposals":
-        raise ValueError(
-            f"DATABASE_BUILD.PROPOSALS must be one of {list(_PROPOSALS)}, got {b.PROPOSALS!r}"
-        )
-    device = cfg.MODEL.DEVICE
-    detector = GroundingDinoDetector.from_pretrained(
-        b.GROUNDING_DINO.MODEL,
-        device=device,
-        box_threshold=b.GROUNDING_DINO.BOX_THRESHOLD,
-        text_threshold=b.GROUNDING_DINO.TEXT_THRESHOLD,
-        nms_threshold=b.GROUNDING_DINO.NMS_THRESHOLD,
-        max_detections=b.GROUNDING_DINO.MAX_DETECTIONS,
-        max_images_per_batch=b.BATCH_SIZE,
+    return build_proposal_source(
+        b.PROPOSALS,
+        b.SAM,
+        b.GROUNDING_DINO,
+        device=cfg.MODEL.DEVICE,
+        batch_size=b.BATCH_SIZE,
+        key="DATABASE_BUILD.PROPOSALS",
     )
-    segmenter = build_box_segmenter(b.SAM, device=device, max_images_per_batch=b.BATCH_SIZE)
-    return GroundingDinoSamProposals(detector=detector, segmenter=segmenter)
 
 
 def watch_models(
@@ -95,17 +78,11 @@ def _build_args(cfg) -> Dict[str, Any]:
         "shard_size": b.SHARD_SIZE,
         "batch_size": b.BATCH_SIZE,
         "grounding_dino": (
-            dict(b.GROUNDING_DINO) if b.PROPOSALS == "GroundingDinoSamProposals" else None
+            dict(b.GROUNDING_DINO) if b.PROPOSALS == "grounding_dino_sam" else None
         ),
         "sam": (
-            {
-                "backend": b.SAM.BACKEND,
-                "model_type": b.SAM.MODEL_TYPE,
-                "checkpoint": b.SAM.CHECKPOINT,
-                "hf_model": b.SAM.HF_MODEL,
-                "multimask": b.SAM.MULTIMASK,
-            }
-            if b.PROPOSALS == "GroundingDinoSamProposals"
+            {k.lower(): v for k, v in b.SAM.items()}
+            if b.PROPOSALS in ("grounding_dino_sam", "sam_grid")
             else None
         ),
         "clip_input": {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST},

@@ -22,6 +22,7 @@ from detectron2.utils import comm
 from retclip.data.mappers import build_dataset_mapper
 from retclip.evaluation import build_evaluator
 from retclip.utils.device import resolve_device  # noqa: F401  (re-exported: one CPU fallback for every tool)
+from retclip.utils.fileio import atomic_write_text
 
 from .optimizer import build_optimizer
 
@@ -67,10 +68,7 @@ def check_config(cfg: Any) -> None:
 def write_metrics(results: Dict[str, Any], path: str) -> None:
     """Write evaluation results as JSON, atomically (temporary file + rename)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True))
     logger.info("Wrote metrics to %s", path)
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.memory import retry_if_cuda_oom
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,22 @@ class PostprocessSettings:
     topk: int
     thing_ids: FrozenSet[int]
 
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON form (the score-cache manifest records the model's settings this way)."""
+        return {
+            "semantic_on": self.semantic_on,
+            "panoptic_on": self.panoptic_on,
+            "instance_on": self.instance_on,
+            "object_mask_threshold": self.object_mask_threshold,
+            "overlap_threshold": self.overlap_threshold,
+            "sem_seg_postprocess_before_inference": self.sem_seg_postprocess_before_inference,
+            "topk": self.topk,
+            "thing_ids": sorted(int(i) for i in self.thing_ids),
+        }
+
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any]) -> "PostprocessSettings":
-        """From a score-cache manifest ("postprocess" and "thing_ids" entries)."""
-        pp = manifest["postprocess"]
+    def from_dict(cls, pp: Mapping[str, Any]) -> "PostprocessSettings":
+        """Inverse of :meth:`to_dict`."""
         return cls(
             semantic_on=bool(pp["semantic_on"]),
             panoptic_on=bool(pp["panoptic_on"]),
@@ -52,7 +65,7 @@ class PostprocessSettings:
             overlap_threshold=float(pp["overlap_threshold"]),
             sem_seg_postprocess_before_inference=bool(pp["sem_seg_postprocess_before_inference"]),
             topk=int(pp["topk"]),
-            thing_ids=frozenset(int(i) for i in manifest["thing_ids"]),
+            thing_ids=frozenset(int(i) for i in pp["thing_ids"]),
         )
 
 
@@ -215,6 +228,33 @@ def instance_inference(
     result.scores = top_scores * inside
     result.pred_classes = top_labels
     return result
+
+
+def output_mask_logits(
+    mask_logits: torch.Tensor,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    height: int,
+    width: int,
+    settings: PostprocessSettings,
+) -> torch.Tensor:
+    """One image's decoder-resolution mask logits as :func:`image_outputs` takes them.
+
+    Upsampled to the padded input size, then (``settings.sem_seg_postprocess_before_inference``)
+    cropped to the image and resized to the output size. The model's forward and the sweep's
+    cached masks both go through here.
+
+    Args:
+        mask_logits: (Q, h, w) mask logits at the decoder's resolution of the padded input.
+        padded_size: (Hp, Wp) of the padded input; image_size: (h, w) of the image inside it.
+        height, width: the output size.
+    """
+    masks = F.interpolate(
+        mask_logits[None], size=tuple(padded_size), mode="bilinear", align_corners=False
+    )[0]
+    if settings.sem_seg_postprocess_before_inference:
+        masks = retry_if_cuda_oom(sem_seg_postprocess)(masks, tuple(image_size), height, width)
+    return masks
 
 
 def image_outputs(

@@ -94,6 +94,22 @@ class Vocabulary:
         return len(self.class_names)
 
 
+def thing_ids_of(
+    class_names: Sequence[str], thing_classes: Optional[Sequence[str]]
+) -> Optional[List[int]]:
+    """Contiguous ids of ``thing_classes`` within ``class_names`` (None stays None: all things).
+
+    Raises:
+        ValueError: a thing class is not in ``class_names``.
+    """
+    if thing_classes is None:
+        return None
+    unknown = [t for t in thing_classes if t not in class_names]
+    if unknown:
+        raise ValueError(f"thing_classes {unknown} are not in class_names")
+    return [class_names.index(t) for t in thing_classes]
+
+
 def make_vocabulary(
     class_names: Sequence[str],
     *,

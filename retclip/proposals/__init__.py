@@ -8,6 +8,7 @@ from .base import (
     build_proposal_source,
     masks_to_boxes,
 )
+from .build import grounding_dino_sam, ground_truth, sam_grid  # registers the sources
 from .grounding_dino import Detections, GroundingDinoDetector
 from .grounding_dino_sam import GroundingDinoSamProposals
 from .ground_truth import GroundTruthProposals

@@ -1,8 +1,10 @@
 """The common output of every mask proposal source and the registry that names the sources.
 
 The database builder and the training-free model both need "some masks for this image, perhaps
-with a class hint per mask"; keeping one dataclass and one call signature lets either of them swap
-ground-truth masks, SAM's point grid or Grounding DINO -> SAM by a config string.
+with a class hint per mask"; keeping one dataclass, one call signature and one registry of names
+(``DATABASE_BUILD.PROPOSALS`` and ``MODEL.TRAINING_FREE.PROPOSALS`` take the same values) lets
+either of them swap ground-truth masks, SAM's point grid or Grounding DINO -> SAM by a config
+string. The sources register in :mod:`retclip.proposals.build`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from detectron2.utils.registry import Registry
 from torch import Tensor
+
+from retclip.utils.registry import NamedRegistry
 
 __all__ = [
     "Proposals",
@@ -23,17 +26,13 @@ __all__ = [
     "masks_to_boxes",
 ]
 
-PROPOSAL_REGISTRY = Registry("PROPOSAL_SOURCE")
-PROPOSAL_REGISTRY.__doc__ = """
-Registry of mask proposal sources. An entry is a class built from keyword arguments
-(``PROPOSAL_REGISTRY.get(name)(**kwargs)``, see each class) whose instances are called as
-
-    source(image, class_names=None, dataset_dict=None) -> Proposals
-
-with ``image`` an H x W x 3 uint8 RGB numpy array, ``class_names`` the vocabulary the class hints
-index into (needed by text-prompted sources) and ``dataset_dict`` a detectron2 dataset dict
-(needed by the ground-truth source).
-"""
+#: Mask proposal sources by config name. An entry builds a source from a config's ``SAM`` and
+#: ``GROUNDING_DINO`` blocks (:func:`retclip.config.sam_config`, ``grounding_dino_config``):
+#: ``builder(sam, grounding_dino, device=..., batch_size=...) -> ProposalSource``, whose instances
+#: are called as ``source(image, class_names=None, dataset_dict=None) -> Proposals`` with ``image``
+#: an H x W x 3 uint8 RGB numpy array, ``class_names`` the vocabulary the class hints index into
+#: (text-prompted sources) and ``dataset_dict`` a detectron2 dataset dict (ground truth).
+PROPOSAL_REGISTRY: NamedRegistry = NamedRegistry("proposal source", "PROPOSALS")
 
 
 @dataclass
@@ -179,9 +178,25 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {desc}")
 
 
-def build_proposal_source(name: str, **kwargs: Any) -> ProposalSource:
-    """Build the registered source ``name`` from keyword arguments; unknown names list the valid ones."""
+def build_proposal_source(
+    name: str,
+    sam: Any,
+    grounding_dino: Any,
+    *,
+    device: str = "cpu",
+    batch_size: int = 1,
+    key: str = "PROPOSALS",
+) -> ProposalSource:
+    """The registered source ``name`` built from a config's SAM and GROUNDING_DINO blocks.
+
+    Args:
+        key: the config key that named the source, for the error listing the valid names.
+        batch_size: images that may share one forward of the source's models.
+    Raises:
+        ValueError: ``name`` is not registered (the message names ``key`` and the valid names).
+    """
     if name not in PROPOSAL_REGISTRY:
-        valid = sorted(k for k, _ in PROPOSAL_REGISTRY)
-        raise KeyError(f"unknown proposal source {name!r}; registered: {valid}")
-    return PROPOSAL_REGISTRY.get(name)(**kwargs)
+        raise ValueError(
+            f"{key}: unknown proposal source {name!r}; valid: {PROPOSAL_REGISTRY.names()}"
+        )
+    return PROPOSAL_REGISTRY.get(name)(sam, grounding_dino, device=device, batch_size=batch_size)

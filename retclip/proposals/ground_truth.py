@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import PROPOSAL_REGISTRY, Proposals, ProposalSource, check_image, masks_to_boxes
+from .base import Proposals, ProposalSource, check_image, masks_to_boxes
 
 __all__ = ["GroundTruthProposals", "read_panoptic_segments"]
 
@@ -48,7 +48,6 @@ def read_panoptic_segments(dataset_dict: Dict[str, Any]) -> tuple:
     return np.stack(masks), np.asarray(cats, np.int64), np.asarray(crowd, bool)
 
 
-@PROPOSAL_REGISTRY.register()
 class GroundTruthProposals(ProposalSource):
     """One proposal per ground-truth panoptic segment; the label is its contiguous category id.
 

@@ -8,7 +8,6 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .base import (
-    PROPOSAL_REGISTRY,
     Proposals,
     ProposalSource,
     check_batch_lengths,
@@ -20,7 +19,6 @@ from .sam import SamBoxSegmenter
 __all__ = ["GroundingDinoSamProposals"]
 
 
-@PROPOSAL_REGISTRY.register()
 class GroundingDinoSamProposals(ProposalSource):
     """Detect the named classes, segment every box with SAM; the detector's class is the hint.
 

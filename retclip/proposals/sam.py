@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import PROPOSAL_REGISTRY, Proposals, ProposalSource, check_image
+from .base import Proposals, ProposalSource, check_image
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,6 @@ def build_box_segmenter(sam_cfg: Any, *, device: str = "cpu", max_images_per_bat
     raise ValueError(f"SAM.BACKEND must be one of {list(SAM_BACKENDS)}, got {backend!r}")
 
 
-@PROPOSAL_REGISTRY.register()
 class SamGridProposals(ProposalSource):
     """Class-agnostic masks from SAM prompted with a regular point grid
     (segment-anything's ``SamAutomaticMaskGenerator``); labels are None."""

@@ -81,8 +81,7 @@ class RetrievalConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {self.aggregation!r}; valid: {AGGREGATIONS}")
+        AGGREGATIONS.get(self.aggregation)  # an unknown name fails here, listing the valid ones
         if self.top_k <= 0:
             raise ValueError(f"MODEL.RETCLIP.TOP_K must be positive, got {self.top_k}")
 
@@ -152,8 +151,7 @@ class RetrievalScorer:
             raise ValueError("RetrievalScorer needs at least one database")
         if top_k < 1:
             raise ValueError(f"MODEL.RETCLIP.TOP_K must be >= 1, got {top_k}")
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r}; valid: {AGGREGATIONS}")
+        AGGREGATIONS.get(aggregation)
         self.retrievers = list(retrievers)
         self.top_k = top_k
         self.aggregation = aggregation

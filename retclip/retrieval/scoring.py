@@ -17,16 +17,41 @@ Per query, over its retrieved neighbours (slots with score -inf / id -1 are igno
      (Geirhos et al. 2024, offset 2); in [0, sum_{r<k} 1/(offset + r)], e.g. ~1.52 for k = 10.
 
    Classes with no neighbour get 0.
+
+Each aggregation is an :class:`Aggregation` (a neighbour-weight rule and a per-class reduction)
+registered by name in :data:`AGGREGATIONS`; a new one is registered there once.
 """
-from typing import Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["AGGREGATIONS", "retrieval_scores", "minmax_weights"]
+from ..utils.registry import NamedRegistry
+
+__all__ = ["AGGREGATIONS", "Aggregation", "retrieval_scores", "minmax_weights"]
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A per-class aggregation of neighbour votes.
+
+    Attributes:
+        weights: ``(similarities (N, k), present (N, k) bool, rank_offset) -> (N, k)`` weight of
+            each neighbour (0 where missing).
+        reduce: ``(target (N, k) long, weights (N, k), num_classes) -> (N, K+1)`` per-class
+            scores; ``target`` is the neighbour's test class, K (a dustbin column) when it votes
+            for none.
+    """
+
+    weights: Callable[[Tensor, Tensor, float], Tensor]
+    reduce: Callable[[Tensor, Tensor, int], Tensor]
+
 
 #: Per-class aggregations (``MODEL.RETCLIP.AGGREGATION``).
-AGGREGATIONS = ("max", "mean", "sum", "rank_vote")
+AGGREGATIONS: NamedRegistry[Aggregation] = NamedRegistry(
+    "retrieval aggregation", "MODEL.RETCLIP.AGGREGATION"
+)
 
 Votes = List[Dict[int, List[Dict[str, float]]]]
 
@@ -75,8 +100,7 @@ def retrieval_scores(
         s_ret: (N, K) float32 (range per aggregation, see the module docstring); with
         ``return_votes`` a tuple (s_ret, votes).
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {AGGREGATIONS}")
+    agg = AGGREGATIONS.get(aggregation)
     if similarities.shape != neighbour_classes.shape or similarities.ndim != 2:
         raise ValueError(
             "similarities and neighbour_classes must both be (N, k), got "
@@ -87,31 +111,12 @@ def retrieval_scores(
     classes = neighbour_classes.to(torch.long)
     if (classes >= num_classes).any() or (classes < -1).any():
         raise ValueError(f"neighbour_classes must lie in [-1, {num_classes}), got other values")
-    n, k = similarities.shape
     present = torch.isfinite(similarities)
-    if aggregation == "rank_vote":
-        # rank among present neighbours, nearest first (ties keep index order)
-        sims = similarities.float()
-        order = torch.where(present, sims, torch.full_like(sims, -float("inf")))
-        positions = torch.arange(k, device=classes.device).expand(n, k).contiguous()
-        ranks = torch.empty_like(classes)
-        ranks.scatter_(1, order.argsort(dim=1, descending=True, stable=True), positions)
-        weights = torch.where(present, 1.0 / (rank_offset + ranks.float()),
-                              torch.zeros(n, k, device=classes.device))
-    else:
-        weights = minmax_weights(similarities)
-
+    weights = agg.weights(similarities, present, rank_offset)
     votes_mask = present & (classes >= 0)
     # column K is a dustbin for neighbours that vote for no test class
     target = torch.where(votes_mask, classes, torch.full_like(classes, num_classes))
-    out = torch.zeros(n, num_classes + 1, device=weights.device, dtype=torch.float32)
-    if aggregation == "max":
-        out.scatter_reduce_(1, target, weights, reduce="amax", include_self=True)
-    else:
-        out.scatter_add_(1, target, weights)
-        if aggregation == "mean":
-            counts = torch.zeros_like(out).scatter_add_(1, target, torch.ones_like(weights))
-            out = out / counts.clamp_min(1.0)
+    out = agg.reduce(target, weights, num_classes)
     s_ret = out[:, :num_classes]
     if not return_votes:
         return s_ret
@@ -138,3 +143,46 @@ def _collect_votes(
                 )
         votes.append(per_class)
     return votes
+
+
+def _minmax(similarities: Tensor, present: Tensor, rank_offset: float) -> Tensor:
+    return minmax_weights(similarities)
+
+
+def _rank(similarities: Tensor, present: Tensor, rank_offset: float) -> Tensor:
+    """1 / (rank_offset + rank) among the present neighbours, nearest first (ties keep order)."""
+    n, k = similarities.shape
+    sims = similarities.float()
+    order = torch.where(present, sims, torch.full_like(sims, -float("inf")))
+    positions = torch.arange(k, device=similarities.device).expand(n, k).contiguous()
+    ranks = torch.empty_like(positions)
+    ranks.scatter_(1, order.argsort(dim=1, descending=True, stable=True), positions)
+    return torch.where(
+        present, 1.0 / (rank_offset + ranks.float()), torch.zeros(n, k, device=sims.device)
+    )
+
+
+def _empty(target: Tensor, weights: Tensor, num_classes: int) -> Tensor:
+    return torch.zeros(
+        target.shape[0], num_classes + 1, device=weights.device, dtype=torch.float32
+    )
+
+
+def _max(target: Tensor, weights: Tensor, num_classes: int) -> Tensor:
+    out = _empty(target, weights, num_classes)
+    return out.scatter_reduce_(1, target, weights, reduce="amax", include_self=True)
+
+
+def _sum(target: Tensor, weights: Tensor, num_classes: int) -> Tensor:
+    return _empty(target, weights, num_classes).scatter_add_(1, target, weights)
+
+
+def _mean(target: Tensor, weights: Tensor, num_classes: int) -> Tensor:
+    counts = _empty(target, weights, num_classes).scatter_add_(1, target, torch.ones_like(weights))
+    return _sum(target, weights, num_classes) / counts.clamp_min(1.0)
+
+
+AGGREGATIONS.register("max")(Aggregation(weights=_minmax, reduce=_max))
+AGGREGATIONS.register("mean")(Aggregation(weights=_minmax, reduce=_mean))
+AGGREGATIONS.register("sum")(Aggregation(weights=_minmax, reduce=_sum))
+AGGREGATIONS.register("rank_vote")(Aggregation(weights=_rank, reduce=_sum))

@@ -3,8 +3,9 @@ evaluation so that a sweep over (alpha, beta, gamma) never runs the network agai
 
 Layout of a cache directory::
 
-    manifest.json                       schema, model fingerprint, dataset, classes, thing ids,
-                                        post-processing settings, expected image ids, complete flag
+    manifest.json                       schema, model fingerprint, dataset, the model's ensemble
+                                        mode, weights, classes and post-processing settings (with
+                                        thing ids), expected image ids, complete flag
     shards/r<rank>-<n>.safetensors      a few images each: tensors "<i>.<field>", and in the
                                         safetensors metadata the images' ids / files / sizes and
                                         the fingerprint again
@@ -48,8 +49,10 @@ __all__ = [
     "compare_fingerprints",
 ]
 
-SCHEMA_VERSION = 2  # 2: decoder-resolution mask logits + padded_size
-#: Tensors stored per image (``valid`` only when the model gives one).
+SCHEMA_VERSION = 3  # 2: decoder-resolution mask logits + padded_size; 3: "model" entry
+#: Tensors stored per image: the model's ensemble inputs (names of
+#: :func:`retclip.ensemble.ensemble_probabilities`) and mask logits. ``valid`` only when the model
+#: uses it, ``retrieval_scores`` only when the model has a database.
 TENSOR_FIELDS = (
     "in_vocab_logits",
     "clip_logits",
@@ -59,6 +62,9 @@ TENSOR_FIELDS = (
     "valid",
     "mask_logits",
 )
+REQUIRED_TENSOR_FIELDS = ("in_vocab_logits", "clip_logits", "seen", "mask_logits")
+#: The manifest's "model" entry (``RetCLIP.score_cache_manifest()``).
+MODEL_MANIFEST_FIELDS = ("ensemble_mode", "weights", "class_names", "postprocess")
 _MASK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _SHARD_RE = re.compile(r"^r(\d+)-(\d+)\.safetensors$")
 
@@ -79,13 +85,6 @@ def compare_fingerprints(cached: Mapping[str, Any], current: Mapping[str, Any]) 
 
 def _jsonable(fingerprint: Mapping[str, Any]) -> Dict[str, Any]:
     return json.loads(json.dumps(dict(fingerprint), sort_keys=True, default=str))
-
-
-def _atomic_write_json(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -32,7 +32,7 @@ def add_score_cache(
     """``evaluator`` plus a :class:`ScoreCacheWriter` when ``TEST.SCORE_CACHE_DIR`` is set.
 
     Sets ``model.return_ensemble_inputs = True`` (a RetCLIP model; others are refused with the
-    reason) and records ``model.ensemble_fingerprint()`` in the cache.
+    reason) and records ``model.ensemble_fingerprint()`` and ``model.score_cache_manifest()`` in the cache.
 
     Raises:
         ValueError: the model cannot give ensemble inputs (no ``ensemble_fingerprint``).
@@ -43,12 +43,18 @@ def add_score_cache(
     if not hasattr(target, "return_ensemble_inputs") or not hasattr(target, "ensemble_fingerprint"):
         raise ValueError(
             f"TEST.SCORE_CACHE_DIR is set but {type(target).__name__} cannot return ensemble inputs; "
-            'use MODEL.META_ARCHITECTURE "RetCLIP" (ENSEMBLE_MODE "geometric" without a database is FC-CLIP)'
+            'use MODEL.META_ARCHITECTURE "RetCLIP" (MODEL.ENSEMBLE.MODE "geometric" without a '
+            "database is FC-CLIP)"
         )
     target.return_ensemble_inputs = True
-    cfg_dir = cfg.clone()
-    cfg_dir.defrost()
-    cfg_dir.TEST.SCORE_CACHE_DIR = score_cache_dir(cfg, dataset_name)
-    writer = ScoreCacheWriter(cfg_dir, dataset_name, target.ensemble_fingerprint())
-    logger.info("Writing the score cache of %s to %s", dataset_name, cfg_dir.TEST.SCORE_CACHE_DIR)
+    cache_dir = score_cache_dir(cfg, dataset_name)
+    writer = ScoreCacheWriter(
+        cache_dir,
+        dataset_name=dataset_name,
+        fingerprint=target.ensemble_fingerprint(),
+        model_manifest=target.score_cache_manifest(),
+        mask_dtype=cfg.TEST.SCORE_CACHE_MASK_DTYPE,
+        shard_mb=cfg.TEST.SCORE_CACHE_SHARD_MB,
+    )
+    logger.info("Writing the score cache of %s to %s", dataset_name, cache_dir)
     return DatasetEvaluators([evaluator, writer])

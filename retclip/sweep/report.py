@@ -12,6 +12,8 @@ import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from retclip.utils.fileio import atomic_path
+
 from .expected import metric_value, read_results
 
 __all__ = ["table_markdown", "sweep_markdown", "pq_heatmaps", "best_row"]
@@ -142,7 +144,8 @@ def pq_heatmaps(
         fig.colorbar(im, ax=ax, label="PQ")
         fig.tight_layout()
         path = os.path.join(out_dir, f"pq_{xkey}_gamma.png")
-        fig.savefig(path, dpi=dpi)
+        with atomic_path(path) as tmp:
+            fig.savefig(str(tmp), dpi=dpi, format="png")
         plt.close(fig)
         paths.append(path)
     return paths

@@ -31,14 +31,10 @@ from retclip.utils.errors import BadFileError
 from .cache import ScoreCache, StaleCacheError, compare_fingerprints
 from .grid import GridPoint
 from .metrics import METRICS_BACKENDS, FastPanopticEvaluator
-from .recombine import (
-    ENSEMBLE_MODES,
-    PostprocessSettings,
-    combine_scores,
-    has_retrieval,
-    postprocess,
-    prepare_masks,
-)
+from retclip.ensemble import ENSEMBLE_MODES
+from retclip.utils.fileio import atomic_write_text
+
+from .recombine import combine_scores, postprocess, postprocess_settings, prepare_masks
 
 logger = logging.getLogger(__name__)
 
@@ -127,13 +123,6 @@ def read_rows(path: str) -> List[Dict[str, Any]]:
     return rows
 
 
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 # One sweep state per worker process (built once by the pool initializer, reused for every point).
 _WORKER: Dict[str, Any] = {}
 
@@ -166,7 +155,8 @@ class SweepRunner:
     Args:
         cache_dir: written by :class:`retclip.sweep.cache.ScoreCacheWriter`.
         output_dir: where sweep.jsonl / sweep.csv / sweep_meta.json go.
-        mode: ensemble, "arithmetic" (paper) or "geometric" (FC-CLIP).
+        mode: a name in :data:`retclip.ensemble.ENSEMBLE_MODES` ("arithmetic", the paper's;
+            "geometric", FC-CLIP's; or any registered one); default: the cached model's mode.
         backend: "hotcoco" (fast, scores the cached images even if some are missing) or
             "reference" (the evaluators of ``--eval-only``; needs ``cfg`` and every image).
         cfg: the evaluation config (for the reference backend: DATASETS.TRAIN, TEST flags).
@@ -181,15 +171,13 @@ class SweepRunner:
         cache_dir: str,
         output_dir: str,
         *,
-        mode: str,
+        mode: Optional[str] = None,
         backend: str = "hotcoco",
         cfg: Optional[Any] = None,
         expected_fingerprint: Optional[Mapping[str, Any]] = None,
         workers: int = 1,
         points_per_pass: int = 4,
     ) -> None:
-        if mode not in ENSEMBLE_MODES:
-            raise ValueError(f"unknown ensemble mode {mode!r}; valid: {ENSEMBLE_MODES}")
         if backend not in METRICS_BACKENDS:
             raise ValueError(f"unknown metrics backend {backend!r}; valid: {METRICS_BACKENDS}")
         if backend == "reference" and cfg is None:
@@ -202,13 +190,15 @@ class SweepRunner:
             raise ValueError(f"points_per_pass must be >= 1, got {points_per_pass}")
         self.cache_dir = cache_dir
         self.output_dir = output_dir
-        self.mode = mode
         self.backend = backend
         self.cfg = cfg
         self.workers = workers
         self.points_per_pass = points_per_pass
         cache = ScoreCache(cache_dir, expected_fingerprint)
         self.manifest = cache.manifest
+        # default: the cached model's own mode; any registered mode can be swept
+        self.mode = mode if mode is not None else self.manifest["model"]["ensemble_mode"]
+        ENSEMBLE_MODES.get(self.mode)
         self.dataset_name = self.manifest["dataset"]
         self.num_images = len(cache)
         if len(cache) == 0:
@@ -221,7 +211,6 @@ class SweepRunner:
                     "every image: finish the cache, or use --metrics-backend hotcoco, which scores the cached ones"
                 )
         self.missing_image_ids = list(cache.missing_image_ids)
-        self.has_retrieval = has_retrieval(self.manifest)
         self.seen = [bool(s) for s in cache.load(cache.image_ids[0]).tensors["seen"].tolist()]
         self.jsonl = os.path.join(output_dir, "sweep.jsonl")
         self.csv = os.path.join(output_dir, "sweep.csv")
@@ -230,7 +219,7 @@ class SweepRunner:
     # ------------------------------------------------------------ per process
     def _open(self) -> Dict[str, Any]:
         cache = ScoreCache(self.cache_dir)
-        settings = PostprocessSettings.from_manifest(self.manifest)
+        settings = postprocess_settings(self.manifest)
         state: Dict[str, Any] = {"cache": cache, "settings": settings, "evaluators": []}
         if self.backend == "hotcoco":
             tasks = []
@@ -276,12 +265,7 @@ class SweepRunner:
             prepared = prepare_masks(image, settings)
             for point, evaluator in zip(points, evaluators):
                 mask_cls = combine_scores(
-                    image.tensors,
-                    self.mode,
-                    point.alpha,
-                    point.beta,
-                    point.gamma,
-                    self.has_retrieval,
+                    image.tensors, self.mode, point.alpha, point.beta, point.gamma
                 )
                 outputs = postprocess(mask_cls, image, settings, prepared)
                 evaluator.process([image.evaluator_input], [outputs])
@@ -321,17 +305,17 @@ class SweepRunner:
                     "use another output directory"
                 )
         else:
-            _atomic_text(self.meta_path, json.dumps(meta, indent=1, sort_keys=True))
+            atomic_write_text(self.meta_path, json.dumps(meta, indent=1, sort_keys=True))
 
     def _write(self, rows: List[Dict[str, Any]]) -> None:
-        _atomic_text(self.jsonl, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        atomic_write_text(self.jsonl, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         buf = io.StringIO()
         fields = ["alpha", "beta", "gamma", "mode", *HEADLINE, "backend", "num_images", "seconds"]
         writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
             writer.writerow(r)
-        _atomic_text(self.csv, buf.getvalue())
+        atomic_write_text(self.csv, buf.getvalue())
 
     @staticmethod
     def _log(rows: Sequence[Dict[str, Any]]) -> None:

@@ -9,21 +9,23 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping
 
-from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from safetensors.torch import save_file
 
+from retclip.utils.fileio import atomic_path, atomic_write_json
+
 from .cache import (
     _MASK_DTYPES,
     _SHARD_RE,
+    MODEL_MANIFEST_FIELDS,
+    REQUIRED_TENSOR_FIELDS,
     SCHEMA_VERSION,
     TENSOR_FIELDS,
     CachedImage,
     ScoreCache,
     StaleCacheError,
-    _atomic_write_json,
     _flatten,
     _jsonable,
     _shard_infos,
@@ -39,28 +41,28 @@ class ScoreCacheWriter(DatasetEvaluator):
     """Writes the score cache from a normal ``--eval-only`` run (add it to the evaluators).
 
     The model must put ``"ensemble_inputs"`` in each output (``model.return_ensemble_inputs =
-    True``); :func:`retclip.sweep.hooks.add_score_cache` does both from the config.
+    True``); :func:`retclip.sweep.hooks.add_score_cache` does both.
 
     Args:
         cache_dir: output directory (created).
-        dataset_name: the evaluated dataset (its class list, thing ids and image ids are recorded).
+        dataset_name: the evaluated dataset (its image ids are recorded).
         fingerprint: ``model.ensemble_fingerprint()``; a cache already in ``cache_dir`` with
             another fingerprint is refused (:class:`StaleCacheError`), one with the same is
             completed (images already cached are skipped).
-        postprocess: the post-processing settings of the run (thresholds, outputs on/off, top-k),
-            recorded so a sweep re-runs the same post-processing.
+        model_manifest: ``model.score_cache_manifest()``: the model's ensemble mode and weights,
+            vocabulary and post-processing settings (with its thing ids), so that a sweep
+            post-processes exactly as the model did, without re-reading any config.
         mask_dtype: "float32" (exact sweeps) or "float16" (half the size, metrics to ~1e-3).
         shard_mb: a shard is written once its images hold this many MB (or 64 images).
     """
 
-    @configurable
     def __init__(
         self,
         cache_dir: str,
         *,
         dataset_name: str,
         fingerprint: Mapping[str, Any],
-        postprocess: Mapping[str, Any],
+        model_manifest: Mapping[str, Any],
         mask_dtype: str = "float32",
         shard_mb: float = 1024.0,
         max_images_per_shard: int = 64,
@@ -71,10 +73,13 @@ class ScoreCacheWriter(DatasetEvaluator):
             )
         if shard_mb <= 0:
             raise ValueError(f"shard_mb must be positive, got {shard_mb}")
+        missing = [k for k in MODEL_MANIFEST_FIELDS if k not in model_manifest]
+        if missing:
+            raise KeyError(f"model_manifest lacks {missing} (see RetCLIP.score_cache_manifest)")
         self.cache_dir = os.path.expanduser(cache_dir)
         self.dataset_name = dataset_name
         self.fingerprint = _jsonable(fingerprint)
-        self.postprocess = dict(postprocess)
+        self.model_manifest = _jsonable(model_manifest)
         self.mask_dtype = mask_dtype
         self.shard_bytes = int(shard_mb * 2**20)
         self.max_images_per_shard = int(max_images_per_shard)
@@ -83,44 +88,13 @@ class ScoreCacheWriter(DatasetEvaluator):
         self._pending_bytes = 0
         self._shard_index = 0
 
-    @classmethod
-    def from_config(
-        cls, cfg: Any, dataset_name: str, fingerprint: Mapping[str, Any]
-    ) -> Dict[str, Any]:
-        test = cfg.MODEL.MASK_FORMER.TEST
-        postprocess = {
-            "semantic_on": bool(test.SEMANTIC_ON),
-            "panoptic_on": bool(test.PANOPTIC_ON),
-            "instance_on": bool(test.INSTANCE_ON),
-            "object_mask_threshold": float(test.OBJECT_MASK_THRESHOLD),
-            "overlap_threshold": float(test.OVERLAP_THRESHOLD),
-            "sem_seg_postprocess_before_inference": bool(
-                test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
-            ),
-            "topk": int(cfg.TEST.DETECTIONS_PER_IMAGE),
-        }
-        return {
-            "cache_dir": cfg.TEST.SCORE_CACHE_DIR,
-            "dataset_name": dataset_name,
-            "fingerprint": fingerprint,
-            "postprocess": postprocess,
-            "mask_dtype": cfg.TEST.SCORE_CACHE_MASK_DTYPE,
-            "shard_mb": cfg.TEST.SCORE_CACHE_SHARD_MB,
-        }
-
     # --------------------------------------------------------------- manifest
     def _manifest(self) -> Dict[str, Any]:
-        from retclip.modeling.vocabulary import thing_ids_from_metadata
-
-        meta = MetadataCatalog.get(self.dataset_name)
-        names = meta.get("stuff_classes") or meta.get("thing_classes")
         return {
             "schema_version": SCHEMA_VERSION,
             "fingerprint": self.fingerprint,
             "dataset": self.dataset_name,
-            "class_names": list(names) if names else None,
-            "thing_ids": sorted(thing_ids_from_metadata(meta)),
-            "postprocess": self.postprocess,
+            "model": self.model_manifest,
             "mask_dtype": self.mask_dtype,
             "expected_image_ids": [r["image_id"] for r in DatasetCatalog.get(self.dataset_name)],
             "complete": False,
@@ -135,17 +109,18 @@ class ScoreCacheWriter(DatasetEvaluator):
             fresh = self._manifest()
             if os.path.isfile(manifest_path):
                 old = ScoreCache.read_manifest(self.cache_dir)
-                check = {
-                    k: old.get(k) for k in ("fingerprint", "dataset", "mask_dtype", "postprocess")
-                }
-                want = {k: fresh[k] for k in check}
+                # the weights are recorded, not compared: the cached tensors do not depend on them
+                check = {k: old.get(k) for k in ("fingerprint", "dataset", "mask_dtype")}
+                check["postprocess"] = old.get("model", {}).get("postprocess")
+                want = {k: fresh[k] for k in ("fingerprint", "dataset", "mask_dtype")}
+                want["postprocess"] = fresh["model"]["postprocess"]
                 diffs = compare_fingerprints(_flatten(check), _flatten(want))
                 if diffs:
                     raise StaleCacheError(
                         f"score cache {self.cache_dir} was written by another setup ({'; '.join(diffs)}); "
                         "use a new TEST.SCORE_CACHE_DIR or delete the old one"
                     )
-            _atomic_write_json(manifest_path, fresh)
+            atomic_write_json(manifest_path, fresh)
         comm.synchronize()
         os.makedirs(shard_dir, exist_ok=True)
         rank = comm.get_rank()
@@ -188,7 +163,7 @@ class ScoreCacheWriter(DatasetEvaluator):
                 self._flush()
 
     def _entry(self, inp: Dict[str, Any], ens: Mapping[str, Any]) -> CachedImage:
-        missing = [k for k in TENSOR_FIELDS if k != "valid" and k not in ens]
+        missing = [k for k in REQUIRED_TENSOR_FIELDS if k not in ens]
         if missing:
             raise KeyError(f"ensemble_inputs of image {inp['image_id']} lacks {missing}")
         tensors = {}
@@ -233,9 +208,8 @@ class ScoreCacheWriter(DatasetEvaluator):
             "images": json.dumps([e.info for e in self._pending]),
             "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
         }
-        tmp = os.path.join(shard_dir, f".{name}.tmp")
-        save_file(flat, tmp, metadata=metadata)
-        os.replace(tmp, os.path.join(shard_dir, name))
+        with atomic_path(os.path.join(shard_dir, name)) as tmp:
+            save_file(flat, str(tmp), metadata=metadata)
         self._done.update(e.info["image_id"] for e in self._pending)
         logger.info(
             "Score cache: wrote %s (%d images, %.1f MB)",
@@ -252,6 +226,6 @@ class ScoreCacheWriter(DatasetEvaluator):
         if comm.is_main_process():
             cache = ScoreCache(self.cache_dir)
             manifest = dict(cache.manifest, complete=not cache.missing_image_ids)
-            _atomic_write_json(os.path.join(self.cache_dir, "manifest.json"), manifest)
+            atomic_write_json(os.path.join(self.cache_dir, "manifest.json"), manifest)
             logger.info("Score cache %s: %s", self.cache_dir, cache.summary())
         return None

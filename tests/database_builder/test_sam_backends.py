@@ -45,7 +45,7 @@ def _cfg(root, image_dir, clip_file, out, **extra):
     cfg.merge_from_file(str(CONFIG))
     opts = {
         "DATABASE_BUILD.OUTPUT_DIR": str(out),
-        "DATABASE_BUILD.PROPOSALS": "GroundingDinoSamProposals",
+        "DATABASE_BUILD.PROPOSALS": "grounding_dino_sam",
         "DATABASE_BUILD.SOURCE.TYPE": "folder",
         "DATABASE_BUILD.SOURCE.IMAGE_DIR": image_dir,
         "DATABASE_BUILD.SOURCE.LABELS_FILE": str(root / "labels.json"),

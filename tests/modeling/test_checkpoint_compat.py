@@ -153,7 +153,8 @@ def test_backbone_configs(name, clip, dim):
     fc = cfg.MODEL.FC_CLIP
     assert (fc.CLIP_MODEL_NAME, fc.EMBED_DIM) == (clip, dim)
     assert fc.ENSEMBLE_ON_VALID_MASK == clip.startswith("RN")
-    assert (fc.GEOMETRIC_ENSEMBLE_ALPHA, fc.GEOMETRIC_ENSEMBLE_BETA) == (0.4, 0.8)
+    ens = cfg.MODEL.ENSEMBLE
+    assert (ens.MODE, ens.ALPHA, ens.BETA) == ("geometric", 0.4, 0.8)  # FC-CLIP's ensemble
     assert cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES == 250
     assert cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD == 0.0
     assert cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD == 0.8

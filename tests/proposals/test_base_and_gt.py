@@ -42,11 +42,15 @@ def test_masks_to_boxes_matches_numpy():
 
 
 def test_registry_lists_sources():
-    names = {k for k, _ in PROPOSAL_REGISTRY}
-    assert {"GroundTruthProposals", "SamGridProposals", "GroundingDinoSamProposals"} <= names
-    with pytest.raises(KeyError, match="SamGridProposals"):
-        build_proposal_source("NoSuchSource")
-    assert isinstance(build_proposal_source("GroundTruthProposals"), GroundTruthProposals)
+    from retclip.config import grounding_dino_config, sam_config
+
+    assert {"ground_truth", "sam_grid", "grounding_dino_sam"} <= set(PROPOSAL_REGISTRY.names())
+    with pytest.raises(ValueError, match=r"DATABASE_BUILD.PROPOSALS: .*'NoSuchSource'.*sam_grid"):
+        build_proposal_source(
+            "NoSuchSource", sam_config(), grounding_dino_config(), key="DATABASE_BUILD.PROPOSALS"
+        )
+    source = build_proposal_source("ground_truth", sam_config(), grounding_dino_config())
+    assert isinstance(source, GroundTruthProposals)
 
 
 def test_ground_truth_proposals_match_coco_rle(tmp_path):

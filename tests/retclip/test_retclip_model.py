@@ -89,8 +89,8 @@ def _strip(x):
 
 def test_geometric_with_gamma_zero_equals_fcclip_exactly(models):
     fcclip, inputs, db_path = models
-    retclip = _retclip(fcclip, db_path, "MODEL.RETCLIP.ENSEMBLE_MODE", "geometric", "MODEL.RETCLIP.ALPHA", "0.4",
-                       "MODEL.RETCLIP.BETA", "0.8", "MODEL.RETCLIP.GAMMA", "0.0")
+    retclip = _retclip(fcclip, db_path, "MODEL.ENSEMBLE.MODE", "geometric", "MODEL.ENSEMBLE.ALPHA", "0.4",
+                       "MODEL.ENSEMBLE.BETA", "0.8", "MODEL.ENSEMBLE.GAMMA", "0.0")
     with torch.no_grad():
         a = fcclip([_strip(x) for x in inputs])
         b = retclip([_strip(x) for x in inputs])
@@ -152,5 +152,5 @@ def test_empty_database_is_a_clear_error(models, tmp_path):
 
 
 def test_weights_outside_unit_interval_are_refused():
-    with pytest.raises(ValueError, match="MODEL.RETCLIP.GAMMA"):
-        build_model(_cfg("tiny_retclip_convnext.yaml", "MODEL.RETCLIP.GAMMA", "1.5"))
+    with pytest.raises(ValueError, match="MODEL.ENSEMBLE.GAMMA"):
+        build_model(_cfg("tiny_retclip_convnext.yaml", "MODEL.ENSEMBLE.GAMMA", "1.5"))

@@ -1,11 +1,10 @@
 """The retrieval modules and the ensembles must not import detectron2.
 
 ``import retclip.retrieval`` always runs ``retclip/__init__`` first, which imports detectron2 on
-purpose, so importing through the package proves nothing. Instead a fresh interpreter loads
-``retclip/retrieval`` as a stand-alone package (``spec_from_file_location`` with its own
-directory as the search path, so its relative imports resolve inside it) and ``retclip/ensemble.py``
-as a stand-alone module, never executing ``retclip/__init__``; then it checks that detectron2 is
-absent from ``sys.modules``. This catches transitive imports too, which an AST scan would miss.
+purpose, so importing through the package proves nothing. Instead a fresh interpreter registers
+an empty package whose search path is the ``retclip`` directory (so relative imports such as
+``..utils.registry`` resolve inside it) and imports ``retrieval`` and ``ensemble`` from it, never
+executing ``retclip/__init__``; then it checks that detectron2 is absent from ``sys.modules``. This catches transitive imports too, which an AST scan would miss.
 """
 import subprocess
 import sys
@@ -16,20 +15,15 @@ import retclip
 PACKAGE_DIR = Path(retclip.__file__).resolve().parent
 
 SCRIPT = r"""
-import importlib.util, sys
-pkg_dir = sys.argv[1]
-spec = importlib.util.spec_from_file_location(
-    "isolated_retrieval", pkg_dir + "/retrieval/__init__.py",
-    submodule_search_locations=[pkg_dir + "/retrieval"])
-mod = importlib.util.module_from_spec(spec)
-sys.modules["isolated_retrieval"] = mod
-spec.loader.exec_module(mod)
+import importlib, sys, types
+pkg = types.ModuleType("isolated_retclip")  # the package without running retclip/__init__
+pkg.__path__ = [sys.argv[1]]
+sys.modules["isolated_retclip"] = pkg
+mod = importlib.import_module("isolated_retclip.retrieval")
 for sub in ("database", "fingerprint", "index", "scoring", "label_matching", "search",
             "shards", "pipeline"):
-    __import__("isolated_retrieval." + sub)
-spec = importlib.util.spec_from_file_location("isolated_ensemble", pkg_dir + "/ensemble.py")
-ens = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ens)
+    importlib.import_module("isolated_retclip.retrieval." + sub)
+ens = importlib.import_module("isolated_retclip.ensemble")
 assert callable(ens.geometric_ensemble) and callable(mod.FeatureDatabase.create)
 assert "retclip" not in sys.modules, "retclip/__init__ was executed"
 bad = sorted(m for m in sys.modules if m == "detectron2" or m.startswith("detectron2."))

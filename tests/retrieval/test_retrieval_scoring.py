@@ -72,7 +72,8 @@ def test_votes_report_neighbours():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="valid: \\('max', 'mean', 'sum', 'rank_vote'\\)"):
+    valid = r"valid: \['max', 'mean', 'sum', 'rank_vote'\]"
+    with pytest.raises(ValueError, match=r"AGGREGATION: unknown .*'softmax'; " + valid):
         retrieval_scores(SIMS, CLASSES, 3, aggregation="softmax")
     with pytest.raises(ValueError, match="rank_offset"):
         retrieval_scores(SIMS, CLASSES, 3, aggregation="rank_vote", rank_offset=0)

@@ -7,8 +7,9 @@ import os
 
 import pytest
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from retclip.modeling.vocabulary import thing_ids_from_metadata
 from retclip.sweep.cache import ScoreCache, StaleCacheError
 from retclip.sweep.writer import ScoreCacheWriter
 from retclip.sweep.grid import GridPoint, load_grid_file, make_grid, parse_values
@@ -30,6 +31,18 @@ POSTPROCESS = {
     "sem_seg_postprocess_before_inference": True,
     "topk": 20,
 }
+
+
+def _model_manifest(dataset):
+    """What RetCLIP.score_cache_manifest gives for a model whose vocabulary is the dataset's."""
+    meta = MetadataCatalog.get(dataset)
+    thing_ids = sorted(thing_ids_from_metadata(meta))
+    return {
+        "ensemble_mode": "arithmetic",
+        "weights": {"alpha": 0.4, "beta": 0.7, "gamma": 0.3},
+        "class_names": list(meta.stuff_classes),
+        "postprocess": dict(POSTPROCESS, thing_ids=thing_ids),
+    }
 Q = 6
 
 
@@ -71,7 +84,11 @@ def _pairs(dataset):
 def _writer(cache_dir, dataset, fingerprint=FINGERPRINT, **kw):
     kw.setdefault("max_images_per_shard", 2)
     return ScoreCacheWriter(
-        str(cache_dir), dataset_name=dataset, fingerprint=fingerprint, postprocess=POSTPROCESS, **kw
+        str(cache_dir),
+        dataset_name=dataset,
+        fingerprint=fingerprint,
+        model_manifest=_model_manifest(dataset),
+        **kw,
     )
 
 

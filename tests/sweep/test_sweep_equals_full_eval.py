@@ -3,6 +3,7 @@ weights, a database of the synthetic test segments) is evaluated with the score 
 then at three (alpha, beta, gamma) points both by full re-evaluation and by the sweep runner."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -15,11 +16,13 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from retclip import add_retclip_config
+from retclip.engine import evaluate_checkpoint
+from retclip.ensemble import ENSEMBLE_MODES
 from retclip.evaluation import build_evaluator
 from retclip.retrieval import EncoderFingerprint, FeatureDatabase
 from retclip.sweep.cache import ScoreCache
 from retclip.sweep.grid import GridPoint
-from retclip.sweep.hooks import add_score_cache, score_cache_dir
+from retclip.sweep.hooks import score_cache_dir
 from retclip.sweep.runner import SweepRunner
 from retclip.testing.synthetic import make_and_register_synthetic
 
@@ -94,13 +97,16 @@ def setup(tmp_path_factory):
     cfg = _cfg(
         root, train, test, "MODEL.RETCLIP.DATABASE", db, "TEST.SCORE_CACHE_DIR", root + "/cache"
     )
+    weights = root + "/tiny_retclip.pth"
+    torch.save({"model": base.state_dict()}, weights)
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = weights
+    cfg.freeze()
+    # The cache is written the one way there is: the --eval-only evaluation of train_net.py.
+    evaluate_checkpoint(cfg)
+    assert os.path.isfile(os.path.join(root, "metrics_eval.json"))
     model = build_model(cfg).eval()
     model.load_state_dict(base.state_dict())
-    with torch.no_grad():
-        _full_eval(
-            cfg, model, test, root + "/eval0", lambda e: add_score_cache(cfg, model, e, test)
-        )
-    model.return_ensemble_inputs = False
     return cfg, model, test, score_cache_dir(cfg, test), root
 
 
@@ -156,3 +162,74 @@ def test_sweep_points_equal_full_evaluations(setup, tmp_path):
     # The points really give different, non-trivial metrics (so the equalities are not vacuous).
     assert len({f[("sem_seg", "mIoU")] for f in fulls}) == 3
     assert all(f[("sem_seg", "mIoU")] > 0 for f in fulls)
+
+
+def _harmonic_ensemble(
+    in_vocab_logits, clip_logits, seen, alpha, beta, gamma, valid=None, retrieval_scores=None,
+    retrieval_available=None,
+):
+    """A mode defined only here: weighted harmonic mean of p_in and p_out (alpha for all
+    classes), plus gamma * s_ret, renormalised; void as the other modes."""
+    _harmonic_ensemble.calls += 1
+    p_in = in_vocab_logits[..., :-1].softmax(-1)
+    p_out = clip_logits[..., :-1].softmax(-1)
+    s = 1.0 / ((1.0 - alpha) / p_in.clamp_min(1e-12) + alpha / p_out.clamp_min(1e-12))
+    if retrieval_scores is not None:
+        s = s + gamma * retrieval_scores
+    s = s / s.sum(-1, keepdim=True)
+    void = in_vocab_logits.softmax(-1)[..., -1:]
+    return torch.cat([s * (1.0 - void), void], dim=-1)
+
+
+@pytest.fixture
+def harmonic_mode():
+    _harmonic_ensemble.calls = 0
+    ENSEMBLE_MODES.register("harmonic_test")(_harmonic_ensemble)
+    yield "harmonic_test"
+    ENSEMBLE_MODES.unregister("harmonic_test")
+
+
+def test_a_mode_registered_once_serves_inference_and_the_sweep(setup, harmonic_mode, tmp_path):
+    import sys
+
+    cfg, model, test, cache_dir, root = setup
+    sys.path.insert(0, str(CONFIGS.parents[1] / "tools"))
+    from sweep_ensemble import build_parser
+
+    # the command line accepts it (its choices are the registry's)
+    args = build_parser().parse_args(
+        ["--cache", cache_dir, "--output-dir", "x", "--mode", harmonic_mode]
+    )
+    assert args.mode == harmonic_mode
+    point = GridPoint(0.6, 0.5, 0.4)
+    rows = SweepRunner(
+        cache_dir, str(tmp_path / "sweep"), mode=harmonic_mode, backend="reference", cfg=cfg
+    ).run([point])
+    swept_calls = _harmonic_ensemble.calls
+    assert swept_calls == 3  # once per cached image
+    model.ensemble_mode = harmonic_mode
+    model.alpha, model.beta, model.gamma = point.alpha, point.beta, point.gamma
+    try:
+        with torch.no_grad():
+            full = _flat(_full_eval(cfg, model, test, f"{root}/full_harmonic"))
+        assert _harmonic_ensemble.calls == swept_calls + 3  # inference used it too
+        batch = next(iter(build_detection_test_loader(cfg, test)))
+        with torch.no_grad():
+            harmonic_out = model(batch)[0]["sem_seg"]
+            model.ensemble_mode = "arithmetic"
+            arithmetic_out = model(batch)[0]["sem_seg"]
+    finally:
+        model.ensemble_mode = "arithmetic"
+        model.alpha, model.beta, model.gamma = 0.4, 0.7, 0.3
+    got = _flat(rows[0]["results"])
+    assert rows[0]["mode"] == harmonic_mode
+    compared = 0
+    for key, value in full.items():
+        if math.isnan(value):
+            assert math.isnan(got[key]), key
+        else:
+            assert got[key] == value, key
+            compared += 1
+    assert compared > 20
+    # the new mode really changed the predictions (the equality above is not arithmetic's)
+    assert not torch.allclose(harmonic_out, arithmetic_out)

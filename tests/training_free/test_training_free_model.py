@@ -305,9 +305,11 @@ def test_class_missing_from_database_falls_back_to_clip(dataset, self_database, 
 def test_bad_configuration_is_refused(dataset, tmp_path):
     with pytest.raises(ValueError, match="needs a feature database"):
         build(make_cfg(dataset, tmp_path, **{"MODEL.TRAINING_FREE.MODE": "retclip"}))
-    with pytest.raises(ValueError, match="PROPOSALS must be one of"):
+    unknown_source = r"MODEL.TRAINING_FREE.PROPOSALS: unknown proposal source 'boxes'; valid"
+    with pytest.raises(ValueError, match=unknown_source):
         build(make_cfg(dataset, tmp_path, **{"MODEL.TRAINING_FREE.PROPOSALS": "boxes"}))
-    with pytest.raises(ValueError, match="MODE must be one of"):
+    unknown_mode = r"MODEL.TRAINING_FREE.MODE: unknown training-free mode 'ensemble'; valid"
+    with pytest.raises(ValueError, match=unknown_mode):
         build(make_cfg(dataset, tmp_path, **{"MODEL.TRAINING_FREE.MODE": "ensemble"}))
     grid_with_hf = {"MODEL.TRAINING_FREE.SAM.BACKEND": "transformers"}
     with pytest.raises(ValueError, match="'sam_grid' uses segment-anything"):

@@ -2,8 +2,9 @@
 
 Checkpoint-compatible with bytedance/fc-clip (same module tree and keys) and numerically the same
 at inference: the in-vocabulary classifier of the transformer decoder and the frozen CLIP's
-mask-pooled classifier are combined by the geometric ensemble (:func:`retclip.ensemble.
-geometric_ensemble`), then Mask2Former's semantic/panoptic/instance post-processing runs.
+mask-pooled classifier are combined by the ensemble of ``MODEL.ENSEMBLE.MODE`` ("geometric",
+:func:`retclip.ensemble.geometric_ensemble`, with ALPHA 0.4 / BETA 0.8 is FC-CLIP's), then
+Mask2Former's semantic/panoptic/instance post-processing runs.
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList
 from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 
-from ...ensemble import geometric_ensemble
+from ...ensemble import ENSEMBLE_MODES, ensemble_log_probabilities, ensemble_probabilities
 from ..criterion import SetCriterion
 from ..mask_pooling import MaskPooling, get_classification_logits
-from ..postprocessing import PostprocessSettings, image_outputs
+from ..postprocessing import PostprocessSettings, image_outputs, output_mask_logits
 from ..text_classifier import TextEmbeddingCache, append_void
 from ..vocabulary import (
     Vocabulary,
     class_names_from_metadata,
     make_vocabulary,
+    thing_ids_of,
     vocabulary_from_metadata,
 )
 from .inputs import check_batched_inputs
@@ -76,11 +77,16 @@ class FCCLIP(nn.Module):
         panoptic_on: bool,
         instance_on: bool,
         test_topk_per_image: int,
-        geometric_ensemble_alpha: float,
-        geometric_ensemble_beta: float,
+        ensemble_mode: str,
+        alpha: float,
+        beta: float,
         ensemble_on_valid_mask: bool,
     ) -> None:
         super().__init__()
+        ENSEMBLE_MODES.get(ensemble_mode)  # an unknown mode fails here, listing the valid ones
+        for name, value in (("ALPHA", alpha), ("BETA", beta)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"MODEL.ENSEMBLE.{name} must lie in [0, 1], got {value}")
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
@@ -103,8 +109,8 @@ class FCCLIP(nn.Module):
         self.panoptic_on = panoptic_on
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
-        self.geometric_ensemble_alpha = geometric_ensemble_alpha
-        self.geometric_ensemble_beta = geometric_ensemble_beta
+        self.ensemble_mode = ensemble_mode
+        self.alpha, self.beta = float(alpha), float(beta)
         self.ensemble_on_valid_mask = ensemble_on_valid_mask
         self.text_cache = TextEmbeddingCache(backbone.encode_prompts)
         self._custom_vocabulary: Optional[Vocabulary] = None
@@ -147,10 +153,14 @@ class FCCLIP(nn.Module):
             "panoptic_on": test.PANOPTIC_ON,
             "instance_on": test.INSTANCE_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "geometric_ensemble_alpha": cfg.MODEL.FC_CLIP.GEOMETRIC_ENSEMBLE_ALPHA,
-            "geometric_ensemble_beta": cfg.MODEL.FC_CLIP.GEOMETRIC_ENSEMBLE_BETA,
+            "ensemble_mode": cfg.MODEL.ENSEMBLE.MODE,
+            "alpha": cfg.MODEL.ENSEMBLE.ALPHA,
+            "beta": cfg.MODEL.ENSEMBLE.BETA,
             "ensemble_on_valid_mask": cfg.MODEL.FC_CLIP.ENSEMBLE_ON_VALID_MASK,
         }
+
+    #: Retrieval weight; FC-CLIP has no retrieval (RetCLIP sets MODEL.ENSEMBLE.GAMMA).
+    gamma: float = 0.0
 
     @property
     def device(self) -> torch.device:
@@ -197,12 +207,7 @@ class FCCLIP(nn.Module):
             The vocabulary now in use (contiguous ids follow ``class_names`` order).
         """
         names = list(class_names) if not isinstance(class_names, str) else class_names
-        thing_ids = None
-        if thing_classes is not None:
-            unknown = [t for t in thing_classes if t not in names]
-            if unknown:
-                raise ValueError(f"thing_classes {unknown} are not in class_names")
-            thing_ids = [names.index(t) for t in thing_classes]
+        thing_ids = thing_ids_of(names, thing_classes)
         train = self.train_class_names if seen is None else None
         self._custom_vocabulary = make_vocabulary(
             names, train_classes=train, seen=seen, thing_ids=thing_ids
@@ -316,17 +321,32 @@ class FCCLIP(nn.Module):
             embeddings = self.backbone.masked_attention_pool(dense, masks)
         return embeddings, valid
 
-    def _combine_scores(self, outputs: Dict[str, Any]) -> torch.Tensor:
-        """FC-CLIP's geometric ensemble -> (B, Q, K+1) log-probabilities, void last."""
-        probs = geometric_ensemble(
-            outputs["pred_logits"],
-            outputs["clip_logits"],
-            self.vocabulary.seen.to(self.device),
-            self.geometric_ensemble_alpha,
-            self.geometric_ensemble_beta,
-            valid=outputs["valid"] if self.ensemble_on_valid_mask else None,
+    def ensemble_inputs(self, outputs: Dict[str, Any]) -> Dict[str, Optional[torch.Tensor]]:
+        """What the ensemble reads from :meth:`_predict_queries`'s outputs, under the names of
+        :func:`retclip.ensemble.ensemble_probabilities` (and of the score cache)."""
+        return {
+            "in_vocab_logits": outputs["pred_logits"],
+            "clip_logits": outputs["clip_logits"],
+            "seen": self.vocabulary.seen.to(outputs["pred_logits"].device),
+            "valid": outputs["valid"] if self.ensemble_on_valid_mask else None,
+            "retrieval_scores": outputs.get("retrieval_scores"),
+            "retrieval_available": outputs.get("retrieval_available"),
+        }
+
+    def ensemble_probabilities(
+        self, outputs: Dict[str, Any], alpha: float, beta: float, gamma: float
+    ) -> torch.Tensor:
+        """Class probabilities (B, Q, K+1) of this model's ensemble mode at the given weights."""
+        return ensemble_probabilities(
+            self.ensemble_mode, self.ensemble_inputs(outputs), alpha, beta, gamma
         )
-        return torch.log(probs + 1e-8)
+
+    def _combine_scores(self, outputs: Dict[str, Any]) -> torch.Tensor:
+        """The configured ensemble -> (B, Q, K+1) log-probabilities, void last (FC-CLIP: the
+        geometric one; there is no retrieval, so gamma is 0)."""
+        return ensemble_log_probabilities(
+            self.ensemble_mode, self.ensemble_inputs(outputs), self.alpha, self.beta, self.gamma
+        )
 
     def _postprocess(
         self,
@@ -335,18 +355,15 @@ class FCCLIP(nn.Module):
         batched_inputs: List[Dict[str, Any]],
         images: ImageList,
     ) -> List[Dict[str, Any]]:
-        """Masks to the padded input size, then per image to (height, width) and the outputs."""
-        pred_masks = F.interpolate(
-            pred_masks, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
+        """Per image: masks to the output size (:func:`output_mask_logits`), then the outputs."""
+        padded_size = tuple(images.tensor.shape[-2:])
         settings = self.postprocess_settings()
         results = []
         for cls_i, masks_i, x, size in zip(
             mask_cls, pred_masks, batched_inputs, images.image_sizes
         ):
             height, width = x.get("height", size[0]), x.get("width", size[1])
-            if self.sem_seg_postprocess_before_inference:
-                masks_i = retry_if_cuda_oom(sem_seg_postprocess)(masks_i, size, height, width)
+            masks_i = output_mask_logits(masks_i, padded_size, size, height, width, settings)
             results.append(
                 retry_if_cuda_oom(image_outputs)(cls_i, masks_i, settings, size, height, width)
             )

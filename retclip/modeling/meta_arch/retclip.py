@@ -3,7 +3,8 @@
 The retrieval key of each query is the same mask-pooled CLIP embedding that FC-CLIP's
 out-of-vocabulary classifier uses (one backbone pass, no second encoder). Its neighbours in a
 feature database give s_ret (:class:`retclip.retrieval.RetrievalScorer`), and
-``MODEL.RETCLIP.ENSEMBLE_MODE`` chooses how s_iv, s_clip and s_ret combine:
+``MODEL.ENSEMBLE.MODE`` (a name in :data:`retclip.ensemble.ENSEMBLE_MODES`) chooses how s_iv,
+s_clip and s_ret combine, with ``MODEL.ENSEMBLE.ALPHA/BETA/GAMMA``:
 
 * "arithmetic", the paper's form: s_oov = γ s_ret + (1 − γ) s_clip; s = α s_oov + (1 − α) s_iv
   for classes seen in training, β instead of α for unseen ones;
@@ -26,15 +27,14 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 
-from ...ensemble import arithmetic_ensemble, geometric_ensemble
 from ...retrieval import EncoderFingerprint, RetrievalConfig, RetrievalScorer
 from ..text_classifier import encode_vocabulary
 from .fcclip import FCCLIP
 
 logger = logging.getLogger(__name__)
 
-ENSEMBLE_MODES = ("arithmetic", "geometric")
-
+#: Ensemble inputs that are per class (K,), not per image.
+_PER_CLASS = ("seen", "retrieval_available")
 
 @META_ARCH_REGISTRY.register()
 class RetCLIP(FCCLIP):
@@ -50,21 +50,14 @@ class RetCLIP(FCCLIP):
         self,
         *,
         retrieval_head: Optional[RetrievalScorer],
-        ensemble_mode: str,
-        alpha: float,
-        beta: float,
         gamma: float,
         **fcclip_kwargs: Any,
     ) -> None:
         super().__init__(**fcclip_kwargs)
-        if ensemble_mode not in ENSEMBLE_MODES:
-            raise ValueError(f"MODEL.RETCLIP.ENSEMBLE_MODE {ensemble_mode!r}; valid: {ENSEMBLE_MODES}")
-        for name, value in (("ALPHA", alpha), ("BETA", beta), ("GAMMA", gamma)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"MODEL.RETCLIP.{name} must lie in [0, 1], got {value}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"MODEL.ENSEMBLE.GAMMA must lie in [0, 1], got {gamma}")
         self.retrieval_head = retrieval_head
-        self.ensemble_mode = ensemble_mode
-        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.gamma = float(gamma)
         #: Attach "ensemble_inputs" to every output (score cache for sweeps).
         self.return_ensemble_inputs = False
         #: Attach per-segment retrieval votes (for the demo); costs a little Python per query.
@@ -75,7 +68,6 @@ class RetCLIP(FCCLIP):
     @classmethod
     def from_config(cls, cfg) -> Dict[str, Any]:
         args = super().from_config(cfg)
-        rc = cfg.MODEL.RETCLIP
         retrieval = RetrievalConfig.from_cfg(cfg, device=cfg.MODEL.DEVICE)
         head = None
         if retrieval.database_paths():
@@ -86,9 +78,7 @@ class RetCLIP(FCCLIP):
             head = RetrievalScorer.from_config(retrieval, encoder, report_dir=cfg.OUTPUT_DIR or None)
         else:
             logger.info("MODEL.RETCLIP.DATABASE is empty: no retrieval, CLIP alone out of vocabulary")
-        args.update(
-            retrieval_head=head, ensemble_mode=rc.ENSEMBLE_MODE, alpha=rc.ALPHA, beta=rc.BETA, gamma=rc.GAMMA
-        )
+        args.update(retrieval_head=head, gamma=cfg.MODEL.ENSEMBLE.GAMMA)
         return args
 
     def _embed_class_texts(self, texts: List[str]) -> torch.Tensor:
@@ -137,29 +127,6 @@ class RetCLIP(FCCLIP):
             outputs["retrieval_votes"] = [retrieved.votes[b * queries : (b + 1) * queries] for b in range(batch)]
         return outputs
 
-    def _combine_scores(self, outputs: Dict[str, Any]) -> torch.Tensor:
-        """The configured ensemble -> (B, Q, K+1) log-probabilities, void last."""
-        return torch.log(self.ensemble_probabilities(outputs, self.alpha, self.beta, self.gamma) + 1e-8)
-
-    def ensemble_probabilities(self, outputs: Dict[str, Any], alpha: float, beta: float, gamma: float) -> torch.Tensor:
-        """Class probabilities (..., K+1) at the given weights (used by inference and sweeps)."""
-        seen = self.vocabulary.seen.to(outputs["pred_logits"].device)
-        valid = outputs["valid"] if self.ensemble_on_valid_mask else None
-        scores = outputs.get("retrieval_scores")
-        available = outputs.get("retrieval_available")
-        if scores is None:
-            gamma = 0.0
-        if self.ensemble_mode == "geometric":
-            return geometric_ensemble(
-                outputs["pred_logits"], outputs["clip_logits"], seen, alpha, beta, valid=valid,
-                retrieval_scores=scores if gamma > 0 else None, gamma=gamma,
-                retrieval_available=available if gamma > 0 else None,
-            )
-        return arithmetic_ensemble(
-            outputs["pred_logits"], outputs["clip_logits"], scores if gamma > 0 else None, seen,
-            alpha, beta, gamma, valid=valid, retrieval_available=available if gamma > 0 else None,
-        )
-
     def _ensemble_inputs(
         self, outputs: Dict[str, Any], batched_inputs: List[Dict[str, Any]], images: ImageList
     ) -> List[Dict[str, Any]]:
@@ -169,29 +136,32 @@ class RetCLIP(FCCLIP):
         than upsampled); post-processing upsamples them to ``padded_size`` first, as here.
         """
         padded_size = (int(images.tensor.shape[-2]), int(images.tensor.shape[-1]))
-        num_classes = outputs["pred_logits"].shape[-1] - 1
-        seen = self.vocabulary.seen.cpu()
+        ensemble = self.ensemble_inputs(outputs)
         per_image = []
         for b, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            scores = outputs["retrieval_scores"]
-            per_image.append(
-                {
-                    "in_vocab_logits": outputs["pred_logits"][b].float().cpu(),
-                    "clip_logits": outputs["clip_logits"][b].float().cpu(),
-                    "retrieval_scores": (
-                        scores[b].float().cpu() if scores is not None
-                        else torch.zeros(outputs["pred_logits"].shape[1], num_classes)
-                    ),
-                    "retrieval_available": outputs["retrieval_available"].cpu(),
-                    "seen": seen,
-                    "valid": outputs["valid"][b].cpu() if self.ensemble_on_valid_mask else None,
-                    "mask_logits": outputs["pred_masks"][b].float().cpu(),
-                    "padded_size": padded_size,
-                    "image_size": (int(size[0]), int(size[1])),
-                    "output_size": (int(x.get("height", size[0])), int(x.get("width", size[1]))),
-                }
+            cached = {
+                key: None if value is None else (value if key in _PER_CLASS else value[b]).cpu()
+                for key, value in ensemble.items()
+            }
+            cached.update(
+                mask_logits=outputs["pred_masks"][b].float().cpu(),
+                padded_size=padded_size,
+                image_size=(int(size[0]), int(size[1])),
+                output_size=(int(x.get("height", size[0])), int(x.get("width", size[1]))),
             )
+            per_image.append(cached)
         return per_image
+
+    def score_cache_manifest(self) -> Dict[str, Any]:
+        """What a sweep of this model's score cache needs besides the per-image tensors, taken
+        from the model itself: its ensemble mode and weights, its vocabulary, and the
+        post-processing settings (thresholds, outputs, thing ids) its forward uses."""
+        return {
+            "ensemble_mode": self.ensemble_mode,
+            "weights": {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma},
+            "class_names": list(self.vocabulary.class_names),
+            "postprocess": self.postprocess_settings().to_dict(),
+        }
 
     def ensemble_fingerprint(self) -> Dict[str, Any]:
         """Identity of what the cached ensemble inputs depend on (model, databases, vocabulary)."""

@@ -10,7 +10,7 @@ embedding is classified by ``MODEL.TRAINING_FREE.MODE``:
 * ``"retrieval"``: s = s_ret (:class:`~retclip.retrieval.RetrievalScorer`); a class
   that no database covers falls back to its s_clip (logged once per vocabulary), as in the
   label matching's fallback rule;
-* ``"retclip"``: s = gamma * s_ret + (1 - gamma) * s_clip (gamma = MODEL.RETCLIP.GAMMA; 0 for
+* ``"retclip"``: s = gamma * s_ret + (1 - gamma) * s_clip (gamma = MODEL.ENSEMBLE.GAMMA; 0 for
   classes no database covers).
 
 Masks and scores become detectron2 outputs by :mod:`retclip.modeling.proposal_postprocessing`.
@@ -35,17 +35,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from ...ensemble import training_free_scores
-from ...proposals import (
-    GroundingDinoDetector,
-    GroundingDinoSamProposals,
-    GroundTruthProposals,
-    Proposals,
-    ProposalSource,
-    SamGridProposals,
-    build_box_segmenter,
-    load_sam,
-)
+from ...ensemble import TRAINING_FREE_MODES, training_free_scores
+from ...proposals import Proposals, ProposalSource, build_proposal_source
 from ...retrieval import RetrievalConfig, RetrievalScorer
 from ..mask_pooling import get_classification_logits
 from ..proposal_postprocessing import proposal_instances, proposal_panoptic, proposal_semantic
@@ -55,59 +46,25 @@ from ..vocabulary import (
     Vocabulary,
     class_names_from_metadata,
     make_vocabulary,
+    thing_ids_of,
     thing_ids_from_metadata,
 )
 from .inputs import check_batched_inputs
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "TrainingFreeRetCLIP",
-    "PROPOSAL_SOURCES",
-    "TRAINING_FREE_MODES",
-    "build_training_free_proposals",
-]
-
-#: ``MODEL.TRAINING_FREE.PROPOSALS`` values.
-PROPOSAL_SOURCES = ("ground_truth", "sam_grid", "grounding_dino_sam")
-#: ``MODEL.TRAINING_FREE.MODE`` values (the paper's "CLIP", "Retrieval" and "RetCLIP" rows).
-TRAINING_FREE_MODES = ("clip", "retrieval", "retclip")
+__all__ = ["TrainingFreeRetCLIP", "build_training_free_proposals"]
 
 
 def build_training_free_proposals(cfg) -> ProposalSource:
     """The proposal source named by ``MODEL.TRAINING_FREE.PROPOSALS``, on ``MODEL.DEVICE``."""
     tf = cfg.MODEL.TRAINING_FREE
-    if tf.PROPOSALS not in PROPOSAL_SOURCES:
-        raise ValueError(
-            f"MODEL.TRAINING_FREE.PROPOSALS must be one of {PROPOSAL_SOURCES}, got {tf.PROPOSALS!r}"
-        )
-    if tf.PROPOSALS == "ground_truth":
-        return GroundTruthProposals()
-    device = cfg.MODEL.DEVICE
-    if tf.PROPOSALS == "sam_grid":
-        if tf.SAM.BACKEND != "segment_anything":
-            raise ValueError(
-                "MODEL.TRAINING_FREE.PROPOSALS 'sam_grid' uses segment-anything's point-grid "
-                f"generator; MODEL.TRAINING_FREE.SAM.BACKEND is {tf.SAM.BACKEND!r}"
-            )
-        return SamGridProposals(
-            sam=load_sam(tf.SAM.MODEL_TYPE, tf.SAM.CHECKPOINT, device=device),
-            points_per_side=tf.SAM.POINTS_PER_SIDE,
-            points_per_batch=tf.SAM.POINTS_PER_BATCH,
-            pred_iou_thresh=tf.SAM.PRED_IOU_THRESH,
-            stability_score_thresh=tf.SAM.STABILITY_SCORE_THRESH,
-            box_nms_thresh=tf.SAM.BOX_NMS_THRESH,
-        )
-    gd = tf.GROUNDING_DINO
-    detector = GroundingDinoDetector.from_pretrained(
-        gd.MODEL,
-        device=device,
-        box_threshold=gd.BOX_THRESHOLD,
-        text_threshold=gd.TEXT_THRESHOLD,
-        nms_threshold=gd.NMS_THRESHOLD,
-    )
-    return GroundingDinoSamProposals(
-        detector=detector, segmenter=build_box_segmenter(tf.SAM, device=device)
+    return build_proposal_source(
+        tf.PROPOSALS,
+        tf.SAM,
+        tf.GROUNDING_DINO,
+        device=cfg.MODEL.DEVICE,
+        key="MODEL.TRAINING_FREE.PROPOSALS",
     )
 
 
@@ -146,8 +103,8 @@ class TrainingFreeRetCLIP(nn.Module):
             clip: dense CLIP ViT (image and text towers).
             proposal_source: called as ``source(image, class_names, dataset_dict)``.
             retrieval_head: databases to search; required by modes "retrieval" and "retclip".
-            mode: one of :data:`TRAINING_FREE_MODES`.
-            gamma: retrieval weight of mode "retclip" (MODEL.RETCLIP.GAMMA).
+            mode: a name in :data:`retclip.ensemble.TRAINING_FREE_MODES`.
+            gamma: retrieval weight of mode "retclip" (MODEL.ENSEMBLE.GAMMA).
             clip_short_side: short side of the ViT input (0 keeps the mapper's size).
             test_metadata: detectron2 metadata of the evaluated dataset (or None).
             pixel_mean, pixel_std: CLIP's normalisation on the 0-255 scale.
@@ -160,17 +117,14 @@ class TrainingFreeRetCLIP(nn.Module):
                 image carries as its class hint (text-prompted sources only).
         """
         super().__init__()
-        if mode not in TRAINING_FREE_MODES:
-            raise ValueError(
-                f"MODEL.TRAINING_FREE.MODE must be one of {TRAINING_FREE_MODES}, got {mode!r}"
-            )
+        TRAINING_FREE_MODES.get(mode)  # an unknown mode fails here, listing the valid ones
         if mode != "clip" and retrieval_head is None:
             raise ValueError(
                 f"MODEL.TRAINING_FREE.MODE {mode!r} needs a feature database: "
                 "set MODEL.RETCLIP.DATABASE"
             )
         if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"MODEL.RETCLIP.GAMMA must lie in [0, 1], got {gamma}")
+            raise ValueError(f"MODEL.ENSEMBLE.GAMMA must lie in [0, 1], got {gamma}")
         self.clip = clip
         self.proposal_source = proposal_source
         self.retrieval_head = retrieval_head
@@ -202,7 +156,7 @@ class TrainingFreeRetCLIP(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, Any]:
-        tf, rc, test = cfg.MODEL.TRAINING_FREE, cfg.MODEL.RETCLIP, cfg.MODEL.MASK_FORMER.TEST
+        tf, test = cfg.MODEL.TRAINING_FREE, cfg.MODEL.MASK_FORMER.TEST
         clip = DenseCLIPViT.from_config(cfg)
         retrieval = RetrievalConfig.from_cfg(cfg, device=cfg.MODEL.DEVICE)
         head = None
@@ -213,7 +167,7 @@ class TrainingFreeRetCLIP(nn.Module):
             "proposal_source": build_training_free_proposals(cfg),
             "retrieval_head": head,
             "mode": tf.MODE,
-            "gamma": rc.GAMMA,
+            "gamma": cfg.MODEL.ENSEMBLE.GAMMA,
             "clip_short_side": tf.CLIP_SHORT_SIDE,
             "test_metadata": (
                 MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
@@ -254,12 +208,7 @@ class TrainingFreeRetCLIP(nn.Module):
     ) -> Vocabulary:
         """Score these classes from now on (synonyms comma-separated); things default to all."""
         names = list(class_names) if not isinstance(class_names, str) else class_names
-        thing_ids = None
-        if thing_classes is not None:
-            unknown = [t for t in thing_classes if t not in names]
-            if unknown:
-                raise ValueError(f"thing_classes {unknown} are not in class_names")
-            thing_ids = [names.index(t) for t in thing_classes]
+        thing_ids = thing_ids_of(names, thing_classes)
         self._vocabulary = make_vocabulary(names, thing_ids=thing_ids)
         return self._vocabulary
 
@@ -347,18 +296,13 @@ class TrainingFreeRetCLIP(nn.Module):
         logits = get_classification_logits(
             embeddings, classifier, self.clip.logit_scale, num_synonyms
         )[:, :-1]
-        if self.mode == "clip":
-            scores = training_free_scores(logits, None, "clip", 0.0)
-        else:
+        retrieval_scores = available = None
+        if self.retrieval_head is not None:
             retrieved = self.retrieval_head(embeddings, names, usable=valid)
             available = retrieved.available.to(self.device)
             self._log_fallback(names, available)
-            # "retrieval" is s_ret where a database covers the class and s_clip where none does:
-            # the "retclip" formula with gamma 1 (g_k = 0 for uncovered classes).
-            gamma = 1.0 if self.mode == "retrieval" else self.gamma
-            scores = training_free_scores(
-                logits, retrieved.scores.to(self.device), "retclip", gamma, available
-            )
+            retrieval_scores = retrieved.scores.to(self.device)
+        scores = training_free_scores(logits, retrieval_scores, self.mode, self.gamma, available)
         return torch.where(valid[:, None], scores, torch.zeros_like(scores))
 
     def _log_fallback(self, names: List[str], available: torch.Tensor) -> None:
