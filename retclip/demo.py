@@ -19,7 +19,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from retclip.demo_inputs import list_images, output_stems, parse_vocabulary
+from retclip.demo_inputs import list_images, output_stems, parse_vocabulary  # noqa: F401  (re-exported)
 from retclip.utils.image_io import check_resized_shape, read_image
 
 logger = logging.getLogger(__name__)
