@@ -21,14 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retclip.utils.cli import UserError, run_tool  # noqa: E402  (light: --help and mistakes stay fast)
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+from retclip.utils.cli import UserError, int_at_least, run_tool  # noqa: E402  (light: --help and mistakes stay fast)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -40,7 +33,7 @@ def get_parser() -> argparse.ArgumentParser:
                              "file (one class per line; a value with '/' or a .txt/.csv suffix must exist)")
     parser.add_argument("--database", default=None, help="feature database (sets MODEL.RETCLIP.DATABASE)")
     parser.add_argument("--output", required=True, help="folder for pictures and JSON")
-    parser.add_argument("--top-neighbours", type=_non_negative, default=5, help="neighbours listed per segment (>= 0)")
+    parser.add_argument("--top-neighbours", type=int_at_least(0), default=5, help="neighbours listed per segment (>= 0)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return parser
 

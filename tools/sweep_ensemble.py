@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retclip.utils.cli import UserError, run_tool  # noqa: E402
+from retclip.utils.cli import UserError, int_at_least, run_tool  # noqa: E402
 
 import retclip  # noqa: E402,F401  (compat steps and registrations, before detectron2)
 import torch  # noqa: E402
@@ -39,13 +39,6 @@ from retclip.sweep.metrics import METRICS_BACKENDS  # noqa: E402
 from retclip.ensemble import ENSEMBLE_MODES  # noqa: E402
 from retclip.sweep.runner import SweepRunner  # noqa: E402
 from retclip.utils.tool_config import load_tool_config  # noqa: E402
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,17 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics-backend", choices=METRICS_BACKENDS, default="hotcoco")
     p.add_argument(
-        "--workers", type=_positive, default=1, help="grid points evaluated in parallel processes"
+        "--workers", type=int_at_least(1), default=1, help="grid points evaluated in parallel processes"
     )
     p.add_argument(
         "--points-per-pass",
-        type=_positive,
+        type=int_at_least(1),
         default=4,
         help="grid points per pass over the cache (each cached image is read once per pass)",
     )
     p.add_argument(
         "--threads",
-        type=_positive,
+        type=int_at_least(1),
         default=1,
         help="torch threads per process (1 is fastest for small masks and with --workers)",
     )
