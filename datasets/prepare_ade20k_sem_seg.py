@@ -23,7 +23,7 @@ def _convert(src, out_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
+    parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS; one of the two is required)")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     ade = os.path.join(resolve_root(args.root), "ADEChallengeData2016")

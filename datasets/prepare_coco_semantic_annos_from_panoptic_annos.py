@@ -39,7 +39,7 @@ def _convert(ann, pan_dir, out_dir, id_map):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
+    parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS; one of the two is required)")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     coco = os.path.join(resolve_root(args.root), "coco")

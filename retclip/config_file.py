@@ -123,7 +123,7 @@ def merge_overrides(cfg: Any, opts: Sequence[str], where: str = "the command lin
         try:
             cfg.merge_from_list([key, value])
         except (AssertionError, KeyError) as e:  # yacs: "Non-existent key"
-            raise UserError(f"config key {key} (on {where}) does not exist") from e
+            raise UserError(f"config key {key} (on {where}) does not exist ({e.args[0] if e.args else e})") from e
         except ValueError as e:  # yacs: type mismatch
             raise UserError(f"config key {key}: bad value {value!r} ({e})") from e
 

@@ -21,54 +21,14 @@ import torch
 import torch.nn.functional as F
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from retclip.demo_inputs import list_images, output_stems, parse_vocabulary  # noqa: F401  (re-exported)
+from retclip.utils.image_io import check_resized_shape, read_image
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-__all__ = ["parse_vocabulary", "list_images", "DemoPredictor"]
-
-
-def parse_vocabulary(spec: str) -> List[str]:
-    """Classes from "cat, sofa;couch, lamp" (comma between classes, ';' between synonyms) or from
-    a file with one class per line ("sofa,couch" or FC-CLIP's "12:sofa,couch")."""
-    if os.path.isfile(spec):
-        classes = []
-        with open(spec) as f:
-            for line in f:
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                if ":" in line and line.split(":", 1)[0].strip().isdigit():
-                    line = line.split(":", 1)[1]
-                classes.append(", ".join(s.strip() for s in line.split(",") if s.strip()))
-    else:
-        classes = [", ".join(s.strip() for s in c.split(";") if s.strip()) for c in spec.split(",")]
-    classes = [c for c in classes if c]
-    if not classes:
-        raise ValueError(f"the vocabulary {spec!r} names no class")
-    duplicates = sorted({c for c in classes if classes.count(c) > 1})
-    if duplicates:
-        raise ValueError(f"the vocabulary names these classes twice: {duplicates}")
-    return classes
-
-
-def list_images(inputs: Sequence[str]) -> List[Path]:
-    """Image files from paths and folders (folders: their images, sorted, not recursive)."""
-    files: List[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"--input {item}: no such file or folder")
-    if not files:
-        raise FileNotFoundError(f"--input {list(inputs)}: no images found")
-    return files
+__all__ = ["parse_vocabulary", "list_images", "output_stems", "DemoPredictor"]
 
 
 class DemoPredictor:
@@ -103,9 +63,11 @@ class DemoPredictor:
     def __call__(self, image_path: Path) -> Dict[str, Any]:
         if self.metadata is None:
             raise RuntimeError("call set_vocabulary(classes) before predicting")
-        image = read_image(str(image_path), format="RGB")
+        image = read_image(image_path, format="RGB")
         height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
+        transform = self.resize.get_transform(image)
+        check_resized_shape(image_path, (height, width), (transform.new_h, transform.new_w))
+        resized = transform.apply_image(image)
         x = {"image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))), "height": height, "width": width}
         has_retrieval = getattr(self.model, "retrieval_head", None) is not None
         if has_retrieval:
@@ -171,8 +133,9 @@ class DemoPredictor:
         return out
 
     def save(self, prediction: Dict[str, Any], segments: List[Dict[str, Any]], output_dir: Path, stem: str) -> Dict[str, Path]:
-        """Write the panoptic picture and the segments JSON (atomically)."""
-        output_dir.mkdir(parents=True, exist_ok=True)
+        """Write the panoptic picture and the segments JSON (atomically). ``stem`` may hold
+        sub-folders (the input's relative path, see :func:`retclip.demo_inputs.output_stems`)."""
+        (output_dir / stem).parent.mkdir(parents=True, exist_ok=True)
         seg, infos = prediction["output"]["panoptic_seg"]
         visualizer = Visualizer(prediction["image"], self.metadata, instance_mode=ColorMode.IMAGE)
         picture = visualizer.draw_panoptic_seg(seg.cpu(), [dict(i) for i in infos]).get_image()

@@ -148,7 +148,7 @@ def test_num_classes_mismatch_names_both():
 def test_amp_is_ignored_on_cpu_with_a_warning(caplog, propagate):
     cfg = _cfg()
     cfg.SOLVER.AMP.ENABLED = True
-    with caplog.at_level(logging.WARNING, logger="retclip.engine.trainer"):
+    with caplog.at_level(logging.WARNING, logger="retclip.utils.device"):
         resolve_device(cfg)
     assert not cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu"
     assert any("AMP" in r.getMessage() for r in caplog.records)

@@ -42,15 +42,25 @@ def run(args):
         summary["unreadable_images"] = len(report["images"]["unreadable"])
         summary["images_without_labels"] = len(report["images"]["no_labels"])
         print(json.dumps(summary, indent=1))
+        unreadable = report["images"]["unreadable"]
+        if unreadable:  # the database is complete without them; say which, and exit non-zero
+            listed = "".join(f"\n  {u['path']}: {u['error']}" for u in unreadable)
+            raise UserError(f"the database is built, but {len(unreadable)} image(s) could not be read "
+                            f"and were skipped:{listed}")
     return report
 
 
 def main(argv=None) -> int:
+    """Check the arguments, the GPU count and the config before any worker starts, then launch."""
     args = launcher_argument_parser(__doc__).parse_args(argv)
     if args.eval_only or args.resume:
         raise UserError("build_database.py has no --eval-only/--resume: a build always resumes")
+    if not args.config_file:
+        raise UserError("--config-file is required")
     from retclip.database_builder import launch_build, setup_build_config
+    from retclip.utils.device import check_num_gpus
 
+    check_num_gpus(args.num_gpus, cpu_processes=True)
     setup_build_config(args.config_file, args.opts)  # a bad file, key or value stops here, once
     launch_build(
         run,

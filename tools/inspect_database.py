@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retclip.utils.cli import run_tool  # noqa: E402  (light: --help imports no torch)
+from retclip.utils.cli import UserError, run_tool  # noqa: E402  (light: --help imports no torch)
 
 
 def _open(path: str):
@@ -45,7 +45,6 @@ def _inspect(args) -> None:
 def _add(args) -> None:
     from retclip.database_builder import setup_build_config
     from retclip.database_builder.manage import add_to_database
-
     # The database config names its model config: the same loader as tools/build_database.py.
     db = add_to_database(setup_build_config(args.config_file, args.opts), args.database)
     print(f"{db.path}: {len(db)} vectors, {len(db.class_names)} classes")
@@ -115,9 +114,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (KeyError, ValueError) as e:  # the database layer's words for a bad class or folder
+        raise UserError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
     return 0
 
 

@@ -16,7 +16,34 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retclip.utils.cli import run_tool  # noqa: E402  (light: --help imports no torch)
+from retclip.utils.cli import UserError, run_tool  # noqa: E402  (light: --help imports no torch)
+
+
+def _expected(path: str):
+    """The expected-metrics file, its mistakes (bad JSON, a missing key) named."""
+    from retclip.sweep.expected import load_expected
+
+    try:
+        return load_expected(path)
+    except KeyError as e:
+        raise UserError(e.args[0] if e.args else str(e)) from e
+    except ValueError as e:  # json.JSONDecodeError
+        raise UserError(f"{path} is not valid JSON: {e}") from e
+
+
+def _check_results(spec, results: str) -> None:
+    """A table of dashes is no table: the results folder must exist and hold some row's metrics."""
+    if not os.path.isdir(results):
+        raise UserError(f"--results {results}: no such folder")
+    names = [row["name"] for row in spec["rows"]]
+    missing = [n for n in names if not os.path.isfile(os.path.join(results, n, "metrics_eval.json"))]
+    if len(missing) == len(names):
+        raise UserError(
+            f"--results {results}: no <row>/metrics_eval.json for any row (rows: {', '.join(names)})"
+        )
+    for name in missing:
+        print(f"make_report.py: warning: no {os.path.join(results, name, 'metrics_eval.json')}; "
+              "its cells are '-'", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -49,18 +76,24 @@ def main(argv=None) -> int:
     from retclip.utils.fileio import atomic_write_text
 
     if args.kind == "table":
-        text = table_markdown(load_expected(args.expected), args.results, args.note)
+        spec = _expected(args.expected)
+        if "rows" not in spec:
+            raise UserError(f"--expected {args.expected} describes a sweep (points), not a table")
+        _check_results(spec, args.results)
+        text = table_markdown(spec, args.results, args.note)
         if args.out:
             atomic_write_text(args.out, text)
         print(text)
         return 0
     path = os.path.join(args.sweep, "sweep.jsonl") if os.path.isdir(args.sweep) else args.sweep
+    if not os.path.isfile(path):
+        raise UserError(f"--sweep {args.sweep}: no such file ({path})")
     rows = read_rows(path)
     if args.mode:
         rows = [r for r in rows if r["mode"] == args.mode]
     if not rows:
-        raise FileNotFoundError(f"no sweep rows in {path}")
-    spec = load_expected(args.expected) if args.expected else None
+        raise UserError(f"no sweep rows in {path}" + (f" with mode {args.mode!r}" if args.mode else ""))
+    spec = _expected(args.expected) if args.expected else None
     text = sweep_markdown(rows, spec, args.note)
     os.makedirs(args.out_dir, exist_ok=True)
     atomic_write_text(os.path.join(args.out_dir, "table.md"), text)

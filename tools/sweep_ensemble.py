@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retclip.utils.cli import run_tool  # noqa: E402  (light: --help imports no torch)
+from retclip.utils.cli import UserError, int_at_least, run_tool  # noqa: E402  (light --help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,17 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-backend", default="hotcoco", help="hotcoco (fast) or reference (panopticapi, pycocotools)"
     )
     p.add_argument(
-        "--workers", type=int, default=1, help="grid points evaluated in parallel processes"
+        "--workers", type=int_at_least(1), default=1, help="grid points evaluated in parallel processes"
     )
     p.add_argument(
         "--points-per-pass",
-        type=int,
+        type=int_at_least(1),
         default=4,
         help="grid points per pass over the cache (each cached image is read once per pass)",
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=int_at_least(1),
         default=1,
         help="torch threads per process (1 is fastest for small masks and with --workers)",
     )
@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     from retclip.sweep.grid import make_grid  # retclip.sweep applies compat before detectron2
     from retclip.sweep.metrics import METRICS_BACKENDS
     from retclip.ensemble import ENSEMBLE_MODES
+    from retclip.sweep.cache import StaleCacheError
     from retclip.sweep.runner import SweepRunner
     from detectron2.utils.logger import setup_logger
 
@@ -97,26 +98,37 @@ def main(argv=None) -> int:
     except ValueError as e:  # a value outside [0, 1], a malformed list or grid file
         parser.error(str(e))
     torch.set_num_threads(max(1, args.threads))
-    cfg = None
-    if args.config_file:
-        from retclip.config import load_config
+    from retclip.utils.tool_config import load_tool_config
 
-        cfg = load_config(args.config_file, args.opts or [])
+    cfg = load_tool_config(args.config_file, args.opts or []) if args.config_file else None
+    if args.opts and cfg is None:
+        raise UserError(f"config overrides {' '.join(args.opts)} need --config-file")
     expected = None
     if args.expect_fingerprint:
         with open(args.expect_fingerprint) as f:
-            expected = json.load(f)
-    runner = SweepRunner(
-        args.cache,
-        args.output_dir,
-        mode=args.mode,
-        backend=args.metrics_backend,
-        cfg=cfg,
-        expected_fingerprint=expected,
-        workers=args.workers,
-        points_per_pass=args.points_per_pass,
-    )
-    rows = runner.run(points)
+            try:
+                expected = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserError(f"--expect-fingerprint {args.expect_fingerprint} is not JSON: {e}") from e
+    if not os.path.isdir(os.path.expanduser(args.cache)):
+        raise UserError(f"--cache {args.cache}: no such folder")
+    try:  # checks the mode, backend and cache (manifest, fingerprint, shards) before any work
+        runner = SweepRunner(
+            args.cache,
+            args.output_dir,
+            mode=args.mode,
+            backend=args.metrics_backend,
+            cfg=cfg,
+            expected_fingerprint=expected,
+            workers=args.workers,
+            points_per_pass=args.points_per_pass,
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    try:
+        rows = runner.run(points)
+    except StaleCacheError as e:  # results in --output-dir from another cache or backend
+        raise UserError(str(e)) from e
     keys = {p.key(runner.mode) for p in points}
     rows = [r for r in rows if (r["mode"], r["alpha"], r["beta"], r["gamma"]) in keys]
     print(

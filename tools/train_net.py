@@ -16,26 +16,40 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retclip.utils.cli import run_tool  # noqa: E402  (light: --help imports no torch)
+from retclip.utils.cli import UserError, run_tool  # noqa: E402  (light: --help imports no torch)
 from retclip.utils.launch_args import launcher_argument_parser  # noqa: E402
 
 logger = logging.getLogger("retclip.train_net")
 
 
-def setup(args):
-    """Config = defaults + RetCLIP keys + file + command-line KEY VALUE pairs, checked and frozen."""
-    from retclip.config import load_config  # compat steps before detectron2
+def load_checked_config(args):
+    """Config = defaults + RetCLIP keys + file + KEY VALUE pairs, CPU fallback applied, checked;
+    every mistake (file, key, value, dataset, weights) a UserError naming it."""
+    import retclip.modeling  # noqa: F401  (registers meta-architectures and datasets)
+    from retclip.engine import check_config
+    from retclip.utils.tool_config import load_tool_config
 
+    cfg = load_tool_config(args.config_file, args.opts, freeze=False)
+    try:
+        check_config(cfg)
+    except KeyError as e:  # an unregistered dataset name (the message lists the registered ones)
+        raise UserError(e.args[0] if e.args else str(e)) from e
+    except ValueError as e:  # NUM_CLASSES against the training set
+        raise UserError(str(e)) from e
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(os.path.expanduser(weights)):
+        raise UserError(f"MODEL.WEIGHTS {weights}: no such file")
+    return cfg
+
+
+def setup(args):
+    """The checked config, frozen, with logging and detectron2's default setup."""
     from detectron2.engine import default_setup
     from detectron2.utils import comm
     from detectron2.utils.logger import setup_logger
 
-    from retclip.engine import check_config, resolve_device
-
-    cfg = load_config(args.config_file, args.opts, freeze=False)
+    cfg = load_checked_config(args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retclip")
-    resolve_device(cfg)
-    check_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -61,7 +75,15 @@ def run(args):
 
 
 def main(argv=None) -> int:
+    """Check the GPU count and the config here, before any worker starts, then launch."""
     args = launcher_argument_parser(__doc__).parse_args(argv)
+    from retclip.utils.device import check_num_gpus
+
+    check_num_gpus(args.num_gpus)
+    if not args.config_file:
+        raise UserError("--config-file is required")
+    if args.num_gpus * args.num_machines > 1:
+        load_checked_config(args)  # fail here, not in every worker
     import retclip.engine  # noqa: F401  (compat steps before detectron2)
     from detectron2.engine import launch
 

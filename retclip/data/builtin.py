@@ -1,9 +1,9 @@
 """Registration of COCO panoptic and ADE20k-150 under FC-CLIP's dataset names.
 
 Everything lives under one root, ``$DETECTRON2_DATASETS`` (``~`` expanded), as in detectron2.
-When the variable is unset the root is ``./datasets`` resolved against the working directory at
-import time (detectron2's convention), and the error for a missing file says which root was
-used and why. Registration only records paths: the files are read on first
+Nothing is read relative to the working directory: when the variable is unset, the datasets are
+still registered (so configs naming them load), but using one is an error that says the variable
+is unset; the error for a missing file says which root was used. Registration only records paths: the files are read on first
 ``DatasetCatalog.get``, where a missing file raises FileNotFoundError naming it and the
 ``datasets/prepare_*.py`` script that makes it. See ``datasets/README.md`` for the layout.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_sem_seg
@@ -51,13 +51,31 @@ BUILTIN_DATASET_NAMES: Tuple[str, ...] = tuple(_COCO_PANOPTIC) + tuple(
 )
 
 
-def datasets_root() -> Tuple[str, str]:
-    """The absolute dataset root and a phrase saying where it came from (for error messages)."""
+#: Stands for the root in registered paths while DETECTRON2_DATASETS is unset (never opened).
+UNSET_ROOT = "$DETECTRON2_DATASETS"
+
+
+def datasets_root() -> Tuple[Optional[str], str]:
+    """The absolute dataset root (None when DETECTRON2_DATASETS is unset) and a phrase saying
+    where it came from (for error messages)."""
     env = os.environ.get("DETECTRON2_DATASETS")
     if env:
         return os.path.abspath(os.path.expanduser(env)), f"DETECTRON2_DATASETS={env!r}"
-    root = os.path.abspath("datasets")
-    return root, "DETECTRON2_DATASETS is unset, so ./datasets under the working directory"
+    return None, "DETECTRON2_DATASETS is unset"
+
+
+def _root_is_set(root: str, dataset_name: str) -> Callable[[], None]:
+    """A check run before a dataset's files are read: refuse the placeholder root."""
+
+    def check() -> None:
+        if root == UNSET_ROOT:
+            raise FileNotFoundError(
+                f"dataset {dataset_name!r} needs DETECTRON2_DATASETS, which is unset: set it to the "
+                f"folder that holds coco/ and ADEChallengeData2016/ (layout in {_README}); nothing is "
+                "read from the current folder"
+            )
+
+    return check
 
 
 def _hint(script: str, origin: str) -> str:
@@ -77,6 +95,7 @@ def _register_coco_panoptic(root: str, origin: str) -> None:
             instances_json=os.path.join(root, inst),
             evaluator_type="coco_panoptic_seg",
             prepare_hint=_hint("prepare_coco_semantic_annos_from_panoptic_annos.py", origin),
+            before_load=_root_is_set(root, name),
         )
 
 
@@ -97,17 +116,19 @@ def _register_ade20k(root: str, origin: str) -> None:
             instances_json=inst_json,
             evaluator_type="ade20k_panoptic_seg",
             prepare_hint=_hint("prepare_ade20k_pan_seg.py", origin),
+            before_load=_root_is_set(root, f"openvocab_ade20k_panoptic_{split}"),
         )
-        _register_ade_sem_seg(f"openvocab_ade20k_sem_seg_{split}", image_root, sem_root, categories, origin)
-        _register_ade_instance(
-            f"openvocab_ade20k_instance_{split}", image_root, inst_json, categories, origin
-        )
+        sem_name, inst_name = f"openvocab_ade20k_sem_seg_{split}", f"openvocab_ade20k_instance_{split}"
+        _register_ade_sem_seg(sem_name, image_root, sem_root, categories, origin, _root_is_set(root, sem_name))
+        _register_ade_instance(inst_name, image_root, inst_json, categories, origin, _root_is_set(root, inst_name))
 
 
 def _register_ade_sem_seg(
-    name: str, image_root: str, gt_root: str, categories: List[Dict[str, Any]], origin: str
+    name: str, image_root: str, gt_root: str, categories: List[Dict[str, Any]], origin: str,
+    before_load: Callable[[], None],
 ) -> None:
     def load() -> List[Dict[str, Any]]:
+        before_load()
         hint = _hint("prepare_ade20k_sem_seg.py", origin)
         check_paths_exist(name, {"image folder": image_root, "semantic label folder": gt_root}, hint)
         return load_sem_seg(gt_root, image_root, gt_ext="png", image_ext="jpg")
@@ -124,11 +145,13 @@ def _register_ade_sem_seg(
 
 
 def _register_ade_instance(
-    name: str, image_root: str, json_file: str, categories: List[Dict[str, Any]], origin: str
+    name: str, image_root: str, json_file: str, categories: List[Dict[str, Any]], origin: str,
+    before_load: Callable[[], None],
 ) -> None:
     things = [c for c in categories if c["isthing"]]
 
     def load() -> List[Dict[str, Any]]:
+        before_load()
         hint = _hint("prepare_ade20k_ins_seg.py", origin)
         check_paths_exist(name, {"image folder": image_root, "instance JSON": json_file}, hint)
         # No dataset name: load_coco_json would overwrite the metadata with the JSON's names.
@@ -160,10 +183,12 @@ def _register_ade_instance(
 def register_builtin_datasets(root: Optional[str] = None) -> str:
     """(Re-)register every built-in dataset under ``root`` (default: :func:`datasets_root`).
 
-    Returns the absolute root used. Safe to call again, e.g. after changing DETECTRON2_DATASETS.
+    Returns the absolute root used (:data:`UNSET_ROOT` while DETECTRON2_DATASETS is unset). Safe
+    to call again, e.g. after changing DETECTRON2_DATASETS.
     """
     if root is None:
-        root, origin = datasets_root()
+        found, origin = datasets_root()
+        root = UNSET_ROOT if found is None else found
     else:
         root, origin = os.path.abspath(os.path.expanduser(root)), f"root={root!r}"
     for name in BUILTIN_DATASET_NAMES:

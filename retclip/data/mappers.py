@@ -18,6 +18,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
+from retclip.utils.image_io import read_image
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -59,11 +61,9 @@ def build_dataset_mapper(cfg: Any, is_train: bool = True) -> Any:
 
 
 def read_image_checked(path: str, image_format: str) -> np.ndarray:
-    """``detection_utils.read_image`` with an error that names the file when it cannot be decoded."""
-    try:
-        return utils.read_image(path, format=image_format)
-    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for corrupt/truncated files
-        raise ValueError(f"cannot decode image {path}: {e}") from e
+    """The project's one image reader (:func:`retclip.utils.image_io.read_image`: EXIF, 16-bit and
+    palette modes handled, errors naming the file) for the mappers."""
+    return read_image(path, format=image_format)
 
 
 def read_panoptic_ids(path: str, segments_info: List[Dict[str, Any]]) -> np.ndarray:

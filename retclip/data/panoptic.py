@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from retclip.utils.errors import BadFileError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["register_panoptic_dataset", "load_panoptic_json", "panoptic_metadata", "check_paths_exist"]
@@ -75,15 +77,26 @@ def load_panoptic_json(
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"panoptic annotation file not found: {json_file}")
     with open(json_file) as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise BadFileError(f"panoptic annotation file {json_file} is not valid JSON: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise BadFileError(f"panoptic annotation file {json_file} has no 'annotations' list")
     stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
     thing_map = meta["thing_dataset_id_to_contiguous_id"]
     images = {img["id"]: img for img in data.get("images", [])}
     dicts = []
-    for ann in data["annotations"]:
+    for number, ann in enumerate(data["annotations"]):
+        for key in ("image_id", "file_name", "segments_info"):
+            if key not in ann:
+                raise BadFileError(
+                    f"panoptic annotation file {json_file}: annotation #{number} "
+                    f"({ann.get('file_name', 'no file_name')}) has no {key!r}"
+                )
         image_id = ann["image_id"]
         if image_id not in images:
-            raise KeyError(
+            raise BadFileError(
                 f"{json_file}: annotation {ann['file_name']} refers to image id {image_id!r} "
                 "absent from 'images'"
             )
@@ -92,7 +105,7 @@ def load_panoptic_json(
         for seg in ann["segments_info"]:
             cat = seg["category_id"]
             if cat not in stuff_map:
-                raise KeyError(
+                raise BadFileError(
                     f"{json_file}: image {ann['file_name']} has segment {seg['id']} with category id {cat}, "
                     f"which is not among the dataset's {len(stuff_map)} categories"
                 )

@@ -196,7 +196,7 @@ def ade_command_line(
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
+    parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS; one of the two is required)")
     parser.add_argument("--catid-mapping", help="ade20k_instance_catid_mapping.txt")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)

@@ -30,8 +30,17 @@ __all__ = [
 
 
 def resolve_root(root: Optional[str]) -> str:
-    """``--root`` if given, else ``$DETECTRON2_DATASETS``, else ``./datasets`` (``~`` expanded)."""
-    chosen = root or os.environ.get("DETECTRON2_DATASETS") or "datasets"
+    """``--root`` if given, else ``$DETECTRON2_DATASETS`` (``~`` expanded); never the current folder.
+
+    Raises:
+        UserError: neither is set.
+    """
+    chosen = root or os.environ.get("DETECTRON2_DATASETS")
+    if not chosen:
+        from retclip.utils.cli import UserError
+
+        raise UserError("no dataset root: pass --root or set DETECTRON2_DATASETS (nothing is read "
+                        "from the current folder)")
     return os.path.abspath(os.path.expanduser(chosen))
 
 

@@ -25,11 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from retclip.proposals import GroundTruthProposals, Proposals, ProposalSource
 from retclip.retrieval import FeatureDatabase
 from retclip.retrieval.database import atomic_write_json
+from retclip.utils.image_io import ImageReadError, read_image
 
 from retclip.modeling.segment_embedding import SegmentEmbedding
 
@@ -159,9 +159,8 @@ class DatabaseBuilder:
             info["status"] = "no_labels"
             return None, info
         try:
-            with Image.open(record.path) as img:
-                image = np.array(img.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+            image = read_image(record.path)
+        except ImageReadError as e:
             logger.warning("skipping unreadable image %s (%s): %s", record.image_id, record.path, e)
             info["status"], info["error"] = "unreadable", f"{type(e).__name__}: {e}"
             return None, info

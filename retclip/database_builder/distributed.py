@@ -55,12 +55,15 @@ def launch_build(
 ) -> None:
     """Run ``main(*args)`` on ``num_processes`` processes per machine.
 
-    With CUDA this is detectron2's ``launch`` (one process per GPU, NCCL). Without CUDA and
+    ``num_processes`` 0 means one process; more than the machine's GPUs is a UserError before
+    anything starts. With CUDA this is detectron2's ``launch`` (one process per GPU, NCCL). Without CUDA and
     ``num_processes > 1`` (or several machines) it spawns CPU processes joined by gloo; ``dist_url``
     "auto" picks a free local port (single machine only).
     """
-    if num_processes < 1:
-        raise ValueError(f"need at least one process per machine, got {num_processes}")
+    from retclip.utils.device import check_num_gpus
+
+    check_num_gpus(num_processes, cpu_processes=True)  # before any worker starts
+    num_processes = max(num_processes, 1)  # --num-gpus 0: one process (on CPU), as train_net.py
     world_size = num_processes * num_machines
     if torch.cuda.is_available() or world_size == 1:
         from detectron2.engine import launch

@@ -164,6 +164,7 @@ def setup_build_config(config_file: str, opts: Sequence[str] = ()):
     from detectron2.config import CfgNode
 
     from retclip.config_file import load_config, merge_overrides
+    from retclip.utils.device import resolve_device
 
     data, model_config = read_database_config(config_file) if config_file else ({}, "")
     opts = list(opts)
@@ -184,6 +185,7 @@ def setup_build_config(config_file: str, opts: Sequence[str] = ()):
     except (KeyError, ValueError) as e:  # yacs: unknown key or wrong type
         raise UserError(f"{config_file}: {e.args[0] if e.args else e}") from e
     merge_overrides(cfg, opts)
+    resolve_device(cfg)  # the tools' one CPU fallback
     cfg.freeze()
     return cfg
 

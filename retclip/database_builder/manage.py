@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from retclip.retrieval import FeatureDatabase
+from retclip.utils.image_io import ImageReadError, read_image
 
 from .report import image_paths
 
@@ -102,9 +103,8 @@ def class_thumbnails(
             if path is None or not np.isfinite(box).all():
                 continue
             try:
-                with Image.open(path) as img:
-                    crop = img.convert("RGB").crop(tuple(int(round(v)) for v in box))
-            except (OSError, UnidentifiedImageError) as e:
+                crop = Image.fromarray(read_image(path)).crop(tuple(int(round(v)) for v in box))
+            except ImageReadError as e:
                 logger.warning("thumbnail: cannot read %s: %s", path, e)
                 continue
             crop.thumbnail((size, size))

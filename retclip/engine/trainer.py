@@ -22,6 +22,7 @@ from detectron2.utils import comm
 from retclip.checkpoint import CLASS_COUNT_KEYS, RetCLIPCheckpointer
 from retclip.data.mappers import build_dataset_mapper
 from retclip.evaluation import build_evaluator
+from retclip.utils.device import resolve_device  # noqa: F401  (re-exported: one CPU fallback for every tool)
 from retclip.utils.fileio import atomic_write_text
 
 from .optimizer import build_optimizer
@@ -63,22 +64,6 @@ def check_config(cfg: Any) -> None:
                 f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} but the training "
                 f"dataset {name!r} has {len(classes)} classes"
             )
-
-
-def resolve_device(cfg: Any) -> None:
-    """On a machine without CUDA: run on CPU and turn AMP off, each with a warning, and apply
-    CPU_THREADS (cfg must be unfrozen)."""
-    if torch.cuda.is_available():
-        return
-    if cfg.get("CPU_THREADS", 0) > 0:
-        torch.set_num_threads(cfg.CPU_THREADS)
-        logger.info("CPU run: %d torch thread(s) (CPU_THREADS)", cfg.CPU_THREADS)
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        logger.warning("CUDA is not available: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.AMP.ENABLED:
-        logger.warning("SOLVER.AMP.ENABLED is ignored on CPU (AMP needs CUDA): training in fp32")
-        cfg.SOLVER.AMP.ENABLED = False
 
 
 def write_metrics(results: Dict[str, Any], path: str) -> None:

@@ -250,5 +250,9 @@ class RetrievalScorer:
                 for i, per_class in enumerate(out[1]):
                     for cls_id, entries in per_class.items():
                         votes[i][cls_id] = [dict(e, database=d) for e in entries]
-        scores[~usable.cpu()] = 0.0
+        unusable = ~usable.cpu()
+        scores[unusable] = 0.0
+        if votes is not None:  # a query scored 0 lists no neighbour (its zero vector "found" some)
+            for i in torch.nonzero(unusable).flatten().tolist():
+                votes[i] = {}
         return RetrievalOutput(scores.to(embeddings.device), matching.has_retrieval.clone(), votes)

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
+
+from retclip.utils.errors import BadFileError
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +121,21 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def _shard_metadata(path: str) -> Dict[str, str]:
+    """A shard's metadata; a truncated or foreign file is a BadFileError naming it (safetensors
+    says only "incomplete metadata" or "invalid header length")."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise BadFileError(
+            f"score cache shard {path} cannot be read ({e}); it is truncated or damaged: delete it "
+            "and write the cache again"
+        ) from e
+
+
 def _shard_infos(path: str) -> List[Dict[str, Any]]:
-    with safe_open(path, framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("images", "[]"))
+    return json.loads(_shard_metadata(path).get("images", "[]"))
 
 
 class ScoreCache:
@@ -154,8 +168,7 @@ class ScoreCache:
                 if name.endswith(".tmp"):
                     self.partial_files.append(name)
                 continue
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
+            meta = _shard_metadata(path)
             shard_fp = json.loads(meta.get("fingerprint", "{}"))
             diffs = compare_fingerprints(shard_fp, self.fingerprint)
             if diffs:

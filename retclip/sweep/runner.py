@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 from detectron2.data import MetadataCatalog
 
+from retclip.utils.errors import BadFileError
+
 from .cache import ScoreCache, StaleCacheError, compare_fingerprints
 from .grid import GridPoint
 from .metrics import METRICS_BACKENDS, FastPanopticEvaluator
@@ -102,11 +104,23 @@ def metrics_row(
 
 
 def read_rows(path: str) -> List[Dict[str, Any]]:
-    """Rows of a ``sweep.jsonl`` (empty list if the file does not exist)."""
+    """Rows of a ``sweep.jsonl`` (empty list if the file does not exist); a line that is not JSON
+    (a torn last line) is a :class:`BadFileError` naming the file and line."""
     if not os.path.isfile(path):
         return []
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise BadFileError(
+                    f"{path}, line {number}: not a JSON row ({e.msg}); the file is torn or edited "
+                    "(delete that line and re-run the sweep to recompute the point)"
+                ) from e
+    return rows
 
 
 # One sweep state per worker process (built once by the pool initializer, reused for every point).

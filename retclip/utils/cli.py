@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, List, Optional, Sequence
 
-__all__ = ["UserError", "run_tool", "EXIT_USER_ERROR", "pop_debug_flag"]
+__all__ = ["UserError", "run_tool", "EXIT_USER_ERROR", "pop_debug_flag", "int_at_least"]
 
 #: Exit status of a tool stopped by a user mistake (argparse uses 2 for bad arguments too).
 EXIT_USER_ERROR = 2
@@ -62,3 +62,18 @@ def run_tool(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
         print(f"{prog}: (run again with --debug for the traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
     return int(code or 0)
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integer options with a lower bound (``--top-neighbours -1`` is an
+    error naming the option, not a silently dropped neighbour)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in "invalid ... value"
+    return parse

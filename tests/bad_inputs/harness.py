@@ -78,14 +78,19 @@ def _fill(value: str, tmp: Path) -> str:
     return value.replace("{tmp}", str(tmp))
 
 
-def check_case(case: Case, tmp: Path) -> subprocess.CompletedProcess:
-    """Run ``case`` in ``tmp`` and assert exit code, named culprit and untouched files."""
+def check_case(case: Case, tmp: Path, runner: Callable[..., subprocess.CompletedProcess] = run_tool
+               ) -> subprocess.CompletedProcess:
+    """Run ``case`` in ``tmp`` and assert exit code, named culprit and untouched files.
+
+    ``runner(tool, args, env, timeout)`` runs the tool: a subprocess by default; cases that stop
+    before any model is built may pass ``in_process.run_in_process`` (same checks, no start-up).
+    """
     if case.prepare is not None:
         case.prepare(tmp)
     protect: List[Path] = [Path(_fill(p, tmp)) for p in case.protect]
     before = {p: tree_digest(p) for p in protect}
-    proc = run_tool(case.tool, [_fill(a, tmp) for a in case.args],
-                    {k: _fill(v, tmp) for k, v in case.env.items()}, case.timeout)
+    proc = runner(case.tool, [_fill(a, tmp) for a in case.args],
+                  {k: _fill(v, tmp) for k, v in case.env.items()}, case.timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == case.code, (
         f"{case.id}: exit {proc.returncode}, expected {case.code}\n{out[-4000:]}")

@@ -105,3 +105,21 @@ def test_registration_touches_no_dataset_file(tmp_path):
         assert MetadataCatalog.get("openvocab_coco_2017_val_panoptic_with_sem_seg").panoptic_root.startswith(str(root))
     finally:
         register_builtin_datasets()
+
+
+def test_unset_root_is_an_error_that_says_so_and_never_reads_the_current_folder(tmp_path, monkeypatch):
+    # a ./datasets under the working directory holding a valid-looking file must not be used
+    (tmp_path / "datasets" / "ADEChallengeData2016").mkdir(parents=True)
+    (tmp_path / "datasets" / "ADEChallengeData2016" / "ade20k_panoptic_val.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    try:
+        register_builtin_datasets()
+        for name in ("openvocab_ade20k_panoptic_val", "openvocab_ade20k_sem_seg_val",
+                     "openvocab_ade20k_instance_val", "openvocab_coco_2017_val_panoptic_with_sem_seg"):
+            with pytest.raises(FileNotFoundError, match="DETECTRON2_DATASETS, which is unset") as e:
+                DatasetCatalog.get(name)
+            assert name in str(e.value) and str(tmp_path) not in str(e.value)
+            assert not MetadataCatalog.get(name).get("image_root", "").startswith(str(tmp_path))
+    finally:
+        register_builtin_datasets()

@@ -11,6 +11,7 @@ from PIL import Image
 
 from retclip.database_builder import run_build
 from retclip.retrieval import FeatureDatabase
+from retclip.utils.cli import run_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "database" / "tiny_test.yaml")
@@ -77,8 +78,9 @@ def test_remove_and_merge(small_db, tmp_path):
     both = FeatureDatabase.open(tmp_path / "both")
     assert len(both) == len(db) + len(nosky)
     assert (
-        TOOL["main"](
-            ["remove", str(small_db), "--classes", "unicorn", "--output", str(tmp_path / "x")]
+        run_tool(
+            TOOL["main"],
+            ["remove", str(small_db), "--classes", "unicorn", "--output", str(tmp_path / "x")],
         )
         == 2
     )
@@ -111,7 +113,8 @@ def test_thumbnails_grid(small_db, tmp_path):
     assert grid.shape[1] == cols * 32 and grid.shape[0] == int(np.ceil(n / cols)) * 32
     assert grid.std() > 0  # real crops, not an empty canvas
     assert (
-        TOOL["main"](["thumbnails", str(small_db), "--class", "unicorn", "--output", str(out)]) == 2
+        run_tool(TOOL["main"], ["thumbnails", str(small_db), "--class", "unicorn", "--output", str(out)])
+        == 2
     )
 
 
@@ -138,4 +141,4 @@ def test_add_images_and_classes(small_db, tmp_path, tiny_clip_file):
         "MODEL.FC_CLIP.CLIP_MODEL_NAME",
         "retclip-tiny-resnet",
     ]
-    assert TOOL["main"](other) == 2
+    assert run_tool(TOOL["main"], other) == 2  # a user mistake: one line, exit code 2

@@ -50,6 +50,11 @@ def test_scorer_primary_and_fallback(tmp_path):
     queries[1] = float("nan")
     masked = scorer(queries, vocab, usable=torch.tensor([True, True, False, True])).scores
     assert (masked[1:3] == 0).all() and torch.equal(masked[0], s_ret[0])
+    # ... and list no voting neighbour (their zero query vector still "finds" some, all tied at
+    # weight 1: the demo showed those as the reason for a label retrieval did not give)
+    out = scorer(queries, vocab, usable=torch.tensor([True, True, False, True]), return_votes=True)
+    assert out.votes[1] == {} and out.votes[2] == {}
+    assert out.votes[0] and all(out.scores[0, c] > 0 for c in out.votes[0])
     # Another vocabulary needs no re-indexing: only the label matching is redone.
     other = scorer(CENTRES, ["zebra", "cat"])
     assert other.available.tolist() == [True, True]
