@@ -5,7 +5,11 @@ SAM masks, the model's CLIP dense map, mask pooling.
     python tools/build_database.py --config-file configs/database/ade20k_train_gdino_sam.yaml \
         --num-gpus 8 DATABASE_BUILD.OUTPUT_DIR /data/db/ade20k
 
-Run it again with the same arguments after an interruption: it continues where it stopped.
+Run it again with the same arguments after an interruption: it continues where it stopped. The
+folder is locked while a build writes (a second build is refused, naming the first's host and
+pid; a lock left by a dead process on this host is taken over; a lock from another host must be
+deleted by hand once nothing runs there). A resume with other settings (SHARD_SIZE, DTYPE,
+models, thresholds, source) is refused, naming each changed key.
 Multi-node: --num-machines/--machine-rank/--dist-url as in tools/train_net.py. Without CUDA,
 --num-gpus N starts N CPU processes joined by gloo.
 """
@@ -23,9 +27,15 @@ from retclip.database_builder import (
     run_build,
     setup_build_config,
 )
+from retclip.database_builder.settings import preflight
+from retclip.retrieval.safedir import DatabaseLockedError
+from retclip.utils.cli import UserError, run_tool
+
+#: Errors of the build library whose message names the file, key or class at fault.
+_USER_ERRORS = (ValueError, KeyError, DatabaseLockedError)
 
 
-def main(args):
+def build_rank(args):
     """Logging (console + <database>/build/log.txt), then this rank's part of the build."""
     rank, _ = rank_and_world_size()
     out = setup_build_config(args.config_file, args.opts).DATABASE_BUILD.OUTPUT_DIR
@@ -48,15 +58,26 @@ def main(args):
     return report
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+def main(argv):
+    """Check the output folder (another builder's lock, changed settings) before any worker
+    starts or any file is written, then run the build on every rank."""
+    args = default_argument_parser().parse_args(argv)
     if args.eval_only or args.resume:
-        sys.exit("build_database.py has no --eval-only/--resume: a build always resumes")
-    launch_build(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+        raise UserError("build_database.py has no --eval-only/--resume: a build always resumes")
+    try:
+        preflight(setup_build_config(args.config_file, args.opts))
+        launch_build(
+            build_rank,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except _USER_ERRORS as e:
+        raise UserError(e.args[0] if e.args else str(e)) from e
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))

@@ -18,6 +18,7 @@ from retclip.proposals import (
 from .builder import DatabaseBuilder
 from .counting import ForwardCounter
 from .encoder import ClipSegmentEncoder
+from .settings import build_settings
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
         max_shards_per_run=b.MAX_SHARDS_PER_RUN,
         shard_delay_s=b.SHARD_DELAY_S,
         build_args=_build_args(cfg),
+        settings=build_settings(cfg),
         counter=counter,
         progress=progress,
     )
