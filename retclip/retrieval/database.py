@@ -499,7 +499,12 @@ class FeatureDatabase:
             out = FeatureDatabase.create(
                 staging, self.fingerprint, [vocab[i] for i in keep],
                 source=self._manifest["source"], dtype=self.dtype,
-                build_args={**self._manifest["build_args"], "removed_classes": sorted(drop)},
+                build_args={
+                    # A builder's settings stay with the database it built: resuming a build
+                    # into this edited copy would mix its rows (see database_builder.settings).
+                    **{k: v for k, v in self._manifest["build_args"].items() if k != "settings"},
+                    "removed_classes": sorted(drop),
+                },
             )
             for shard in self.iter_shards():
                 rows = remap[shard.labels] >= 0

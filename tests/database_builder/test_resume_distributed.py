@@ -147,3 +147,26 @@ def test_two_gloo_processes_equal_single_process(tmp_path, tiny_clip_file, refer
     # rank r wrote chunks r, r + 2, ...; rank 0 listed all of them
     assert db.shard_names == [f"part{c:06d}-000000" for c in range(8)]
     assert (out / "build" / "report.json").is_file()
+
+
+@pytest.mark.slow
+def test_second_builder_at_once_is_refused_and_the_first_finishes(tmp_path, tiny_clip_file, reference):
+    """Two builders into one folder used to interleave chunks (duplicated rows); now the second
+    is refused, naming the first's host and pid, and the first builds the reference database."""
+    import socket
+
+    out, synth = tmp_path / "db", tmp_path / "synth"
+    first = _run_tool(out, tiny_clip_file, synth, **{"DATABASE_BUILD.SHARD_DELAY_S": 12})
+    deadline = time.time() + 300
+    while not (out / "LOCK").exists():
+        assert first.poll() is None and time.time() < deadline, "first builder took no lock"
+        time.sleep(0.1)
+    second = _run_tool(out, tiny_clip_file, synth)
+    log, _ = second.communicate(timeout=300)
+    assert first.poll() is None, "the first builder ended before the second started"
+    assert second.returncode == 2, log
+    assert f"host {socket.gethostname()} pid {first.pid}" in log
+    log, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, log
+    assert FeatureDatabase.open(out).content_hash() == reference.content_hash()
+    assert not (out / "LOCK").exists()
