@@ -111,8 +111,8 @@ class DatabaseBuilder:
             max_shards_per_run: stop after this many new shards per rank (0: no limit).
             shard_delay_s: sleep after each shard (tests kill the build in between).
             build_args: JSON-serialisable provenance kept in the manifest.
-            settings: flat ``KEY -> value`` of what shapes the rows (:func:`.settings.build_settings`);
-                recorded at the first start, a resume with other values is refused. Default:
+            settings: flat ``KEY -> value`` of what shapes the rows
+                (:func:`.settings.build_settings`); recorded at the first start, a resume with other values is refused. Default:
                 ``shard_size`` and ``dtype``.
             counter: forward counter already watching the models (see :func:`watch_models`).
         """

@@ -98,7 +98,7 @@ def repair_database(db_dir: str) -> FeatureDatabase:
     db = FeatureDatabase.open(db_dir)
     with DatabaseLock(db.path):
         problems = [p for p in db.verify() if "is not in the manifest" not in p]
-        on_disk = {p.name[: -len(".safetensors")] for p in (db.path / "shards").glob("*.safetensors")}
+        on_disk = {p.stem for p in (db.path / "shards").glob("*.safetensors")}
         for name in sorted(on_disk - set(db.shard_names)):
             try:
                 db.read_shard(name, verify=False)

@@ -205,12 +205,13 @@ class OpenImagesSource(ImageSource):
         unknown: Counter = Counter()
         labels: Dict[str, set] = {}
         for line, row in rows:
-            image_path_inside(image_dir, row["ImageID"].strip() + ".jpg", f"{labels_file} line {line}")
+            where = f"{labels_file} line {line}"
+            image_path_inside(image_dir, row["ImageID"].strip() + ".jpg", where)
             try:
                 confidence = float(row["Confidence"])
             except ValueError as e:
                 raise ValueError(
-                    f"{labels_file} line {line}: bad Confidence {row['Confidence']!r} for image {row['ImageID']}"
+                    f"{where}: bad Confidence {row['Confidence']!r} for image {row['ImageID']}"
                 ) from e
             mid = row["LabelName"].strip()
             if mid not in mid_to_name:

@@ -166,8 +166,9 @@ class FeatureDatabase:
         stray = set(db._shard_files_on_disk()) - set(db.shard_names)
         if stray:
             logger.warning(
-                "%s: %d shard(s) on disk are not in the manifest (unfinished build? rerun it, or run "
-                "tools/inspect_database.py repair %s): %s", path, len(stray), path, sorted(stray)[:5]
+                "%s: %d shard(s) on disk are not in the manifest (unfinished build? rerun it, or "
+                "run tools/inspect_database.py repair %s): %s",
+                path, len(stray), path, sorted(stray)[:5],
             )
         return db
 

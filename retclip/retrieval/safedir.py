@@ -105,7 +105,7 @@ class DatabaseLock:
         self._depth = 0
 
     def _open_locked(self) -> int:
-        """An fd of the current lock file with our flock on it (retries if the file was replaced)."""
+        """An fd of the current lock file with our flock on it (retries if it was replaced)."""
         for _ in range(10):
             fd = os.open(str(self.lock_file), os.O_RDWR | os.O_CREAT, 0o666)
             try:

@@ -13,39 +13,23 @@ import numpy as np
 import pytest
 
 from retclip.database_builder import build_database_builder, build_source
-from retclip.database_builder.settings import preflight  # noqa: F401  (imported by the tool too)
 from retclip.retrieval import FeatureDatabase
 from retclip.retrieval.shards import decode_shard, encode_shard
+from retclip.testing.database import TINY_BUILD_CONFIG, tiny_build_cfg, tiny_build_opts
 from retclip.testing.locks import dead_pid, lock_held_elsewhere
-from tests.bad_inputs.harness import REPO, Case, check_case
+from tests.bad_inputs.harness import Case, check_case
 from tests.database_builder.conftest import tiny_clip_file  # noqa: F401  (fixture)
 
-CONFIG = str(REPO / "configs" / "database" / "tiny_test.yaml")
+CONFIG = str(TINY_BUILD_CONFIG)
 HOST = socket.gethostname()
 
 
 def _opts(out, clip_file, **extra):
-    opts = {
-        "DATABASE_BUILD.OUTPUT_DIR": str(out),
-        "DATABASE_BUILD.SOURCE.DATASET": "retclip_synthetic_train",
-        "MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS": clip_file,
-        "INPUT.MIN_SIZE_TEST": "96",
-        "DATABASE_BUILD.SOURCE.MAX_IMAGES": "4",
-        "DATABASE_BUILD.SHARD_SIZE": "1",
-        **{k: str(v) for k, v in extra.items()},
-    }
-    return [x for kv in opts.items() for x in kv]
+    return tiny_build_opts(out, clip_file, max_images=4, **extra)
 
 
 def _build_in_process(out, clip_file, **extra):
-    from detectron2.config import get_cfg
-
-    from retclip import add_retclip_config
-
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(_opts(out, clip_file, **extra))
+    cfg = tiny_build_cfg(_opts(out, clip_file, **extra))
     return build_database_builder(cfg, progress=False).build(build_source(cfg))
 
 
@@ -185,7 +169,8 @@ def _inspect_cases():
          [last], two, ["{tmp}/db", "{tmp}/other"], ["{tmp}/out", "{tmp}/.out.staging-*"]),
         ("merge_into_existing", ["merge", "{tmp}/db", "{tmp}/db", "--output", "{tmp}/out"],
          ["{tmp}/out", "exists"], taken, ["{tmp}/db", "{tmp}/out"], []),
-        ("remove_into_existing", ["remove", "{tmp}/db", "--classes", "sky", "--output", "{tmp}/out"],
+        ("remove_into_existing",
+         ["remove", "{tmp}/db", "--classes", "sky", "--output", "{tmp}/out"],
          ["{tmp}/out", "exists"], taken, ["{tmp}/db", "{tmp}/out"], []),
         ("remove_nan_rows", ["remove", "{tmp}/db", "--classes", "sky", "--output", "{tmp}/out"],
          [shard0, "rows [1, 2]"], poisoned, ["{tmp}/db"], ["{tmp}/out"]),

@@ -2,38 +2,21 @@
 second writer is refused by host and pid, and `repair` lists the shards of an interrupted build."""
 import json
 import socket
-from pathlib import Path
 
 import pytest
-from detectron2.config import get_cfg
-
-from retclip import add_retclip_config
 from retclip.database_builder import build_database_builder, build_source
 from retclip.database_builder.manage import repair_database
 from retclip.database_builder.settings import build_settings, preflight
 from retclip.retrieval import FeatureDatabase
 from retclip.retrieval.safedir import DatabaseLockedError
+from retclip.testing.database import tiny_build_cfg, tiny_build_opts
 from retclip.testing.locks import lock_held_elsewhere
 from tests.bad_inputs.harness import tree_digest
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "database" / "tiny_test.yaml"
 
 
 def _cfg(out, clip_file, **extra):
-    opts = {
-        "DATABASE_BUILD.OUTPUT_DIR": str(out),
-        "DATABASE_BUILD.SOURCE.DATASET": "retclip_synthetic_train",
-        "MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS": clip_file,
-        "INPUT.MIN_SIZE_TEST": "96",
-        "DATABASE_BUILD.SOURCE.MAX_IMAGES": "4",
-        "DATABASE_BUILD.SHARD_SIZE": "1",
-        **{k: str(v) for k, v in extra.items()},
-    }
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.merge_from_list([x for kv in opts.items() for x in kv])
+    cfg = tiny_build_cfg(tiny_build_opts(out, clip_file, max_images=4, **extra))
     cfg.freeze()
     return cfg
 
@@ -68,7 +51,8 @@ def test_resume_with_changed_settings_is_refused_by_key(partial, tiny_clip_file,
     with pytest.raises(ValueError) as err:
         preflight(_cfg(partial, tiny_clip_file, **changes))
     for key, new in changes.items():
-        assert f"{key}: {first[key]!r} (first run) -> {type(first[key])(new)!r} (now)" in str(err.value)
+        change = f"{key}: {first[key]!r} (first run) -> {type(first[key])(new)!r} (now)"
+        assert change in str(err.value)
     assert str(err.value).count("(first run)") == len(changes)  # only the changed keys
     assert tree_digest(partial) == before
 
@@ -94,7 +78,8 @@ def test_second_builder_is_refused_naming_the_holder(tmp_path, tiny_clip_file):
     out = tmp_path / "db"
     with lock_held_elsewhere(out) as holder:
         cfg = _cfg(out, tiny_clip_file)
-        with pytest.raises(DatabaseLockedError, match=f"host {socket.gethostname()} pid {holder.pid}"):
+        holder_name = f"host {socket.gethostname()} pid {holder.pid}"
+        with pytest.raises(DatabaseLockedError, match=holder_name):
             preflight(cfg)
         with pytest.raises(DatabaseLockedError, match=f"pid {holder.pid}"):
             _build(cfg)

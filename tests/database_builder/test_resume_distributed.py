@@ -10,36 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from detectron2.config import get_cfg
-
-from retclip import add_retclip_config
 from retclip.database_builder import build_database_builder, build_source
 from retclip.retrieval import FeatureDatabase
+from retclip.testing.database import TINY_BUILD_CONFIG, tiny_build_cfg, tiny_build_opts
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "build_database.py"
-CONFIG = REPO / "configs" / "database" / "tiny_test.yaml"
+CONFIG = TINY_BUILD_CONFIG
 
 
 def _opts(out, clip_file, **extra):
-    opts = {
-        "DATABASE_BUILD.OUTPUT_DIR": str(out),
-        "DATABASE_BUILD.SOURCE.DATASET": "retclip_synthetic_train",
-        "MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS": clip_file,
-        "INPUT.MIN_SIZE_TEST": "96",
-        "DATABASE_BUILD.SOURCE.MAX_IMAGES": "8",
-        "DATABASE_BUILD.SHARD_SIZE": "1",
-    }
-    opts.update({k: str(v) for k, v in extra.items()})
-    return [x for kv in opts.items() for x in kv]
+    return tiny_build_opts(out, clip_file, max_images=8, **extra)
 
 
-def _cfg(opts):
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.merge_from_list(opts)
-    return cfg
+_cfg = tiny_build_cfg
 
 
 def _rows(path):
@@ -150,7 +134,9 @@ def test_two_gloo_processes_equal_single_process(tmp_path, tiny_clip_file, refer
 
 
 @pytest.mark.slow
-def test_second_builder_at_once_is_refused_and_the_first_finishes(tmp_path, tiny_clip_file, reference):
+def test_second_builder_at_once_is_refused_and_the_first_finishes(
+    tmp_path, tiny_clip_file, reference
+):
     """Two builders into one folder used to interleave chunks (duplicated rows); now the second
     is refused, naming the first's host and pid, and the first builds the reference database."""
     import socket

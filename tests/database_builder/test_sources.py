@@ -106,7 +106,11 @@ def test_dataset_source_labels_from_annotations(tmp_path):
     [
         ("labels.csv", "image,labels\nok.jpg,cat\n../x.jpg,cat\n", "labels.csv line 3"),
         ("labels.csv", "image,labels\n/etc/x.jpg,cat\n", "labels.csv line 2"),
-        ("labels.json", '{"ok.jpg": ["cat"], "a/../../x.jpg": ["dog"]}', "labels.json key 'a/../../x.jpg'"),
+        (
+            "labels.json",
+            '{"ok.jpg": ["cat"], "a/../../x.jpg": ["dog"]}',
+            "labels.json key 'a/../../x.jpg'",
+        ),
     ],
 )
 def test_folder_source_paths_stay_inside_the_image_dir(tmp_path, labels_name, content, where):

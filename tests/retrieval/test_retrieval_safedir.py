@@ -1,5 +1,6 @@
 """Database folder safety: one writer (lock naming its holder; dead holders taken over), merge
-and remove published whole or not at all, non-finite rows refused at load, umask-respecting files."""
+and remove published whole or not at all, non-finite rows refused at load, files that respect the
+umask."""
 import json
 import logging
 import os
