@@ -4,6 +4,7 @@ with exit code 2 and a message naming the file, key or holder, leaving what is o
 Databases are built once in-process (tiny CLIP, ground-truth masks of the synthetic train split)
 and copied per case, so most cases stop before any model loads.
 """
+import hashlib
 import json
 import shutil
 import socket
@@ -54,7 +55,11 @@ def _poison_first_shard(tmp):
     s = decode_shard(path, path.read_bytes())
     feats = s.features.copy()
     feats[1:3] = np.nan
-    path.write_bytes(encode_shard(feats, s.labels, s.image_ids, s.boxes, s.mask_areas, s.scores))
+    data = encode_shard(feats, s.labels, s.image_ids, s.boxes, s.mask_areas, s.scores)
+    path.write_bytes(data)
+    manifest = json.loads((db.path / "manifest.json").read_text())
+    manifest["shards"][0].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (db.path / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _truncate_last_shard(tmp):
