@@ -112,8 +112,8 @@ class DatabaseBuilder:
             shard_delay_s: sleep after each shard (tests kill the build in between).
             build_args: JSON-serialisable provenance kept in the manifest.
             settings: flat ``KEY -> value`` of what shapes the rows
-                (:func:`.settings.build_settings`); recorded at the first start, a resume with other values is refused. Default:
-                ``shard_size`` and ``dtype``.
+                (:func:`.settings.build_settings`); recorded at the first start, a resume
+                with other values is refused. Default: ``shard_size`` and ``dtype``.
             counter: forward counter already watching the models (see :func:`watch_models`).
         """
         if shard_size < 1:
