@@ -15,11 +15,23 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-# Re-exported: database writers import them from here; one umask-respecting implementation.
-from retclip.utils.fileio import atomic_write_bytes, atomic_write_json
+try:  # Re-exported: database writers import them from here; one umask-respecting implementation.
+    from ..utils.fileio import atomic_path, atomic_write_bytes, atomic_write_json
+except ImportError:  # retrieval/ loaded stand-alone (test_retrieval_imports): fileio by its path
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location(
+        "_retclip_fileio", Path(__file__).resolve().parents[1] / "utils" / "fileio.py"
+    )
+    _fileio = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_fileio)
+    atomic_path = _fileio.atomic_path
+    atomic_write_bytes = _fileio.atomic_write_bytes
+    atomic_write_json = _fileio.atomic_write_json
 
 __all__ = [
     "CorruptShardError",
+    "atomic_path",
     "ShardData",
     "atomic_write_bytes",
     "atomic_write_json",

@@ -142,7 +142,7 @@ def test_second_builder_at_once_is_refused_and_the_first_finishes(
     import socket
 
     out, synth = tmp_path / "db", tmp_path / "synth"
-    first = _run_tool(out, tiny_clip_file, synth, **{"DATABASE_BUILD.SHARD_DELAY_S": 12})
+    first = _run_tool(out, tiny_clip_file, synth, **{"DATABASE_BUILD.SHARD_DELAY_S": 12.0})
     deadline = time.time() + 300
     while not (out / "LOCK").exists():
         assert first.poll() is None and time.time() < deadline, "first builder took no lock"
