@@ -5,7 +5,11 @@ SAM masks, the model's CLIP dense map, mask pooling.
     python tools/build_database.py --config-file configs/database/ade20k_train_gdino_sam.yaml \
         --num-gpus 8 DATABASE_BUILD.OUTPUT_DIR /data/db/ade20k
 
-Run it again with the same arguments after an interruption: it continues where it stopped.
+Run it again with the same arguments after an interruption: it continues where it stopped. The
+folder is locked while a build writes (a second build is refused, naming the first's host and
+pid; a lock left by a dead process on this host is taken over; a lock from another host must be
+deleted by hand once nothing runs there). A resume with other settings (SHARD_SIZE, DTYPE,
+models, thresholds, source) is refused, naming each changed key.
 Multi-node: --num-machines/--machine-rank/--dist-url as in tools/train_net.py. Without CUDA,
 --num-gpus N starts N CPU processes joined by gloo.
 """
@@ -58,18 +62,25 @@ def main(argv=None) -> int:
     if not args.config_file:
         raise UserError("--config-file is required")
     from retclip.database_builder import launch_build, setup_build_config
+    from retclip.database_builder.settings import preflight
+    from retclip.retrieval.safedir import DatabaseLockedError
     from retclip.utils.device import check_num_gpus
 
     check_num_gpus(args.num_gpus, cpu_processes=True)
-    setup_build_config(args.config_file, args.opts)  # a bad file, key or value stops here, once
-    launch_build(
-        run,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        # A bad file, key or value, another builder's lock or changed settings stop here, once,
+        # before any worker starts or any file is written.
+        preflight(setup_build_config(args.config_file, args.opts))
+        launch_build(
+            run,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (ValueError, KeyError, DatabaseLockedError) as e:  # the build library names the culprit
+        raise UserError(e.args[0] if e.args else str(e)) from e
     return 0
 
 

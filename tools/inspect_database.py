@@ -1,11 +1,15 @@
 #!/usr/bin/env python
 """Look at and edit RetCLIP feature databases.
 
-    inspect_database.py inspect DB [--json]
+    inspect_database.py inspect DB [--json] [--verify]   # --verify reads every shard
+    inspect_database.py repair DB        # list the shards of a build stopped before its manifest
     inspect_database.py add DB CONFIG [KEY VALUE ...]   # build a source into DB
     inspect_database.py remove DB --classes "wall" "sky" --output OUT
     inspect_database.py merge A B --output OUT
     inspect_database.py thumbnails DB --class cat --output cat.png [--max 16] [--size 96]
+
+remove, merge and add build the result in a new folder and rename it into place only when it is
+complete: a failure leaves nothing behind (remove/merge) or the database as it was (add).
 """
 import argparse
 import json
@@ -40,6 +44,24 @@ def _inspect(args) -> None:
         print(f"  {name:<{width}}  {count}")
     if info["empty_classes"]:
         print(f"classes without vectors: {', '.join(info['empty_classes'])}")
+    if args.verify:
+        _verify(db)
+
+
+def _verify(db: "FeatureDatabase") -> None:  # noqa: F821
+    problems = db.verify()
+    for line in problems:
+        print(f"BAD  {line}")
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) in {db.path}; first: {problems[0]}")
+    print(f"verified   all {len(db.shard_names)} shards of {db.path}: complete, finite features")
+
+
+def _repair(args) -> None:
+    from retclip.database_builder.manage import repair_database
+
+    db = repair_database(args.database)
+    print(f"{db.path}: manifest lists {len(db.shard_names)} shards, {len(db)} vectors")
 
 
 def _add(args) -> None:
@@ -82,7 +104,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="per-class counts, dims, encoder, source, disk size")
     s.add_argument("database")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--verify", action="store_true", help="read every shard: hashes, NaN/inf rows")
     s.set_defaults(func=_inspect)
+    s = sub.add_parser("repair", help="list the complete shards of an interrupted build")
+    s.add_argument("database")
+    s.set_defaults(func=_repair)
     s = sub.add_parser("add", help="build a source's images/classes into an existing database")
     s.add_argument("database")
     s.add_argument(
@@ -110,11 +136,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv) -> int:
     args = parser().parse_args(argv)
+    from retclip.retrieval.safedir import DatabaseLockedError
+
     try:
         args.func(args)
-    except (KeyError, ValueError) as e:  # the database layer's words for a bad class or folder
+    except (KeyError, ValueError, DatabaseLockedError) as e:  # messages name the file/class
         raise UserError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
     return 0
 

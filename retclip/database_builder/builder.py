@@ -29,6 +29,7 @@ import torch
 from retclip.proposals import GroundTruthProposals, Proposals, ProposalSource
 from retclip.retrieval import FeatureDatabase
 from retclip.retrieval.database import atomic_write_json
+from retclip.retrieval.safedir import DatabaseLock, DatabaseLockedError
 from retclip.utils.image_io import ImageReadError, read_image
 
 from retclip.modeling.segment_embedding import SegmentEmbedding
@@ -49,13 +50,34 @@ def chunk_prefix(chunk: int) -> str:
     return f"part{chunk:06d}"
 
 
-def _barrier() -> None:
-    if (
+def _distributed() -> bool:
+    return (
         torch.distributed.is_available()
         and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
-    ):
+    )
+
+
+def _barrier() -> None:
+    if _distributed():
         torch.distributed.barrier()
+
+
+def _on_rank0_then_share(rank: int, step) -> None:
+    """Run ``step()`` on rank 0; if it refuses (lock held, settings changed, other encoder),
+    every rank raises the same error instead of waiting for rank 0 at a barrier."""
+    error: Optional[BaseException] = None
+    if rank == 0:
+        try:
+            step()
+        except (ValueError, OSError, DatabaseLockedError) as e:
+            error = e
+    if _distributed():
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise error
 
 
 class DatabaseBuilder:
@@ -73,6 +95,7 @@ class DatabaseBuilder:
         max_shards_per_run: int = 0,
         shard_delay_s: float = 0.0,
         build_args: Optional[Dict[str, Any]] = None,
+        settings: Optional[Dict[str, Any]] = None,
         counter: Optional[ForwardCounter] = None,
         progress: bool = True,
     ) -> None:
@@ -90,6 +113,9 @@ class DatabaseBuilder:
             max_shards_per_run: stop after this many new shards per rank (0: no limit).
             shard_delay_s: sleep after each shard (tests kill the build in between).
             build_args: JSON-serialisable provenance kept in the manifest.
+            settings: flat ``KEY -> value`` of what shapes the rows
+                (:func:`.settings.build_settings`); recorded at the first start, a resume
+                with other values is refused. Default: ``shard_size`` and ``dtype``.
             counter: forward counter already watching the models (see :func:`watch_models`).
         """
         if shard_size < 1:
@@ -107,24 +133,32 @@ class DatabaseBuilder:
         self.max_shards_per_run = int(max_shards_per_run)
         self.shard_delay_s = float(shard_delay_s)
         self.build_args = dict(build_args or {})
+        if settings is None:
+            settings = {"DATABASE_BUILD.SHARD_SIZE": self.shard_size, "DATABASE_BUILD.DTYPE": dtype}
+        self.build_args["settings"] = dict(settings)
         self.counter = counter if counter is not None else ForwardCounter()
         self.progress = progress
 
     # ------------------------------------------------------------------ database handling
     def open_database(self, source: ImageSource, rank: int = 0) -> FeatureDatabase:
-        """Create the database on rank 0 (or check an existing one's recipe and vocabulary)."""
-        manifest = self.output_dir / "manifest.json"
+        """Create the database on rank 0, or check that an existing one was started with the same
+        encoder, recipe, vocabulary and settings (rank 0 holds the folder's lock; see :meth:`build`)."""
+        from .settings import check_resume
+
         recipe = self.encoder.recipe()
-        if manifest.exists():
-            db = FeatureDatabase.open(self.output_dir)
-            if db.fingerprint != self.encoder.fingerprint:
-                raise ValueError(
-                    f"{self.output_dir} holds a database built with encoder {db.fingerprint}; this build "
-                    f"uses {self.encoder.fingerprint}. Choose another DATABASE_BUILD.OUTPUT_DIR or the same CLIP"
-                )
-            db.check_recipe(recipe)
-        if rank == 0:
-            db = FeatureDatabase.create(
+
+        def create_or_check() -> None:
+            if (self.output_dir / "manifest.json").exists():
+                db = FeatureDatabase.open(self.output_dir)
+                if db.fingerprint != self.encoder.fingerprint:
+                    raise ValueError(
+                        f"{self.output_dir} holds a database built with encoder {db.fingerprint}; "
+                        f"this build uses {self.encoder.fingerprint}. Choose another "
+                        "DATABASE_BUILD.OUTPUT_DIR or the same CLIP"
+                    )
+                db.check_recipe(recipe)
+                check_resume(db, self.build_args["settings"])
+            FeatureDatabase.create(
                 self.output_dir,
                 recipe,
                 source.vocabulary,
@@ -134,7 +168,8 @@ class DatabaseBuilder:
                 exist_ok=True,
             )
             (self.output_dir / RECORD_DIR).mkdir(exist_ok=True)
-        _barrier()
+
+        _on_rank0_then_share(rank, create_or_check)
         return FeatureDatabase.open(self.output_dir, expected_fingerprint=self.encoder.fingerprint)
 
     def chunk_done(self, chunk: int) -> bool:
@@ -227,8 +262,12 @@ class DatabaseBuilder:
         chunk: int,
         records: List[ImageRecord],
         vocab_index: Dict[str, int],
+        num_chunks: int = 0,
     ) -> Dict[str, Any]:
-        """Process one chunk, write its record JSON, then its shard; returns the record."""
+        """Process one chunk, write its record JSON, then its shard; returns the record.
+
+        ``num_chunks`` (the build's total, kept in the record) lets ``repair`` tell a complete
+        set of shards from a build that stopped early."""
         start = time.perf_counter()
         before = Counter(self.counter.snapshot())
         calls_before = Counter(self.counter.calls_snapshot())
@@ -274,6 +313,7 @@ class DatabaseBuilder:
         model_seconds.subtract(seconds_before)
         chunk_record = {
             "chunk": chunk,
+            "num_chunks": num_chunks,
             "images": infos,
             "forwards": {k: v for k, v in forwards.items() if v},
             "calls": {k: v for k, v in calls.items() if v},
@@ -312,17 +352,31 @@ class DatabaseBuilder:
         build report. Returns the report on rank 0 (None elsewhere, or when MAX_SHARDS_PER_RUN
         stopped the run before the end).
 
+        Rank 0 holds the folder's lock (:class:`~retclip.retrieval.safedir.DatabaseLock`) for the
+        whole build: a second builder is refused, naming this one's host and pid.
+
         Args:
             exclude_ids: image ids to leave out (images already in a database being added to).
         """
-        from .report import write_build_report
-
         if isinstance(self.proposals, GroundTruthProposals) and not hasattr(
             source, "dataset_classes"
         ):
             raise ValueError(
                 "GroundTruthProposals need a dataset source (DATABASE_BUILD.SOURCE.TYPE 'dataset')"
             )
+        lock = DatabaseLock(self.output_dir)
+        _on_rank0_then_share(rank, lock.acquire)
+        try:
+            return self._build_locked(source, rank, world_size, exclude_ids)
+        finally:
+            if rank == 0:
+                lock.release()
+
+    def _build_locked(
+        self, source: ImageSource, rank: int, world_size: int, exclude_ids: Optional[Set[str]]
+    ) -> Optional[Dict[str, Any]]:
+        from .report import write_build_report
+
         db = self.open_database(source, rank)
         records = [r for r in source.records() if not exclude_ids or r.image_id not in exclude_ids]
         vocab_index = {name: i for i, name in enumerate(source.vocabulary)}
@@ -349,7 +403,7 @@ class DatabaseBuilder:
                 finished = False
                 logger.info("rank %d: stopping after %d shards (MAX_SHARDS_PER_RUN)", rank, n)
                 break
-            self.build_chunk(db, source, c, chunks[c], vocab_index)
+            self.build_chunk(db, source, c, chunks[c], vocab_index, len(chunks))
             processed += len(chunks[c])
             if bar is not None:
                 bar.update(len(chunks[c]))
@@ -366,9 +420,7 @@ class DatabaseBuilder:
                 "some chunks are still missing (other runs stopped early); manifest not refreshed"
             )
             return None
-        for stale in (self.output_dir / "shards").glob(".*.tmp"):  # writes cut by a kill
-            stale.unlink()
-        db.refresh_manifest()
+        db.refresh_manifest(remove_partial_writes=True)  # writes cut by a kill
         return write_build_report(self.output_dir, source, num_chunks=len(chunks))
 
     def _progress_bar(self, total: int, initial: int, rank: int):

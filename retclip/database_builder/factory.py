@@ -21,6 +21,7 @@ from retclip.modeling.segment_embedding import SegmentEmbedding, build_segment_e
 
 from .builder import DatabaseBuilder
 from .counting import ForwardCounter
+from .settings import build_settings
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
         max_shards_per_run=b.MAX_SHARDS_PER_RUN,
         shard_delay_s=b.SHARD_DELAY_S,
         build_args=_build_args(cfg),
+        settings=build_settings(cfg),
         counter=counter,
         progress=progress,
     )

@@ -18,16 +18,17 @@ __all__ = ["read_chunk_records", "write_build_report", "image_paths", "REPORT_NA
 REPORT_NAME = "report.json"
 
 
+def read_json_record(path: Path) -> Dict[str, Any]:
+    """One build record; a torn or edited file is an error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt build record {path}: {e}") from e
+
+
 def read_chunk_records(db_dir: str) -> List[Dict[str, Any]]:
     """All ``build/part*.json`` records of a database directory, in chunk order."""
-    folder = Path(db_dir) / "build"
-    records = []
-    for path in sorted(folder.glob("part*.json")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"corrupt build record {path}: {e}") from e
-    return records
+    return [read_json_record(p) for p in sorted((Path(db_dir) / "build").glob("part*.json"))]
 
 
 def image_paths(db_dir: str) -> Dict[str, str]:

@@ -126,7 +126,8 @@ class DatasetSource(ImageSource):
         return self._finish(out, self._max_images)
 
 
-def _read_csv(path: str, required: Sequence[str]) -> List[Dict[str, str]]:
+def _read_csv(path: str, required: Sequence[str]) -> List[Tuple[int, Dict[str, str]]]:
+    """(line number, row) pairs of a CSV with a header naming at least ``required``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"labels file not found: {path}")
     with open(path, newline="") as f:
@@ -134,7 +135,19 @@ def _read_csv(path: str, required: Sequence[str]) -> List[Dict[str, str]]:
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
             raise KeyError(f"{path}: missing columns {missing}; has {reader.fieldnames}")
-        return list(reader)
+        return [(reader.line_num, row) for row in reader]
+
+
+def image_path_inside(image_dir: str, name: str, where: str) -> str:
+    """``image_dir/name`` for an image named in a labels file; a name that leaves ``image_dir``
+    (absolute, or climbing out with ``..``) is an error naming ``where`` (file and line)."""
+    root = os.path.normpath(os.path.abspath(image_dir))
+    target = os.path.normpath(os.path.join(root, name))
+    if os.path.isabs(name) or os.path.commonpath([root, target]) != root:
+        raise ValueError(
+            f"{where}: image {name!r} is outside DATABASE_BUILD.SOURCE.IMAGE_DIR {image_dir}"
+        )
+    return os.path.join(image_dir, name)
 
 
 def _read_class_descriptions(path: str) -> Dict[str, str]:
@@ -191,12 +204,14 @@ class OpenImagesSource(ImageSource):
                 wanted_mids.append(mid)
         unknown: Counter = Counter()
         labels: Dict[str, set] = {}
-        for row in rows:
+        for line, row in rows:
+            where = f"{labels_file} line {line}"
+            image_path_inside(image_dir, row["ImageID"].strip() + ".jpg", where)
             try:
                 confidence = float(row["Confidence"])
             except ValueError as e:
                 raise ValueError(
-                    f"{labels_file}: bad Confidence {row['Confidence']!r} for image {row['ImageID']}"
+                    f"{where}: bad Confidence {row['Confidence']!r} for image {row['ImageID']}"
                 ) from e
             mid = row["LabelName"].strip()
             if mid not in mid_to_name:
@@ -249,11 +264,13 @@ class FolderSource(ImageSource):
                 table = json.load(f)
             if not isinstance(table, dict):
                 raise ValueError(f"{labels_file} must hold a JSON object image -> list of labels")
+            for img in table:
+                image_path_inside(image_dir, img, f"{labels_file} key {img!r}")
         else:
-            table = {
-                r["image"]: [x for x in r["labels"].split(";")]
-                for r in _read_csv(labels_file, ["image", "labels"])
-            }
+            table = {}
+            for line, r in _read_csv(labels_file, ["image", "labels"]):
+                image_path_inside(image_dir, r["image"], f"{labels_file} line {line}")
+                table[r["image"]] = r["labels"].split(";")
         parsed = {
             img: sorted({str(x).strip() for x in names if str(x).strip()})
             for img, names in table.items()

@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Un
 import numpy as np
 
 from .fingerprint import RECIPE_FIELDS, EmbeddingRecipe, EncoderFingerprint, describe_differences
+from .safedir import staged_directory
 from .shards import (
     CorruptShardError,
     ShardData,
@@ -42,6 +43,7 @@ from .shards import (
     concat_shards,
     decode_shard,
     encode_shard,
+    non_finite_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -175,8 +177,9 @@ class FeatureDatabase:
         stray = set(db._shard_files_on_disk()) - set(db.shard_names)
         if stray:
             logger.warning(
-                "%s: %d shard(s) on disk are not in the manifest (unfinished build? call "
-                "refresh_manifest()): %s", path, len(stray), sorted(stray)[:5]
+                "%s: %d shard(s) on disk are not in the manifest (unfinished build? rerun it, or "
+                "run tools/inspect_database.py repair %s): %s",
+                path, len(stray), path, sorted(stray)[:5],
             )
         return db
 
@@ -282,30 +285,36 @@ class FeatureDatabase:
             names = [n for n in names if n.rsplit("-", 1)[0] == prefix]
         return names
 
-    def _validate_rows(self, features: np.ndarray, labels: np.ndarray, n_ids: int) -> np.ndarray:
+    def _validate_rows(
+        self, features: np.ndarray, labels: np.ndarray, ids: List[str], where: str
+    ) -> np.ndarray:
         if features.ndim != 2 or features.shape[1] != self.embed_dim:
             raise ValueError(
                 f"features must have shape (N, {self.embed_dim}) for {self.path}, "
                 f"got {features.shape}"
             )
         n = features.shape[0]
-        if labels.shape != (n,) or n_ids != n:
+        if labels.shape != (n,) or len(ids) != n:
             raise ValueError(
-                f"features ({n} rows), labels {labels.shape} and image_ids ({n_ids}) must agree"
+                f"features ({n} rows), labels {labels.shape} and image_ids ({len(ids)}) must agree"
             )
         feats = features.astype(np.float32)
-        bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+        bad = non_finite_rows(feats)
         if bad.size:
-            raise ValueError(f"NaN or infinite features at {bad_rows_message(bad)}; not appended")
+            images = sorted({ids[i] for i in bad[:10].tolist()})
+            raise ValueError(
+                f"{where}: NaN or infinite features at {bad_rows_message(bad)} (images {images}); "
+                "not written"
+            )
         norms = np.linalg.norm(feats, axis=1)
         bad = np.flatnonzero(norms < _ZERO_NORM)
         if bad.size:
-            raise ValueError(f"zero-norm features at {bad_rows_message(bad)}; not appended")
+            raise ValueError(f"{where}: zero-norm features at {bad_rows_message(bad)}; not written")
         num_classes = len(self._manifest["vocabulary"])
         bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
         if bad.size:
             raise ValueError(
-                f"labels outside [0, {num_classes}) at {bad_rows_message(bad)}: "
+                f"{where}: labels outside [0, {num_classes}) at {bad_rows_message(bad)}: "
                 f"{labels[bad[:10]].tolist()}"
             )
         return feats / norms[:, None]
@@ -353,7 +362,10 @@ class FeatureDatabase:
         features = np.asarray(features)
         labels = np.asarray(labels).astype(np.int64, copy=False)
         ids = [str(i) for i in image_ids]
-        feats = self._validate_rows(features, labels, len(ids))
+        existing = self._shard_files_on_disk(shard_prefix)
+        index = int(existing[-1].rsplit("-", 1)[1]) + 1 if existing else 0
+        name = f"{shard_prefix}-{index:06d}"
+        feats = self._validate_rows(features, labels, ids, f"shard {self.path / SHARD_DIR / name}")
         n = feats.shape[0]
         data = encode_shard(
             feats.astype(_DTYPES[self.dtype]), labels, ids,
@@ -361,9 +373,6 @@ class FeatureDatabase:
             self._optional(mask_areas, (n,), "mask_areas"),
             self._optional(scores, (n,), "scores"),
         )
-        existing = self._shard_files_on_disk(shard_prefix)
-        index = int(existing[-1].rsplit("-", 1)[1]) + 1 if existing else 0
-        name = f"{shard_prefix}-{index:06d}"
         atomic_write_bytes(self.path / SHARD_DIR / (name + SHARD_SUFFIX), data)
         if update_manifest:
             entry = self._shard_entry(name, data, labels)
@@ -386,8 +395,16 @@ class FeatureDatabase:
             "class_counts": {str(int(v)): int(c) for v, c in zip(values, counts)},
         }
 
-    def refresh_manifest(self) -> None:
-        """List every complete shard on disk in the manifest (after parallel writers finish)."""
+    def refresh_manifest(self, remove_partial_writes: bool = False) -> None:
+        """List every complete shard on disk in the manifest (after parallel writers finish).
+
+        Args:
+            remove_partial_writes: also delete temporary files of shard writes cut by a kill
+                (only when no writer is running: the caller holds the folder's lock).
+        """
+        if remove_partial_writes:
+            for stale in (self.path / SHARD_DIR).glob(".*.tmp"):
+                stale.unlink()
         entries = []
         counts = [0] * len(self._manifest["vocabulary"])
         for name in self._shard_files_on_disk():
@@ -439,6 +456,22 @@ class FeatureDatabase:
             done.update(self._decode(name, where.read_bytes()).image_ids)
         return done
 
+    def verify(self) -> List[str]:
+        """Read every shard: a problem line for each listed shard that is missing, altered,
+        corrupt or holds non-finite features, and for each shard on disk the manifest omits."""
+        problems = []
+        for name in self.shard_names:
+            try:
+                self.read_shard(name, verify=True)
+            except (CorruptShardError, FileNotFoundError) as e:
+                problems.append(str(e))
+        for name in sorted(set(self._shard_files_on_disk()) - set(self.shard_names)):
+            problems.append(
+                f"shard {self.path / SHARD_DIR / (name + SHARD_SUFFIX)} is not in the manifest "
+                f"(unfinished build? run tools/inspect_database.py repair {self.path})"
+            )
+        return problems
+
     def describe(self) -> Dict[str, Any]:
         """A summary for people: counts per class, dims, encoder, source, size on disk."""
         disk = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
@@ -464,6 +497,9 @@ class FeatureDatabase:
     def merge(self, other: "FeatureDatabase", path: PathLike) -> "FeatureDatabase":
         """A new database at ``path`` with the rows of both; vocabularies joined by class name.
 
+        ``path`` must not exist. The result is built in a hidden sibling folder and renamed into
+        place when complete: a failure (a corrupt shard, a full disk) leaves nothing at ``path``.
+
         Classes are identified by their first name (case-insensitive); synonyms of a class in
         both are joined. Both databases must come from the same encoder.
         """
@@ -484,21 +520,23 @@ class FeatureDatabase:
                 vocab[i] += [n for n in names if n.lower() not in known]
             remap_other[j] = i
         sources = [s for s in (self._manifest["source"], other._manifest["source"]) if s]
-        merged = FeatureDatabase.create(
-            path, (self.recipe if other.recipe is not None else None) or self.fingerprint, vocab,
-            source=" + ".join(sources), dtype=self.dtype,
-            build_args={"merged_from": [str(self.path), str(other.path)]},
-        )
-        for db, remap in ((self, None), (other, remap_other)):
-            for shard in db.iter_shards():
-                labels = shard.labels if remap is None else remap[shard.labels]
-                merged._append_shard(shard, labels)
-        return merged
+        with staged_directory(path) as staging:
+            merged = FeatureDatabase.create(
+                staging, (self.recipe if other.recipe is not None else None) or self.fingerprint,
+                vocab, source=" + ".join(sources), dtype=self.dtype,
+                build_args={"merged_from": [str(self.path), str(other.path)]},
+            )
+            for db, remap in ((self, None), (other, remap_other)):
+                for shard in db.iter_shards():
+                    labels = shard.labels if remap is None else remap[shard.labels]
+                    merged._append_shard(shard, labels)
+        return FeatureDatabase.open(path)
 
     def remove_classes(
         self, classes: Sequence[Union[int, str]], path: PathLike
     ) -> "FeatureDatabase":
-        """A new database at ``path`` without the given classes (by index or first name)."""
+        """A new database at ``path`` without the given classes (by index or first name); built
+        beside ``path`` and renamed into place when complete, like :meth:`merge`."""
         names = [n.lower() for n in self.class_names]
         drop = set()
         for c in classes:
@@ -514,21 +552,27 @@ class FeatureDatabase:
         remap = np.full(len(names), -1, dtype=np.int64)
         remap[keep] = np.arange(len(keep))
         vocab = self.vocabulary
-        out = FeatureDatabase.create(
-            path, self.recipe or self.fingerprint, [vocab[i] for i in keep], source=self._manifest["source"],
-            dtype=self.dtype,
-            build_args={**self._manifest["build_args"], "removed_classes": sorted(drop)},
-        )
-        for shard in self.iter_shards():
-            rows = remap[shard.labels] >= 0
-            if rows.any():
-                sub = ShardData(
-                    shard.features[rows], remap[shard.labels[rows]],
-                    [i for i, r in zip(shard.image_ids, rows) if r], shard.boxes[rows],
-                    shard.mask_areas[rows], shard.scores[rows],
-                )
-                out._append_shard(sub, sub.labels)
-        return out
+        with staged_directory(path) as staging:
+            out = FeatureDatabase.create(
+                staging, self.recipe or self.fingerprint, [vocab[i] for i in keep],
+                source=self._manifest["source"], dtype=self.dtype,
+                build_args={
+                    # A builder's settings stay with the database it built: resuming a build
+                    # into this edited copy would mix its rows (see database_builder.settings).
+                    **{k: v for k, v in self._manifest["build_args"].items() if k != "settings"},
+                    "removed_classes": sorted(drop),
+                },
+            )
+            for shard in self.iter_shards():
+                rows = remap[shard.labels] >= 0
+                if rows.any():
+                    sub = ShardData(
+                        shard.features[rows], remap[shard.labels[rows]],
+                        [i for i, r in zip(shard.image_ids, rows) if r], shard.boxes[rows],
+                        shard.mask_areas[rows], shard.scores[rows],
+                    )
+                    out._append_shard(sub, sub.labels)
+        return FeatureDatabase.open(path)
 
     def _append_shard(self, shard: ShardData, labels: np.ndarray) -> None:
         self.append(

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .database import FeatureDatabase, atomic_write_json
+from .shards import atomic_path
 from .fingerprint import EncoderFingerprint
 from .index import FeatureIndex, FaissIndex, IndexConfig, build_index
 
@@ -70,15 +70,9 @@ def index_fingerprint(database: FeatureDatabase, config: IndexConfig) -> str:
 
 
 def _atomic_save_index(index: FaissIndex, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        index.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Cached index files respect the umask, like the database they are built from."""
+    with atomic_path(path) as tmp:
+        index.save(str(tmp))
 
 
 class DatabaseRetriever:

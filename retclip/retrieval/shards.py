@@ -6,19 +6,32 @@ numeric tensors), boxes (N, 4), mask_areas (N,) and scores (N,) float32. safeten
 execute code on load, unlike pickle.
 """
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Sequence, Union
+from typing import Any, List, Sequence
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+try:  # Re-exported: database writers import them from here; one umask-respecting implementation.
+    from ..utils.fileio import atomic_path, atomic_write_bytes, atomic_write_json
+except ImportError:  # retrieval/ loaded stand-alone (test_retrieval_imports): fileio by its path
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location(
+        "_retclip_fileio", Path(__file__).resolve().parents[1] / "utils" / "fileio.py"
+    )
+    _fileio = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_fileio)
+    atomic_path = _fileio.atomic_path
+    atomic_write_bytes = _fileio.atomic_write_bytes
+    atomic_write_json = _fileio.atomic_write_json
+
 __all__ = [
     "CorruptShardError",
+    "atomic_path",
     "ShardData",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -26,6 +39,7 @@ __all__ = [
     "concat_shards",
     "decode_shard",
     "encode_shard",
+    "non_finite_rows",
 ]
 
 _TENSORS = ("features", "labels", "image_index", "boxes", "mask_areas", "scores")
@@ -59,23 +73,11 @@ class ShardData:
         return int(self.labels.shape[0])
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Union[str, os.PathLike], obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and os.replace (readers never see half)."""
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+def non_finite_rows(features: np.ndarray) -> np.ndarray:
+    """Indices of (N, D) rows holding a NaN or an infinity: one rule for writing and loading."""
+    if features.ndim != 2:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(~np.isfinite(features).all(axis=1))
 
 
 def bad_rows_message(rows: np.ndarray) -> str:
@@ -119,6 +121,12 @@ def decode_shard(where: Path, data: bytes) -> ShardData:
         ids = [unique_ids[i] for i in tensors["image_index"].tolist()]
     except (SafetensorError, KeyError, IndexError, ValueError) as e:
         raise CorruptShardError(f"shard {where} is truncated or corrupt: {e}") from e
+    bad = non_finite_rows(tensors["features"])
+    if bad.size:
+        raise CorruptShardError(
+            f"shard {where} has NaN or infinite features at {bad_rows_message(bad)}; delete the "
+            "shard and rerun the build (it rebuilds missing chunks)"
+        )
     return ShardData(
         features=tensors["features"],
         labels=tensors["labels"],

@@ -18,6 +18,11 @@ CONFIG = str(REPO / "configs" / "database" / "tiny_test.yaml")
 TOOL = runpy.run_path(str(REPO / "tools" / "inspect_database.py"), run_name="inspect_database")
 
 
+def _tool(argv):
+    """The tool's exit code as the command line gives it (user mistakes: 2)."""
+    return run_tool(TOOL["main"], argv)
+
+
 def _opts(out, clip_file, max_images, classes=None):
     opts = [
         "DATABASE_BUILD.OUTPUT_DIR",
@@ -47,13 +52,13 @@ def small_db(tmp_path_factory, tiny_clip_file):
 
 
 def test_inspect_prints_counts(small_db, capsys):
-    assert TOOL["main"](["inspect", str(small_db)]) == 0
+    assert _tool(["inspect", str(small_db)]) == 0
     text = capsys.readouterr().out
     db = FeatureDatabase.open(small_db)
     assert "retclip-tiny-convnext/sha256:" in text
     for name, count in zip(db.class_names, db.class_counts):
         assert f"{name}" in text and str(count) in text
-    assert TOOL["main"](["inspect", str(small_db), "--json"]) == 0
+    assert _tool(["inspect", str(small_db), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["num_vectors"] == len(db) and info["embed_dim"] == 32 and info["disk_bytes"] > 0
 
@@ -62,7 +67,7 @@ def test_remove_and_merge(small_db, tmp_path):
     db = FeatureDatabase.open(small_db)
     counts = dict(zip(db.class_names, db.class_counts))
     assert (
-        TOOL["main"](
+        _tool(
             ["remove", str(small_db), "--classes", "sky", "--output", str(tmp_path / "nosky")]
         )
         == 0
@@ -70,7 +75,7 @@ def test_remove_and_merge(small_db, tmp_path):
     nosky = FeatureDatabase.open(tmp_path / "nosky")
     assert "sky" not in nosky.class_names and len(nosky) == len(db) - counts["sky"]
     assert (
-        TOOL["main"](
+        _tool(
             ["merge", str(small_db), str(tmp_path / "nosky"), "--output", str(tmp_path / "both")]
         )
         == 0
@@ -78,9 +83,8 @@ def test_remove_and_merge(small_db, tmp_path):
     both = FeatureDatabase.open(tmp_path / "both")
     assert len(both) == len(db) + len(nosky)
     assert (
-        run_tool(
-            TOOL["main"],
-            ["remove", str(small_db), "--classes", "unicorn", "--output", str(tmp_path / "x")],
+        _tool(
+            ["remove", str(small_db), "--classes", "unicorn", "--output", str(tmp_path / "x")]
         )
         == 2
     )
@@ -91,7 +95,7 @@ def test_thumbnails_grid(small_db, tmp_path):
     name = db.class_names[int(np.argmax(db.class_counts))]
     out = tmp_path / "grid.png"
     assert (
-        TOOL["main"](
+        _tool(
             [
                 "thumbnails",
                 str(small_db),
@@ -113,8 +117,7 @@ def test_thumbnails_grid(small_db, tmp_path):
     assert grid.shape[1] == cols * 32 and grid.shape[0] == int(np.ceil(n / cols)) * 32
     assert grid.std() > 0  # real crops, not an empty canvas
     assert (
-        run_tool(TOOL["main"], ["thumbnails", str(small_db), "--class", "unicorn", "--output", str(out)])
-        == 2
+        _tool(["thumbnails", str(small_db), "--class", "unicorn", "--output", str(out)]) == 2
     )
 
 
@@ -126,7 +129,7 @@ def test_add_images_and_classes(small_db, tmp_path, tiny_clip_file):
     before = FeatureDatabase.open(target)
     rows_before = before.load_all()
     config = ["add", str(target), CONFIG, *_opts(tmp_path / "ignored", tiny_clip_file, 6)]
-    assert TOOL["main"](config) == 0
+    assert _tool(config) == 0
     after = FeatureDatabase.open(target)
     assert set(before.class_names) < set(after.class_names)  # new classes joined
     ids_after = set(after.load_all().image_ids)
@@ -141,4 +144,4 @@ def test_add_images_and_classes(small_db, tmp_path, tiny_clip_file):
         "MODEL.FC_CLIP.CLIP_MODEL_NAME",
         "retclip-tiny-resnet",
     ]
-    assert run_tool(TOOL["main"], other) == 2  # a user mistake: one line, exit code 2
+    assert _tool(other) == 2

@@ -10,30 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from retclip.database_builder import build_database_builder, build_source, setup_build_config
+from retclip.database_builder import build_database_builder, build_source
 from retclip.retrieval import FeatureDatabase
+from retclip.testing.database import TINY_BUILD_CONFIG, tiny_build_cfg, tiny_build_opts
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "build_database.py"
-CONFIG = REPO / "configs" / "database" / "tiny_test.yaml"
+CONFIG = TINY_BUILD_CONFIG
 
 
 def _opts(out, clip_file, **extra):
-    opts = {
-        "DATABASE_BUILD.OUTPUT_DIR": str(out),
-        "DATABASE_BUILD.SOURCE.DATASET": "retclip_synthetic_train",
-        "MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS": clip_file,
-        "INPUT.MIN_SIZE_TEST": "96",
-        "DATABASE_BUILD.SOURCE.MAX_IMAGES": "8",
-        "DATABASE_BUILD.SHARD_SIZE": "1",
-    }
-    opts.update({k: str(v) for k, v in extra.items()})
-    return [x for kv in opts.items() for x in kv]
+    return tiny_build_opts(out, clip_file, max_images=8, **extra)
 
 
-def _cfg(opts):
-    return setup_build_config(str(CONFIG), opts)
+_cfg = tiny_build_cfg
 
 
 def _rows(path):
@@ -141,3 +131,28 @@ def test_two_gloo_processes_equal_single_process(tmp_path, tiny_clip_file, refer
     # rank r wrote chunks r, r + 2, ...; rank 0 listed all of them
     assert db.shard_names == [f"part{c:06d}-000000" for c in range(8)]
     assert (out / "build" / "report.json").is_file()
+
+
+@pytest.mark.slow
+def test_second_builder_at_once_is_refused_and_the_first_finishes(
+    tmp_path, tiny_clip_file, reference
+):
+    """Two builders into one folder used to interleave chunks (duplicated rows); now the second
+    is refused, naming the first's host and pid, and the first builds the reference database."""
+    import socket
+
+    out, synth = tmp_path / "db", tmp_path / "synth"
+    first = _run_tool(out, tiny_clip_file, synth, **{"DATABASE_BUILD.SHARD_DELAY_S": 12.0})
+    deadline = time.time() + 300
+    while not (out / "LOCK").exists():
+        assert first.poll() is None and time.time() < deadline, "first builder took no lock"
+        time.sleep(0.1)
+    second = _run_tool(out, tiny_clip_file, synth)
+    log, _ = second.communicate(timeout=300)
+    assert first.poll() is None, "the first builder ended before the second started"
+    assert second.returncode == 2, log
+    assert f"host {socket.gethostname()} pid {first.pid}" in log
+    log, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, log
+    assert FeatureDatabase.open(out).content_hash() == reference.content_hash()
+    assert not (out / "LOCK").exists()

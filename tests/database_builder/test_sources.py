@@ -99,3 +99,40 @@ def test_dataset_source_labels_from_annotations(tmp_path):
         assert rec.dataset_dict["pan_seg_file_name"].endswith(ann["file_name"])
     with pytest.raises(KeyError, match="not registered"):
         DatasetSource("no_such_dataset")
+
+
+@pytest.mark.parametrize(
+    "labels_name, content, where",
+    [
+        ("labels.csv", "image,labels\nok.jpg,cat\n../x.jpg,cat\n", "labels.csv line 3"),
+        ("labels.csv", "image,labels\n/etc/x.jpg,cat\n", "labels.csv line 2"),
+        (
+            "labels.json",
+            '{"ok.jpg": ["cat"], "a/../../x.jpg": ["dog"]}',
+            "labels.json key 'a/../../x.jpg'",
+        ),
+    ],
+)
+def test_folder_source_paths_stay_inside_the_image_dir(tmp_path, labels_name, content, where):
+    _touch(tmp_path / "images" / "ok.jpg")
+    _touch(tmp_path / "x.jpg")  # exists, but outside the image folder
+    (tmp_path / labels_name).write_text(content)
+    with pytest.raises(ValueError, match="outside DATABASE_BUILD.SOURCE.IMAGE_DIR") as err:
+        FolderSource(str(tmp_path / "images"), str(tmp_path / labels_name))
+    assert where in str(err.value)
+    # Names that only look odd but stay inside are fine.
+    (tmp_path / "inside.csv").write_text("image,labels\nsub/../ok.jpg,cat\n")
+    assert len(FolderSource(str(tmp_path / "images"), str(tmp_path / "inside.csv")).records()) == 1
+
+
+def test_open_images_ids_stay_inside_the_image_dir(tmp_path):
+    _touch(tmp_path / "images" / "a1.jpg")
+    _touch(tmp_path / "x.jpg")
+    (tmp_path / "classes.csv").write_text("LabelName,DisplayName\n/m/01yrx,Cat\n")
+    (tmp_path / "labels.csv").write_text(
+        "ImageID,Source,LabelName,Confidence\na1,human,/m/01yrx,1\n../x,human,/m/01yrx,1\n"
+    )
+    with pytest.raises(ValueError, match=r"labels.csv line 3: image '../x.jpg' is outside"):
+        OpenImagesSource(
+            str(tmp_path / "images"), str(tmp_path / "labels.csv"), str(tmp_path / "classes.csv")
+        )
