@@ -111,6 +111,13 @@ def add_retclip_keys(cfg: CN) -> None:
     cfg.MODEL.RETCLIP.INDEX.PQ_M = 64
     # Candidates re-ranked exactly per requested neighbour (IVF-PQ only).
     cfg.MODEL.RETCLIP.INDEX.RERANK_FACTOR = 10
+    # IVF-PQ trains its coarse quantiser and PQ on at most this many rows (a seeded sample), so
+    # the build streams the database shard by shard (tools/build_index.py).
+    cfg.MODEL.RETCLIP.INDEX.TRAIN_SIZE = 100000
+    # Seed of that training sample.
+    cfg.MODEL.RETCLIP.INDEX.TRAIN_SEED = 0
+    # Open a cached index memory-mapped (the re-rank rows stay on disk until searched).
+    cfg.MODEL.RETCLIP.INDEX.MMAP = True
     cfg.MODEL.RETCLIP.INDEX.USE_GPU = True
     # Database class names match test classes by synonym, else by CLIP text cosine above this.
     cfg.MODEL.RETCLIP.LABEL_MATCH_THRESHOLD = 0.95
