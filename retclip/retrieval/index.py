@@ -266,13 +266,17 @@ class FaissIndex(FeatureIndex):
         if x.shape[1] != self.dim:
             raise ValueError(f"features must have {self.dim} columns, got {x.shape[1]}")
         if self.index is None:
-            self.train(x[training_rows(x.shape[0], self.config.train_size, self.config.train_seed)])
+            self._train_normalized(
+                x[training_rows(x.shape[0], self.config.train_size, self.config.train_seed)]
+            )
         self.index.add(x)
         self.set_search_params()
 
     def train(self, sample: ArrayLike) -> None:
         """Create the empty index and train it (when it needs training) on ``sample`` rows."""
-        x = normalize_rows(sample)
+        self._train_normalized(normalize_rows(sample))
+
+    def _train_normalized(self, x: np.ndarray) -> None:
         self.index = self._make(x.shape[0])
         if not self.index.is_trained:
             logger.info("training %s on %d vectors", type(self).__name__, x.shape[0])
