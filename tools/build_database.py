@@ -7,7 +7,9 @@ SAM masks, the model's CLIP dense map, mask pooling.
 
 Run it again with the same arguments after an interruption: it continues where it stopped.
 Multi-node: --num-machines/--machine-rank/--dist-url as in tools/train_net.py. Without CUDA,
---num-gpus N starts N CPU processes joined by gloo.
+--num-gpus N starts N CPU processes joined by gloo. Array jobs: --shard-id K --num-shards N builds
+part K of N under OUTPUT_DIR/parts (each job may also use --num-gpus); when all are done,
+tools/inspect_database.py finalize OUTPUT_DIR joins them (docs/SCALING.md).
 """
 import json
 import os
@@ -19,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 
 from retclip.database_builder import (
     launch_build,
+    part_dir,
     rank_and_world_size,
     run_build,
     setup_build_config,
@@ -28,7 +31,8 @@ from retclip.database_builder import (
 def main(args):
     """Logging (console + <database>/build/log.txt), then this rank's part of the build."""
     rank, _ = rank_and_world_size()
-    out = setup_build_config(args.config_file, args.opts).DATABASE_BUILD.OUTPUT_DIR
+    build = setup_build_config(args.config_file, args.opts).DATABASE_BUILD
+    out = part_dir(build.OUTPUT_DIR, build.ARRAY_JOB.SHARD_ID, build.ARRAY_JOB.NUM_SHARDS)
     if out:
         os.makedirs(os.path.join(out, "build"), exist_ok=True)
     setup_logger(
@@ -49,7 +53,15 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    parser.add_argument("--shard-id", type=int, default=None,
+                        help="array job index (DATABASE_BUILD.ARRAY_JOB.SHARD_ID)")
+    parser.add_argument("--num-shards", type=int, default=None,
+                        help="array job count (DATABASE_BUILD.ARRAY_JOB.NUM_SHARDS)")
+    args = parser.parse_args()
+    for flag, key in (("shard_id", "SHARD_ID"), ("num_shards", "NUM_SHARDS")):
+        if getattr(args, flag) is not None:
+            args.opts = [*args.opts, f"DATABASE_BUILD.ARRAY_JOB.{key}", str(getattr(args, flag))]
     if args.eval_only or args.resume:
         sys.exit("build_database.py has no --eval-only/--resume: a build always resumes")
     launch_build(

@@ -37,8 +37,8 @@ def add_database_build_config(cfg: CN) -> None:
 
     cfg.DATABASE_BUILD.SOURCE = CN()
     # "dataset" (a registered detectron2 dataset; labels from its annotations), "open_images"
-    # (image folder + image-level labels CSV + class descriptions CSV) or "folder" (images + a
-    # CSV/JSON of labels).
+    # (image folder + image-level labels CSV + class descriptions CSV), "folder" (images + a
+    # CSV/JSON of labels) or "webdataset" (tar shards, see URLS).
     cfg.DATABASE_BUILD.SOURCE.TYPE = "dataset"
     # Registered dataset name for TYPE "dataset".
     cfg.DATABASE_BUILD.SOURCE.DATASET = "openvocab_ade20k_panoptic_train"
@@ -55,6 +55,19 @@ def add_database_build_config(cfg: CN) -> None:
     cfg.DATABASE_BUILD.SOURCE.MIN_CONFIDENCE = 0.5
     # Use at most this many images (first ones in sorted id order; 0: all).
     cfg.DATABASE_BUILD.SOURCE.MAX_IMAGES = 0
+    # TYPE "webdataset": tar shards, brace-expanded ("/data/oi/{00000..00899}.tar"; several
+    # patterns separated by spaces). Each sample: an image (jpg/jpeg/png/webp) and its labels as
+    # json (a list of names, or an object with a "labels" list) or txt (one name per line or
+    # ";"-separated). One tar = one chunk = one database shard.
+    cfg.DATABASE_BUILD.SOURCE.URLS = ""
+
+    # Array jobs (slurm --array, Kubernetes indexed jobs): job SHARD_ID of NUM_SHARDS builds every
+    # NUM_SHARDS-th chunk into OUTPUT_DIR/parts/part-<id>-of-<n>; "inspect_database.py finalize
+    # OUTPUT_DIR" joins the parts. Each job may itself run torch.distributed ranks.
+    # tools/build_database.py --shard-id/--num-shards set these.
+    cfg.DATABASE_BUILD.ARRAY_JOB = CN()
+    cfg.DATABASE_BUILD.ARRAY_JOB.SHARD_ID = 0
+    cfg.DATABASE_BUILD.ARRAY_JOB.NUM_SHARDS = 1
 
     cfg.DATABASE_BUILD.GROUNDING_DINO = CN()
     # Hugging Face hub name or local directory of GroundingDinoForObjectDetection + processor.

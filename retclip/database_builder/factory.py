@@ -18,6 +18,7 @@ from retclip.proposals import (
 from .builder import DatabaseBuilder
 from .counting import ForwardCounter
 from .encoder import ClipSegmentEncoder
+from .parts import part_dir
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,9 @@ def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
     return DatabaseBuilder(
         encoder=encoder,
         proposals=proposals,
-        output_dir=b.OUTPUT_DIR,
+        output_dir=part_dir(b.OUTPUT_DIR, b.ARRAY_JOB.SHARD_ID, b.ARRAY_JOB.NUM_SHARDS),
+        shard_id=b.ARRAY_JOB.SHARD_ID,
+        num_shards=b.ARRAY_JOB.NUM_SHARDS,
         shard_size=b.SHARD_SIZE,
         batch_size=b.BATCH_SIZE,
         dtype=b.DTYPE,
