@@ -2,6 +2,7 @@
 webdataset source gives the rows a folder source gives."""
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -181,3 +182,24 @@ def test_webdataset_build_equals_folder_build(tmp_path, folder_labels, tiny_gdin
     assert len(a) > 0 and a.features.tobytes() == b.features.tobytes()
     assert a.labels.tolist() == b.labels.tolist()
     assert [Path(i).stem for i in a.image_ids] == b.image_ids
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_a_single_build(tmp_path, tiny_clip_file, single):
+    import subprocess
+    import sys
+
+    out = tmp_path / "db"
+    opts = ["DATABASE_BUILD.OUTPUT_DIR", str(out), "DATABASE_BUILD.SOURCE.DATASET",
+            "retclip_synthetic_train", "MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS", tiny_clip_file,
+            "INPUT.MIN_SIZE_TEST", "96", "DATABASE_BUILD.SOURCE.MAX_IMAGES", "7",
+            "DATABASE_BUILD.SHARD_SIZE", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(REPO / "tools" / "build_database.py"), "--config-file", str(CONFIG), *opts],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "build" / "log_rank1.txt").is_file()  # the second process was rank 1
+    a, b = FeatureDatabase.open(out).load_all(), single.load_all()
+    assert a.features.tobytes() == b.features.tobytes() and a.labels.tobytes() == b.labels.tobytes()
