@@ -109,7 +109,9 @@ def _phase(args, root: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--vectors", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--queries", type=int, default=1000)

@@ -71,7 +71,9 @@ def _check_budget(config, rows: int, dim: int, budget_text: str) -> dict:
 
 
 def main(argv) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("database", help="feature database directory")
     p.add_argument("--config-file", default="", help="model config (MODEL.RETCLIP.INDEX.*)")
     p.add_argument("--workers", type=int, default=1, help="processes filling the index (ivfpq)")

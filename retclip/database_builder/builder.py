@@ -4,8 +4,8 @@ SAM masks -> one dense CLIP map -> mask pooling -> (feature, label) rows.
 Work unit: the source's sorted image list is cut into global chunks of ``shard_size`` images
 (a webdataset source makes one chunk per tar); an array job ``k`` of ``n`` takes chunks
 ``c % n == k`` (:mod:`.parts`), and its rank r of world_size takes every world_size-th of those
-from the r-th. Chunk c becomes exactly one shard named ``part<c>-000000`` (written even when empty). A chunk whose shard exists is done, so a killed build resumes at the
-first missing chunk, and the finished database is the same whatever the interruptions or the
+from the r-th. Chunk c becomes exactly one shard named ``part<c>-000000`` (written even when
+empty). A chunk whose shard exists is done, so a killed build resumes at the first missing chunk, and the finished database is the same whatever the interruptions or the
 number of ranks. Within a chunk, images go through the models in windows of ``batch_size``: the
 window's images with equal Grounding DINO input sizes share one detector forward, all its images
 with boxes share one SAM image-encoder forward, and consecutive images whose CLIP inputs have the

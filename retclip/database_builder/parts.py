@@ -83,10 +83,15 @@ def finalize_parts(output_dir: str, *, keep_parts: bool = True) -> FeatureDataba
     parts = [(k, FeatureDatabase.open(p)) for k, p in _parts(out)]
     first = parts[0][1]
     for k, db in parts[1:]:
-        if (db.fingerprint, db.vocabulary, db.dtype) != (first.fingerprint, first.vocabulary, first.dtype):
-            raise ValueError(f"part {db.path} has another encoder, vocabulary or dtype than {first.path}")
+        key = (db.fingerprint, db.vocabulary, db.dtype)
+        if key != (first.fingerprint, first.vocabulary, first.dtype):
+            raise ValueError(
+                f"part {db.path} has another encoder, vocabulary or dtype than {first.path}"
+            )
     if (out / "manifest.json").is_file() and len(FeatureDatabase.open(out)) > 0:
-        raise ValueError(f"{out} already holds a joined database; remove its manifest to join again")
+        raise ValueError(
+            f"{out} already holds a joined database; remove its manifest to join again"
+        )
     manifest = first.manifest
     final = FeatureDatabase.create(
         out, first.fingerprint, first.vocabulary, source=manifest["source"],
@@ -96,22 +101,20 @@ def finalize_parts(output_dir: str, *, keep_parts: bool = True) -> FeatureDataba
     (out / "build").mkdir(exist_ok=True)
     for _, db in parts:
         for name in db.shard_names:
-            _link(db.path / "shards" / f"{name}.safetensors", out / "shards" / f"{name}.safetensors")
+            file = f"{name}.safetensors"
+            _link(db.path / "shards" / file, out / "shards" / file)
         for record in (db.path / "build").glob("part*.json"):
             _link(record, out / "build" / record.name)
     final.refresh_manifest()  # every shard on disk, in name (= chunk) order, hashes checked
     write_label_array(final)
-    from .report import write_build_report
+    from .report import read_chunk_records, write_build_report
 
-    num_chunks = max(r["chunk"] for r in _chunk_records(out)) + 1 if len(final.shard_names) else 0
-    write_build_report(out, SimpleNamespace(name=manifest["source"], report={}), num_chunks=num_chunks)
+    records = read_chunk_records(str(out))
+    num_chunks = max(r["chunk"] for r in records) + 1 if records else 0
+    source = SimpleNamespace(name=manifest["source"], report={})
+    write_build_report(out, source, num_chunks=num_chunks)
     if not keep_parts:
         shutil.rmtree(out / PARTS_DIR)
     logger.info("joined %d parts into %s: %d rows", len(parts), out, len(final))
     return FeatureDatabase.open(out)
 
-
-def _chunk_records(out: Path):
-    from .report import read_chunk_records
-
-    return read_chunk_records(str(out))

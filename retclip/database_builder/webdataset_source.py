@@ -39,7 +39,7 @@ def _webdataset():
 
 
 def expand_urls(urls: str) -> List[str]:
-    """Space-separated brace patterns ("a/{000..002}.tar b.tar") -> the list of tar urls, in order."""
+    """Space-separated brace patterns ("a/{000..002}.tar b.tar") -> tar urls, in order."""
     from braceexpand import braceexpand
 
     out = [u for pattern in str(urls).split() for u in braceexpand(pattern)]
@@ -89,7 +89,9 @@ class _TarChunk:
                 continue
             image_key = next((k for k in _IMAGE_KEYS if k in sample), None)
             if image_key is None:
-                raise ValueError(f"{self.url}: sample {key} has no image ({'/'.join(_IMAGE_KEYS)})")
+                raise ValueError(
+                    f"{self.url}: sample {key} has no image ({'/'.join(_IMAGE_KEYS)})"
+                )
             labels = self.source.in_vocabulary(_labels_of(sample, self.url))
             records.append(ImageRecord(key, f"{self.url}#{key}.{image_key}", labels,
                                        data=sample[image_key]))
@@ -101,11 +103,13 @@ class WebDatasetSource(ImageSource):
 
     def __init__(self, urls: str, *, classes: Sequence[str] = ()) -> None:
         self.urls = expand_urls(urls)
-        self.name = f"webdataset:{self.urls[0]}" + (f" (+{len(self.urls) - 1})" if len(self.urls) > 1 else "")
+        more = f" (+{len(self.urls) - 1})" if len(self.urls) > 1 else ""
+        self.name = f"webdataset:{self.urls[0]}{more}"
         if classes:
             self.vocabulary = [c.strip() for c in classes]
         else:
-            logger.info("webdataset: no SOURCE.CLASSES; reading the labels of %d tars", len(self.urls))
+            logger.info("webdataset: no SOURCE.CLASSES; reading the labels of %d tars",
+                        len(self.urls))
             union = {n for url in self.urls for s in _stream(url) for n in _labels_of(s, url)}
             self.vocabulary = sorted(union)
         self._by_name = {v.split(",")[0].strip().lower(): v for v in self.vocabulary}
@@ -120,6 +124,8 @@ class WebDatasetSource(ImageSource):
         """Every record of every tar (reads all of them: prefer :meth:`chunks` in builds)."""
         return [r for chunk in self.chunks(0) for r in chunk]
 
-    def chunks(self, shard_size: int, exclude_ids: Optional[Set[str]] = None) -> List[_TarChunk]:
+    def chunks(
+        self, shard_size: int, exclude_ids: Optional[Set[str]] = None
+    ) -> List[_TarChunk]:
         """One lazy chunk per tar, in URL order (``shard_size`` does not apply: a tar is a chunk)."""
         return [_TarChunk(self, url, exclude_ids) for url in self.urls]

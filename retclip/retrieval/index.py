@@ -115,7 +115,9 @@ def training_rows(num_rows: int, train_size: int, seed: int) -> np.ndarray:
     The one rule for both an in-memory ``add`` and the streaming build, so both train alike.
     """
     if train_size <= 0:
-        raise ValueError(f"train_size (MODEL.RETCLIP.INDEX.TRAIN_SIZE) must be positive, got {train_size}")
+        raise ValueError(
+            f"train_size (MODEL.RETCLIP.INDEX.TRAIN_SIZE) must be positive, got {train_size}"
+        )
     if num_rows <= train_size:
         return np.arange(num_rows, dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -287,7 +289,7 @@ class FaissIndex(FeatureIndex):
         """Allocate storage for ``num_rows`` rows now, so growing never copies it (peak memory)."""
 
     def merge_from(self, other: "FaissIndex", id_offset: int) -> None:
-        """Append the rows of ``other`` (same trained structure), their ids shifted by ``id_offset``."""
+        """Append the rows of ``other`` (same trained structure), ids shifted by ``id_offset``."""
         raise ValueError(
             f"index type {self.config.type!r} cannot merge indexes filled in parallel; "
             "use one worker (or type 'ivfpq')"
@@ -300,7 +302,7 @@ class FaissIndex(FeatureIndex):
         _faiss().write_index(self.index, path)
 
     def load(self, path: str) -> None:
-        """Read a saved index; memory-mapped when ``config.mmap`` (flat-codes storage stays on disk)."""
+        """Read a saved index; memory-mapped when ``config.mmap`` (flat codes stay on disk)."""
         faiss = _faiss()
         flags = faiss.IO_FLAG_MMAP_IFC if self.config.mmap else 0
         self.index = faiss.read_index(path, flags)
@@ -366,7 +368,8 @@ class FaissIVFPQIndex(FaissIndex):
 
     def _parts(self) -> Tuple[Any, Any]:
         faiss = _faiss()
-        return faiss.downcast_index(self.index.base_index), faiss.downcast_index(self.index.refine_index)
+        base, refine = self.index.base_index, self.index.refine_index
+        return faiss.downcast_index(base), faiss.downcast_index(refine)
 
     def reserve(self, num_rows: int) -> None:
         _, refine = self._parts()

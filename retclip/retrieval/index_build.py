@@ -129,9 +129,26 @@ def _gather_rows(database: FeatureDatabase, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Rows gathered from consecutive shards before one ``add`` (builder shards hold a few hundred
+#: rows; adding them one by one would copy a growing exact index once per shard).
+ADD_BLOCK_ROWS = 65536
+
+
 def _add_shards(index: FeatureIndex, database: FeatureDatabase, names: Sequence[str]) -> None:
+    """Add the shards' rows in order, in blocks of about ADD_BLOCK_ROWS (memory: one block)."""
+    block: List[np.ndarray] = []
+
+    def flush() -> None:
+        if block:
+            index.add(np.concatenate(block) if len(block) > 1 else block[0])
+            block.clear()
+
     for name in names:
-        index.add(database.read_shard(name).features)
+        features = database.read_shard(name).features
+        if block and sum(b.shape[0] for b in block) + features.shape[0] > ADD_BLOCK_ROWS:
+            flush()
+        block.append(features)
+    flush()
 
 
 def _add_slice_worker(

@@ -109,7 +109,9 @@ def open_label_array(db: "FeatureDatabase") -> np.ndarray:
         try:
             write_label_array(db)
         except PermissionError as e:
-            logger.warning("%s: cannot write the label array (%s); reading labels into memory", db.path, e)
+            logger.warning(
+                "%s: cannot write the label array (%s); reading labels into memory", db.path, e
+            )
             parts = [read_shard_tensor(db, n, "labels") for n in db.shard_names]
             return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
     labels = np.load(db.path / LABELS_FILE, mmap_mode="r")
