@@ -200,6 +200,8 @@ def test_torchrun_two_ranks_equal_a_single_build(tmp_path, tiny_clip_file, singl
         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "build" / "log_rank1.txt").is_file()  # the second process was rank 1
+    assert list((out / "build").glob("log_rank1*"))  # the second process was rank 1
     a, b = FeatureDatabase.open(out).load_all(), single.load_all()
-    assert a.features.tobytes() == b.features.tobytes() and a.labels.tobytes() == b.labels.tobytes()
+    # same rows in the same order; features up to float rounding (another thread count here)
+    assert a.image_ids == b.image_ids and a.labels.tobytes() == b.labels.tobytes()
+    np.testing.assert_allclose(a.features, b.features, atol=1e-5)
