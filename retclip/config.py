@@ -109,7 +109,8 @@ def add_retclip_keys(cfg: CN) -> None:
     cfg.MODEL.RETCLIP.INDEX.IVF_NLIST = 1024
     cfg.MODEL.RETCLIP.INDEX.IVF_NPROBE = 8
     cfg.MODEL.RETCLIP.INDEX.PQ_M = 64
-    # Candidates re-ranked exactly per requested neighbour (IVF-PQ only).
+    # Candidates re-ranked on float16 rows per requested neighbour (IVF-PQ only; search time:
+    # raising it needs no rebuild).
     cfg.MODEL.RETCLIP.INDEX.RERANK_FACTOR = 10
     # IVF-PQ trains its coarse quantiser and PQ on at most this many rows (a seeded sample), so
     # the build streams the database shard by shard (tools/build_index.py).
