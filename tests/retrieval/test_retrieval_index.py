@@ -29,15 +29,7 @@ def _reference(x, q, k):
     return np.take_along_axis(sims, ids, 1), ids
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """OpenMP threads spin under load; the test machine's 2 cores are shared by parallel runs."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,14 +37,7 @@ def _clustered(n, seed=0, centers=30):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def _database(path, n=2400, shards=5, classes=7):
