@@ -125,8 +125,16 @@ def add_retclip_keys(cfg: CN) -> None:
     cfg.MODEL.RETCLIP.INDEX.IVF_NLIST = 1024
     cfg.MODEL.RETCLIP.INDEX.IVF_NPROBE = 8
     cfg.MODEL.RETCLIP.INDEX.PQ_M = 64
-    # Candidates re-ranked exactly per requested neighbour (IVF-PQ only).
+    # Candidates re-ranked on float16 rows per requested neighbour (IVF-PQ only; search time:
+    # raising it needs no rebuild).
     cfg.MODEL.RETCLIP.INDEX.RERANK_FACTOR = 10
+    # IVF-PQ trains its coarse quantiser and PQ on at most this many rows (a seeded sample), so
+    # the build streams the database shard by shard (tools/build_index.py).
+    cfg.MODEL.RETCLIP.INDEX.TRAIN_SIZE = 100000
+    # Seed of that training sample.
+    cfg.MODEL.RETCLIP.INDEX.TRAIN_SEED = 0
+    # Open a cached index memory-mapped (the re-rank rows stay on disk until searched).
+    cfg.MODEL.RETCLIP.INDEX.MMAP = True
     cfg.MODEL.RETCLIP.INDEX.USE_GPU = True
     # Database class names match test classes by synonym, else by CLIP text cosine above this.
     cfg.MODEL.RETCLIP.LABEL_MATCH_THRESHOLD = 0.95
@@ -268,8 +276,8 @@ def add_database_build_config(cfg: CN) -> None:
 
     cfg.DATABASE_BUILD.SOURCE = CN()
     # "dataset" (a registered detectron2 dataset; labels from its annotations), "open_images"
-    # (image folder + image-level labels CSV + class descriptions CSV) or "folder" (images + a
-    # CSV/JSON of labels).
+    # (image folder + image-level labels CSV + class descriptions CSV), "folder" (images + a
+    # CSV/JSON of labels) or "webdataset" (tar shards, see URLS).
     cfg.DATABASE_BUILD.SOURCE.TYPE = "dataset"
     # Registered dataset name for TYPE "dataset".
     cfg.DATABASE_BUILD.SOURCE.DATASET = "openvocab_ade20k_panoptic_train"
@@ -286,6 +294,19 @@ def add_database_build_config(cfg: CN) -> None:
     cfg.DATABASE_BUILD.SOURCE.MIN_CONFIDENCE = 0.5
     # Use at most this many images (first ones in sorted id order; 0: all).
     cfg.DATABASE_BUILD.SOURCE.MAX_IMAGES = 0
+    # TYPE "webdataset": tar shards, brace-expanded ("/data/oi/{00000..00899}.tar"; several
+    # patterns separated by spaces). Each sample: an image (jpg/jpeg/png/webp) and its labels as
+    # json (a list of names, or an object with a "labels" list) or txt (one name per line or
+    # ";"-separated). One tar = one chunk = one database shard.
+    cfg.DATABASE_BUILD.SOURCE.URLS = ""
+
+    # Array jobs (slurm --array, Kubernetes indexed jobs): job SHARD_ID of NUM_SHARDS builds every
+    # NUM_SHARDS-th chunk into OUTPUT_DIR/parts/part-<id>-of-<n>; "inspect_database.py finalize
+    # OUTPUT_DIR" joins the parts. Each job may itself run torch.distributed ranks.
+    # tools/build_database.py --shard-id/--num-shards set these.
+    cfg.DATABASE_BUILD.ARRAY_JOB = CN()
+    cfg.DATABASE_BUILD.ARRAY_JOB.SHARD_ID = 0
+    cfg.DATABASE_BUILD.ARRAY_JOB.NUM_SHARDS = 1
 
     cfg.DATABASE_BUILD.GROUNDING_DINO = grounding_dino_config()
     cfg.DATABASE_BUILD.SAM = sam_config()

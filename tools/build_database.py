@@ -11,7 +11,9 @@ pid; a lock left by a dead process on this host is taken over; a lock from anoth
 deleted by hand once nothing runs there). A resume with other settings (SHARD_SIZE, DTYPE,
 models, thresholds, source) is refused, naming each changed key.
 Multi-node: --num-machines/--machine-rank/--dist-url as in tools/train_net.py. Without CUDA,
---num-gpus N starts N CPU processes joined by gloo.
+--num-gpus N starts N CPU processes joined by gloo. Array jobs: --shard-id K --num-shards N builds
+part K of N under OUTPUT_DIR/parts (each job may also use --num-gpus); when all are done,
+tools/inspect_database.py finalize OUTPUT_DIR joins them (docs/SCALING.md).
 """
 import json
 import os
@@ -25,11 +27,12 @@ from retclip.utils.launch_args import launcher_argument_parser  # noqa: E402
 
 def run(args):
     """Logging (console + <database>/build/log.txt), then this rank's part of the build."""
-    from retclip.database_builder import rank_and_world_size, run_build, setup_build_config
+    from retclip.database_builder import part_dir, rank_and_world_size, run_build, setup_build_config
     from detectron2.utils.logger import setup_logger  # after retclip's compat steps
 
     rank, _ = rank_and_world_size()
-    out = setup_build_config(args.config_file, args.opts).DATABASE_BUILD.OUTPUT_DIR
+    build = setup_build_config(args.config_file, args.opts).DATABASE_BUILD
+    out = part_dir(build.OUTPUT_DIR, build.ARRAY_JOB.SHARD_ID, build.ARRAY_JOB.NUM_SHARDS)
     if out:
         os.makedirs(os.path.join(out, "build"), exist_ok=True)
     setup_logger(
@@ -56,7 +59,15 @@ def run(args):
 
 def main(argv=None) -> int:
     """Check the arguments, the GPU count and the config before any worker starts, then launch."""
-    args = launcher_argument_parser(__doc__).parse_args(argv)
+    parser = launcher_argument_parser(__doc__)
+    parser.add_argument("--shard-id", type=int, default=None,
+                        help="array job index (DATABASE_BUILD.ARRAY_JOB.SHARD_ID)")
+    parser.add_argument("--num-shards", type=int, default=None,
+                        help="array job count (DATABASE_BUILD.ARRAY_JOB.NUM_SHARDS)")
+    args = parser.parse_args(argv)
+    for flag, key in (("shard_id", "SHARD_ID"), ("num_shards", "NUM_SHARDS")):
+        if getattr(args, flag) is not None:
+            args.opts = [*args.opts, f"DATABASE_BUILD.ARRAY_JOB.{key}", str(getattr(args, flag))]
     if args.eval_only or args.resume:
         raise UserError("build_database.py has no --eval-only/--resume: a build always resumes")
     if not args.config_file:

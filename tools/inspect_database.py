@@ -6,6 +6,7 @@
     inspect_database.py add DB CONFIG [KEY VALUE ...]   # build a source into DB
     inspect_database.py remove DB --classes "wall" "sky" --output OUT
     inspect_database.py merge A B --output OUT
+    inspect_database.py finalize OUTPUT_DIR [--remove-parts]   # join array-job parts
     inspect_database.py thumbnails DB --class cat --output cat.png [--max 16] [--size 96]
 
 remove, merge and add build the result in a new folder and rename it into place only when it is
@@ -83,6 +84,13 @@ def _merge(args) -> None:
     print(f"{out.path}: {len(out)} vectors, {len(out.class_names)} classes")
 
 
+def _finalize(args) -> None:
+    from retclip.database_builder.parts import finalize_parts
+
+    out = finalize_parts(args.output_dir, keep_parts=not args.remove_parts)
+    print(f"{out.path}: {len(out)} vectors in {len(out.shard_names)} shards, {len(out.class_names)} classes")
+
+
 def _thumbnails(args) -> None:
     from retclip.database_builder.manage import class_thumbnails
 
@@ -126,6 +134,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("second")
     s.add_argument("--output", required=True)
     s.set_defaults(func=_merge)
+    s = sub.add_parser("finalize", help="join the parts of an array-job build (docs/SCALING.md)")
+    s.add_argument("output_dir", help="the build's DATABASE_BUILD.OUTPUT_DIR (holds parts/)")
+    s.add_argument("--remove-parts", action="store_true", help="delete parts/ after joining")
+    s.set_defaults(func=_finalize)
     s = sub.add_parser("thumbnails", help="PNG grid of one class's segment crops")
     s.add_argument("database")
     s.add_argument("--class", dest="class_name", required=True)

@@ -25,6 +25,7 @@ from .factory import (
     setup_build_config,
     watch_models,
 )
+from .parts import finalize_parts, part_dir
 from .report import image_paths, read_chunk_records, write_build_report
 from .sources import (
     DatasetSource,
@@ -34,6 +35,7 @@ from .sources import (
     OpenImagesSource,
     build_source,
 )
+from .webdataset_source import WebDatasetSource
 
 __all__ = [
     "DatabaseBuilder",
@@ -60,4 +62,7 @@ __all__ = [
     "ImageSource",
     "OpenImagesSource",
     "build_source",
+    "finalize_parts",
+    "part_dir",
+    "WebDatasetSource",
 ]

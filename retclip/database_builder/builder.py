@@ -1,10 +1,11 @@
 """The database build of the paper (§2.1): image + image-level labels -> Grounding DINO boxes ->
 SAM masks -> one dense CLIP map -> mask pooling -> (feature, label) rows.
 
-Work unit: the source's sorted image list is cut into global chunks of ``shard_size`` images;
-chunk c goes to rank ``c % world_size`` and becomes exactly one shard named ``part<c>-000000``
-(written even when empty). A chunk whose shard exists is done, so a killed build resumes at the
-first missing chunk, and the finished database is the same whatever the interruptions or the
+Work unit: the source's sorted image list is cut into global chunks of ``shard_size`` images
+(a webdataset source makes one chunk per tar); an array job ``k`` of ``n`` takes chunks
+``c % n == k`` (:mod:`.parts`), and its rank r of world_size takes every world_size-th of those
+from the r-th. Chunk c becomes exactly one shard named ``part<c>-000000`` (written even when
+empty). A chunk whose shard exists is done, so a killed build resumes at the first missing chunk, and the finished database is the same whatever the interruptions or the
 number of ranks. Within a chunk, images go through the models in windows of ``batch_size``: the
 window's images with equal Grounding DINO input sizes share one detector forward, all its images
 with boxes share one SAM image-encoder forward, and consecutive images whose CLIP inputs have the
@@ -15,6 +16,7 @@ detection, forward counts, seconds) goes to ``build/part<c>.json`` before its sh
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -35,6 +37,9 @@ from retclip.utils.image_io import ImageReadError, read_image
 from retclip.modeling.segment_embedding import SegmentEmbedding
 
 from .counting import ForwardCounter
+from retclip.retrieval.labels import write_label_array
+
+from .parts import part_chunks
 from .sources import ImageRecord, ImageSource
 
 logger = logging.getLogger(__name__)
@@ -98,6 +103,8 @@ class DatabaseBuilder:
         settings: Optional[Dict[str, Any]] = None,
         counter: Optional[ForwardCounter] = None,
         progress: bool = True,
+        shard_id: int = 0,
+        num_shards: int = 1,
     ) -> None:
         """
         Args:
@@ -117,7 +124,15 @@ class DatabaseBuilder:
                 (:func:`.settings.build_settings`); recorded at the first start, a resume
                 with other values is refused. Default: ``shard_size`` and ``dtype``.
             counter: forward counter already watching the models (see :func:`watch_models`).
+            shard_id, num_shards: this array job's part: chunks c with c % num_shards ==
+                shard_id (``output_dir`` is then the part's own directory, see :mod:`.parts`).
         """
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(
+                f"DATABASE_BUILD.ARRAY_JOB.SHARD_ID must be in [0, NUM_SHARDS={num_shards}), "
+                f"got {shard_id}"
+            )
+        self.shard_id, self.num_shards = int(shard_id), int(num_shards)
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         if batch_size < 1:
@@ -194,7 +209,7 @@ class DatabaseBuilder:
             info["status"] = "no_labels"
             return None, info
         try:
-            image = read_image(record.path)
+            image = read_image(record.path, data=record.data)
         except ImageReadError as e:
             logger.warning("skipping unreadable image %s (%s): %s", record.image_id, record.path, e)
             info["status"], info["error"] = "unreadable", f"{type(e).__name__}: {e}"
@@ -378,13 +393,14 @@ class DatabaseBuilder:
         from .report import write_build_report
 
         db = self.open_database(source, rank)
-        records = [r for r in source.records() if not exclude_ids or r.image_id not in exclude_ids]
         vocab_index = {name: i for i, name in enumerate(source.vocabulary)}
-        chunks = [records[i : i + self.shard_size] for i in range(0, len(records), self.shard_size)]
-        mine = [c for c in range(len(chunks)) if c % world_size == rank]
+        chunks = source.chunks(self.shard_size, exclude_ids)
+        part = part_chunks(len(chunks), self.shard_id, self.num_shards)
+        mine = part[rank::world_size]
         todo = [c for c in mine if not self.chunk_done(c)]
-        total = sum(len(chunks[c]) for c in mine)
-        done_images = total - sum(len(chunks[c]) for c in todo)
+        # Streamed chunks (webdataset tars) are not counted before they are read.
+        total = sum(len(chunks[c]) for c in mine if isinstance(chunks[c], list))
+        done_images = total - sum(len(chunks[c]) for c in todo if isinstance(chunks[c], list))
         logger.info(
             "rank %d/%d: %d of %d chunks to build (%d images, %d already done) into %s",
             rank,
@@ -403,10 +419,11 @@ class DatabaseBuilder:
                 finished = False
                 logger.info("rank %d: stopping after %d shards (MAX_SHARDS_PER_RUN)", rank, n)
                 break
-            self.build_chunk(db, source, c, chunks[c], vocab_index, len(chunks))
-            processed += len(chunks[c])
+            records = list(chunks[c])
+            self.build_chunk(db, source, c, records, vocab_index, len(chunks))
+            processed += len(records)
             if bar is not None:
-                bar.update(len(chunks[c]))
+                bar.update(len(records))
                 bar.set_postfix(img_s=f"{processed / max(time.perf_counter() - start, 1e-9):.2f}")
             if self.shard_delay_s:
                 time.sleep(self.shard_delay_s)
@@ -415,12 +432,13 @@ class DatabaseBuilder:
         _barrier()
         if rank != 0 or not finished:
             return None
-        if not all(self.chunk_done(c) for c in range(len(chunks))):
+        if not all(self.chunk_done(c) for c in part):
             logger.info(
                 "some chunks are still missing (other runs stopped early); manifest not refreshed"
             )
             return None
         db.refresh_manifest(remove_partial_writes=True)  # writes cut by a kill
+        write_label_array(db)
         return write_build_report(self.output_dir, source, num_chunks=len(chunks))
 
     def _progress_bar(self, total: int, initial: int, rank: int):

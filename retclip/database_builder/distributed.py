@@ -3,12 +3,15 @@
 detectron2 v0.6's ``launch`` runs ``main`` in-process for world size 1 and otherwise spawns one
 process per GPU with NCCL (it asserts CUDA). Without CUDA, :func:`launch_build` spawns the
 processes itself with ``torch.multiprocessing`` and initialises a gloo process group, so a
-multi-process build (and its test) also runs on a CPU machine.
+multi-process build (and its test) also runs on a CPU machine. Under torchrun (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` set) each process is one rank: it joins the group
+from the environment and runs ``main`` itself.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Sequence
 
 import torch
@@ -44,6 +47,24 @@ def _cpu_worker(
         dist.destroy_process_group()
 
 
+def started_by_torchrun() -> bool:
+    """Whether torchrun (torch.distributed.run) started this process: it sets these variables."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+
+
+def _run_torchrun_rank(main: Callable, args: Sequence[Any]) -> None:
+    """This process is one rank of a torchrun job: join its group (NCCL on CUDA, else gloo)."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, init_method="env://")
+    logger.info("torchrun rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    try:
+        main(*args)
+    finally:
+        dist.destroy_process_group()
+
+
 def launch_build(
     main: Callable,
     num_processes: int,
@@ -64,6 +85,9 @@ def launch_build(
 
     check_num_gpus(num_processes, cpu_processes=True)  # before any worker starts
     num_processes = max(num_processes, 1)  # --num-gpus 0: one process (on CPU), as train_net.py
+    if started_by_torchrun():
+        _run_torchrun_rank(main, args)
+        return
     world_size = num_processes * num_machines
     if torch.cuda.is_available() or world_size == 1:
         from detectron2.engine import launch

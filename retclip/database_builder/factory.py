@@ -21,6 +21,7 @@ from retclip.modeling.segment_embedding import SegmentEmbedding, build_segment_e
 
 from .builder import DatabaseBuilder
 from .counting import ForwardCounter
+from .parts import part_dir
 from .settings import build_settings
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,9 @@ def build_database_builder(cfg, progress: bool = True) -> DatabaseBuilder:
     return DatabaseBuilder(
         encoder=encoder,
         proposals=proposals,
-        output_dir=b.OUTPUT_DIR,
+        output_dir=part_dir(b.OUTPUT_DIR, b.ARRAY_JOB.SHARD_ID, b.ARRAY_JOB.NUM_SHARDS),
+        shard_id=b.ARRAY_JOB.SHARD_ID,
+        num_shards=b.ARRAY_JOB.NUM_SHARDS,
         shard_size=b.SHARD_SIZE,
         batch_size=b.BATCH_SIZE,
         dtype=b.DTYPE,

@@ -14,7 +14,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ class ImageRecord:
     path: str
     labels: Tuple[str, ...]
     dataset_dict: Optional[Dict[str, Any]] = field(default=None, compare=False, hash=False)
+    #: The encoded image itself, for sources that stream images (webdataset tars); else None.
+    data: Optional[bytes] = field(default=None, compare=False, hash=False, repr=False)
 
 
 class ImageSource:
@@ -49,6 +51,14 @@ class ImageSource:
 
     def records(self) -> List[ImageRecord]:
         raise NotImplementedError
+
+    def chunks(
+        self, shard_size: int, exclude_ids: Optional[Set[str]] = None
+    ) -> List[Sequence[ImageRecord]]:
+        """The build's work units in order: ``shard_size`` consecutive records each (chunk c
+        becomes shard c). Streaming sources return lazy chunks (iterables) instead of lists."""
+        records = [r for r in self.records() if not exclude_ids or r.image_id not in exclude_ids]
+        return [records[i : i + shard_size] for i in range(0, len(records), shard_size)]
 
     def _finish(self, records: List[ImageRecord], max_images: int) -> List[ImageRecord]:
         records = sorted(records, key=lambda r: r.image_id)
@@ -306,6 +316,16 @@ def build_source(cfg) -> ImageSource:
         )
     if s.TYPE == "folder":
         return FolderSource(s.IMAGE_DIR, s.LABELS_FILE, classes=classes, max_images=s.MAX_IMAGES)
+    if s.TYPE == "webdataset":
+        from .webdataset_source import WebDatasetSource
+
+        if s.MAX_IMAGES:
+            raise ValueError(
+                "DATABASE_BUILD.SOURCE.MAX_IMAGES is not supported for TYPE 'webdataset' "
+                "(tars are streamed); list fewer tars in SOURCE.URLS"
+            )
+        return WebDatasetSource(s.URLS, classes=classes)
     raise ValueError(
-        f"DATABASE_BUILD.SOURCE.TYPE must be 'dataset', 'open_images' or 'folder', got {s.TYPE!r}"
+        "DATABASE_BUILD.SOURCE.TYPE must be 'dataset', 'open_images', 'folder' or 'webdataset', "
+        f"got {s.TYPE!r}"
     )

@@ -7,8 +7,12 @@ Backends, picked by name from :data:`INDEX_TYPES` (``MODEL.RETCLIP.INDEX.TYPE``)
 * ``flat``: FAISS ``IndexFlatIP``; exact; on all GPUs when ``use_gpu`` and FAISS sees a GPU.
 * ``hnsw``: FAISS ``IndexHNSWFlat`` (M links, efSearch); approximate; CPU only in FAISS.
 * ``ivfpq``: FAISS ``IndexIVFPQ`` (nlist lists, pq_m bytes per vector, nprobe) wrapped in
-  ``IndexRefineFlat``, which re-ranks rerank_factor * k candidates with exact inner products
-  (plain PQ at 64 B plateaus near 0.47 recall@10 in 768 dims). Kept on CPU: moving the refine
+  ``IndexRefine`` over a float16 ``IndexScalarQuantizer``, which re-ranks rerank_factor * k
+  candidates with inner products of the float16 rows (plain PQ at 64 B plateaus near 0.47
+  recall@10 in 768 dims). float16 re-rank storage is the database's own storage precision and
+  half the memory of ``IndexRefineFlat``'s float32. The coarse quantiser and PQ are trained on at
+  most ``train_size`` rows drawn with ``train_seed`` (:func:`training_rows`), so a build can
+  stream the rows shard by shard; see :mod:`.index_build`. Kept on CPU: moving the refine
   wrapper to GPU is not attempted here.
 
 Search contract (every backend): ``search(queries (N, D), k)`` returns ``(scores, ids)``, both
@@ -39,6 +43,7 @@ __all__ = [
     "register_index",
     "build_index",
     "normalize_rows",
+    "training_rows",
 ]
 
 ArrayLike = Union[np.ndarray, Tensor]
@@ -57,6 +62,10 @@ class IndexConfig:
         nprobe: IVF lists visited per query.
         pq_m: PQ sub-quantisers (bytes per vector); must divide the dim.
         rerank_factor: IVF-PQ candidates re-ranked exactly per requested neighbour.
+        train_size: IVF-PQ trains on at most this many rows, a sample drawn with ``train_seed``.
+        train_seed: seed of that sample.
+        mmap: load a cached index memory-mapped (FAISS ``IO_FLAG_MMAP_IFC``: the re-rank rows
+            stay on disk until a search touches them), so a database larger than RAM opens.
         use_gpu: use FAISS GPUs when ``faiss.get_num_gpus() > 0`` (flat only).
         device: torch device of the ``exact`` backend ("cpu", "cuda", "cuda:1").
         query_block: queries per matmul block in ``exact`` (bounds the (block, N) score matrix).
@@ -70,6 +79,9 @@ class IndexConfig:
     nprobe: int = 8
     pq_m: int = 64
     rerank_factor: int = 10
+    train_size: int = 100_000
+    train_seed: int = 0
+    mmap: bool = True
     use_gpu: bool = True
     device: str = "cpu"
     query_block: int = 1024
@@ -82,14 +94,34 @@ class IndexConfig:
             type=node.TYPE, hnsw_m=node.HNSW_M, ef_search=node.HNSW_EF_SEARCH,
             ef_construction=node.HNSW_EF_CONSTRUCTION,
             nlist=node.IVF_NLIST, nprobe=node.IVF_NPROBE, pq_m=node.PQ_M,
-            rerank_factor=node.RERANK_FACTOR, use_gpu=node.USE_GPU, device=device,
+            rerank_factor=node.RERANK_FACTOR, train_size=node.TRAIN_SIZE,
+            train_seed=node.TRAIN_SEED, mmap=node.MMAP, use_gpu=node.USE_GPU, device=device,
         )
 
     def build_params(self) -> Dict[str, Any]:
         """Settings that change a built index (its cache key); search-time ones excluded."""
-        keys = {"hnsw": ("hnsw_m", "ef_construction"), "ivfpq": ("nlist", "pq_m")}
+        keys = {
+            "hnsw": ("hnsw_m", "ef_construction"),
+            "ivfpq": ("nlist", "pq_m", "train_size", "train_seed"),
+        }
         d = asdict(self)
-        return {"type": self.type, **{k: d[k] for k in keys.get(self.type, ())}}
+        extra = {"refine": "fp16"} if self.type == "ivfpq" else {}
+        return {"type": self.type, **{k: d[k] for k in keys.get(self.type, ())}, **extra}
+
+
+def training_rows(num_rows: int, train_size: int, seed: int) -> np.ndarray:
+    """Sorted row numbers of the seeded training sample: all rows when there are few enough.
+
+    The one rule for both an in-memory ``add`` and the streaming build, so both train alike.
+    """
+    if train_size <= 0:
+        raise ValueError(
+            f"train_size (MODEL.RETCLIP.INDEX.TRAIN_SIZE) must be positive, got {train_size}"
+        )
+    if num_rows <= train_size:
+        return np.arange(num_rows, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_rows, size=train_size, replace=False)).astype(np.int64)
 
 
 def normalize_rows(x: ArrayLike) -> np.ndarray:
@@ -236,12 +268,32 @@ class FaissIndex(FeatureIndex):
         if x.shape[1] != self.dim:
             raise ValueError(f"features must have {self.dim} columns, got {x.shape[1]}")
         if self.index is None:
-            self.index = self._make(x.shape[0])
-            if not self.index.is_trained:
-                logger.info("training %s on %d vectors", type(self).__name__, x.shape[0])
-                self.index.train(x)
+            self._train_normalized(
+                x[training_rows(x.shape[0], self.config.train_size, self.config.train_seed)]
+            )
         self.index.add(x)
         self.set_search_params()
+
+    def train(self, sample: ArrayLike) -> None:
+        """Create the empty index and train it (when it needs training) on ``sample`` rows."""
+        self._train_normalized(normalize_rows(sample))
+
+    def _train_normalized(self, x: np.ndarray) -> None:
+        self.index = self._make(x.shape[0])
+        if not self.index.is_trained:
+            logger.info("training %s on %d vectors", type(self).__name__, x.shape[0])
+            self.index.train(x)
+        self.set_search_params()
+
+    def reserve(self, num_rows: int) -> None:
+        """Allocate storage for ``num_rows`` rows now, so growing never copies it (peak memory)."""
+
+    def merge_from(self, other: "FaissIndex", id_offset: int) -> None:
+        """Append the rows of ``other`` (same trained structure), ids shifted by ``id_offset``."""
+        raise ValueError(
+            f"index type {self.config.type!r} cannot merge indexes filled in parallel; "
+            "use one worker (or type 'ivfpq')"
+        )
 
     def _search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         return self.index.search(queries, k)
@@ -250,7 +302,10 @@ class FaissIndex(FeatureIndex):
         _faiss().write_index(self.index, path)
 
     def load(self, path: str) -> None:
-        self.index = _faiss().read_index(path)
+        """Read a saved index; memory-mapped when ``config.mmap`` (flat codes stay on disk)."""
+        faiss = _faiss()
+        flags = faiss.IO_FLAG_MMAP_IFC if self.config.mmap else 0
+        self.index = faiss.read_index(path, flags)
         if self.index.d != self.dim:
             raise ValueError(f"index file {path} has dim {self.index.d}, expected {self.dim}")
         self.set_search_params()
@@ -284,7 +339,7 @@ class FaissHNSWIndex(FaissIndex):
 
 
 class FaissIVFPQIndex(FaissIndex):
-    """IVF-PQ with exact re-ranking of rerank_factor * k candidates (``IndexRefineFlat``)."""
+    """IVF-PQ with re-ranking of rerank_factor * k candidates on float16 rows (``IndexRefine``)."""
 
     cacheable = True
 
@@ -299,14 +354,43 @@ class FaissIVFPQIndex(FaissIndex):
             )
         nlist = max(1, min(self.config.nlist, n_train // 39))
         if nlist != self.config.nlist:
-            logger.warning("ivfpq: nlist lowered from %d to %d for %d vectors",
+            logger.warning("ivfpq: nlist lowered from %d to %d for %d training vectors",
                            self.config.nlist, nlist, n_train)
         quantizer = faiss.IndexFlatIP(self.dim)
         base = faiss.IndexIVFPQ(quantizer, self.dim, nlist, self.config.pq_m, 8,
                                 faiss.METRIC_INNER_PRODUCT)
+        refine = faiss.IndexScalarQuantizer(
+            self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
         # The refine wrapper must wrap the base index before anything is added. FAISS's Python
-        # wrappers keep the quantizer and base alive as references of their owners.
-        return faiss.IndexRefineFlat(base)
+        # wrappers keep the quantizer, base and refine alive as references of their owners.
+        return faiss.IndexRefine(base, refine)
+
+    def _parts(self) -> Tuple[Any, Any]:
+        faiss = _faiss()
+        base, refine = self.index.base_index, self.index.refine_index
+        return faiss.downcast_index(base), faiss.downcast_index(refine)
+
+    def reserve(self, num_rows: int) -> None:
+        _, refine = self._parts()
+        codes = refine.codes
+        used = codes.size()
+        codes.resize(num_rows * refine.code_size)  # std::vector keeps this capacity ...
+        codes.resize(used)  # ... when shrunk back, so later adds do not reallocate
+
+    def merge_from(self, other: "FaissIndex", id_offset: int) -> None:
+        if not isinstance(other, FaissIVFPQIndex) or other.index is None:
+            raise ValueError("can only merge another filled FaissIVFPQIndex")
+        base, refine = self._parts()
+        other_base, other_refine = other._parts()
+        if refine.ntotal != id_offset:
+            raise ValueError(
+                f"parts must be merged in row order: index holds {refine.ntotal} rows, the next "
+                f"part starts at row {id_offset}"
+            )
+        base.merge_from(other_base, id_offset)
+        refine.merge_from(other_refine, 0)
+        self.index.ntotal = base.ntotal
 
     def set_search_params(self) -> None:
         faiss = _faiss()

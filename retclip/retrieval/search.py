@@ -1,18 +1,17 @@
 """A feature database made searchable: index build/cache, labels of neighbours, batched queries.
 
-:class:`DatabaseRetriever` loads a :class:`~retclip.retrieval.database.FeatureDatabase`, builds
-the configured index over all its rows (row i of ``load_all()`` is id i) and answers
+:class:`DatabaseRetriever` opens a :class:`~retclip.retrieval.database.FeatureDatabase`, gets the
+configured index over all its rows (row i of the database is id i) and answers
 ``search(queries, k)`` with scores, ids and the neighbours' database labels.
 
-Indexes that are costly to build (HNSW, IVF-PQ) are saved beside the database as
-``index/<type>.faiss`` with ``index/<type>.json`` holding a fingerprint: sha256 of the
-database's content hash and the index build parameters. A missing, stale or unreadable index
-file is rebuilt, and the log says so and why.
+Indexes that are costly to build (HNSW, IVF-PQ) are cached beside the database as
+``index/<type>.faiss`` (see :mod:`.index_build`; ``tools/build_index.py`` builds them ahead of
+time, in parallel if asked). With a valid cached index, opening reads only the index (memory-mapped
+when ``IndexConfig.mmap``) and the compact label array (:mod:`.labels`): no feature shard. A
+missing, stale or unreadable index file is rebuilt shard by shard, and the log says so and why.
 
 Plain NumPy/PyTorch/FAISS: no detectron2 import.
 """
-import hashlib
-import json
 import logging
 import os
 import time
@@ -20,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .database import FeatureDatabase, atomic_write_json
-from .shards import atomic_path
+from .database import FeatureDatabase
 from .fingerprint import EncoderFingerprint
-from .index import FeatureIndex, FaissIndex, IndexConfig, build_index
+from .index import FaissIndex, FeatureIndex, IndexConfig, build_index
+from .index_build import build_database_index, cache_paths, cache_problem, index_fingerprint
+from .index_build import save_cached_index
+from .labels import open_label_array, read_image_ids
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +65,6 @@ def concat_queries(per_image: Sequence[Tensor]) -> Tuple[Tensor, List[int]]:
     return torch.cat(list(per_image)), [int(q.shape[0]) for q in per_image]
 
 
-def index_fingerprint(database: FeatureDatabase, config: IndexConfig) -> str:
-    """sha256 of the database content and the index build parameters."""
-    key = {"database": database.content_hash(), "index": config.build_params()}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-
-def _atomic_save_index(index: FaissIndex, path: Path) -> None:
-    """Cached index files respect the umask, like the database they are built from."""
-    with atomic_path(path) as tmp:
-        index.save(str(tmp))
-
-
 class DatabaseRetriever:
     """Search a feature database with the configured index backend.
 
@@ -108,23 +98,28 @@ class DatabaseRetriever:
         self.database = database
         self.config = config
         self.index_dir = Path(index_dir) if index_dir is not None else database.path / "index"
-        rows = database.load_all()
-        self.labels = torch.from_numpy(rows.labels.astype("int64"))
-        self.image_ids = rows.image_ids
-        self.index = self._load_or_build(rows.features)
+        self._labels = open_label_array(database)
+        self._image_ids: Optional[List[str]] = None
+        self.index = self._load_or_build()
         if self.config.type == "exact":
-            self.labels = self.labels.to(torch.device(config.device))
+            self._labels = torch.from_numpy(np.asarray(self._labels, dtype=np.int64)).to(
+                torch.device(config.device)
+            )
+
+    @property
+    def image_ids(self) -> List[str]:
+        """Source image id of every row, read from the shards on first use (not at open)."""
+        if self._image_ids is None:
+            self._image_ids = read_image_ids(self.database)
+        return self._image_ids
 
     # ------------------------------------------------------------------ index cache
-    def _load_or_build(self, features) -> FeatureIndex:
+    def _load_or_build(self) -> FeatureIndex:
         index = build_index(self.config, self.database.embed_dim)
         if not (isinstance(index, FaissIndex) and index.cacheable):
-            index.add(features)
-            return index
-        fingerprint = index_fingerprint(self.database, self.config)
-        path = self.index_dir / f"{self.config.type}.faiss"
-        meta_path = self.index_dir / f"{self.config.type}.json"
-        reason = self._cache_problem(path, meta_path, fingerprint)
+            return build_database_index(self.database, self.config)
+        path, _ = cache_paths(self.index_dir, self.config)
+        reason = cache_problem(self.index_dir, self.database, self.config)
         if reason is None:
             try:
                 index.load(str(path))
@@ -133,30 +128,16 @@ class DatabaseRetriever:
             except (RuntimeError, ValueError) as e:
                 reason = f"unreadable ({e})"
         start = time.perf_counter()
-        index.add(features)
+        index = build_database_index(self.database, self.config)
         logger.info(
             "rebuilt %s index for %s in %.1f s (%s)",
             self.config.type, self.database.path, time.perf_counter() - start, reason,
         )
         try:
-            self.index_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_save_index(index, path)
-            atomic_write_json(meta_path, {"fingerprint": fingerprint, **self.config.build_params()})
+            save_cached_index(index, self.index_dir, self.database, self.config)
         except OSError as e:
             logger.warning("could not save the index to %s (%s); kept in memory only", path, e)
         return index
-
-    @staticmethod
-    def _cache_problem(path: Path, meta_path: Path, fingerprint: str) -> Optional[str]:
-        if not path.is_file() or not meta_path.is_file():
-            return f"index file {path} missing"
-        try:
-            saved = json.loads(meta_path.read_text()).get("fingerprint")
-        except json.JSONDecodeError:
-            return f"unreadable {meta_path}"
-        if saved != fingerprint:
-            return "stale: database or index parameters changed"
-        return None
 
     # ------------------------------------------------------------------ search
     def __len__(self) -> int:
@@ -165,7 +146,11 @@ class DatabaseRetriever:
     def search(self, queries: Tensor, k: int) -> RetrievalResult:
         """Top-k neighbours of (N, D) queries, with their database labels (-1 where missing)."""
         scores, ids = self.index.search(queries, k)
-        labels = self.labels.to(ids.device)[ids.clamp_min(0)]
+        if isinstance(self._labels, Tensor):
+            labels = self._labels.to(ids.device)[ids.clamp_min(0)]
+        else:  # memory-mapped int32: gather only the neighbours' entries
+            rows = ids.clamp_min(0).cpu().numpy()
+            labels = torch.from_numpy(self._labels[rows].astype(np.int64)).to(ids.device)
         labels = torch.where(ids >= 0, labels, torch.full_like(labels, -1))
         return RetrievalResult(scores, ids, labels)
 

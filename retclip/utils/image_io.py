@@ -10,9 +10,10 @@ undecodable or degenerate image. No detectron2 import.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -70,12 +71,14 @@ def _to_array(img: Image.Image, format: str) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1]) if format == "BGR" else rgb
 
 
-def read_image(path: PathLike, format: str = "RGB") -> np.ndarray:
+def read_image(path: PathLike, format: str = "RGB", data: Optional[bytes] = None) -> np.ndarray:
     """Read an image file as uint8 pixels, EXIF orientation applied.
 
     Args:
         path: the image file.
         format: "RGB" or "BGR" (H x W x 3) or "L" (H x W), as detectron2 names them.
+        data: the file's bytes when they were already read (a member of a webdataset tar);
+            ``path`` then only names the image in errors.
     Returns:
         uint8 numpy array.
     Raises:
@@ -85,12 +88,12 @@ def read_image(path: PathLike, format: str = "RGB") -> np.ndarray:
     if format not in IMAGE_FORMATS:
         raise ValueError(f"image format {format!r} is not one of {IMAGE_FORMATS}")
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if data is None and not os.path.isfile(path):
         raise ImageReadError(f"image {path}: no such file")
-    if os.path.getsize(path) == 0:
+    if (len(data) if data is not None else os.path.getsize(path)) == 0:
         raise ImageReadError(f"image {path}: the file is empty")
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
             img.load()  # decode now, so a truncated file fails here and not in a later convert
             oriented = ImageOps.exif_transpose(img)
             array = _to_array(oriented, format)

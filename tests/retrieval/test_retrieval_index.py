@@ -29,15 +29,7 @@ def _reference(x, q, k):
     return np.take_along_axis(sims, ids, 1), ids
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """OpenMP threads spin under load; the test machine's 2 cores are shared by parallel runs."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +59,11 @@ def test_approximate_backends_recall(data, kind, extra):
     _, ref_i = _reference(x, q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.numpy(), ref_i)])
     assert recall >= 0.9, recall
-    # scores are exact cosines of the returned ids (HNSW stores raw vectors; IVF-PQ re-ranks)
+    # scores are cosines of the returned ids (HNSW stores raw vectors; IVF-PQ re-ranks on
+    # float16 rows, the databases' storage precision: about 1e-3 off)
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
     exact = np.einsum("nd,nkd->nk", qn, x[ids.numpy()])
-    np.testing.assert_allclose(scores.numpy(), exact, atol=1e-4)
+    np.testing.assert_allclose(scores.numpy(), exact, atol=1e-4 if kind == "hnsw" else 2e-3)
 
 
 @pytest.mark.parametrize("kind", ["exact", "flat", "hnsw"])
