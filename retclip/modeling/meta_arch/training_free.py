@@ -196,7 +196,7 @@ class TrainingFreeRetCLIP(nn.Module):
         self.test_topk_per_image = test_topk_per_image
         self.score_with_proposal_confidence = score_with_proposal_confidence
         self.restrict_to_detected_classes = restrict_to_detected_classes
-        self.text_cache = TextEmbeddingCache(clip.encode_prompts)
+        self.text_cache = TextEmbeddingCache(clip.text_encoder)
         self._vocabulary: Optional[Vocabulary] = None
         self._fallback_logged: set = set()
 
@@ -266,7 +266,7 @@ class TrainingFreeRetCLIP(nn.Module):
     def _embed_class_texts(self, texts: List[str]) -> torch.Tensor:
         """Template-averaged CLIP text embeddings of single names, for label matching."""
         with torch.no_grad():
-            return encode_vocabulary(self.clip.encode_prompts, texts)[0]
+            return encode_vocabulary(self.clip.text_encoder, texts)[0]
 
     # ---------------------------------------------------------------- forward
     def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
