@@ -10,10 +10,12 @@ from .backbone import CLIP
 from .head import FCCLIPHead
 from .meta_arch import FCCLIP
 from .text_classifier import VILD_TEMPLATES, TextEmbeddingCache, encode_vocabulary
+from .text_encoder import CLIPTextEncoder
 from .vocabulary import Vocabulary, make_vocabulary, seen_class_mask, split_synonyms
 
 __all__ = [
     "CLIP",
+    "CLIPTextEncoder",
     "FCCLIP",
     "FCCLIPHead",
     "VILD_TEMPLATES",

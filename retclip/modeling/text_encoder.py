@@ -1,4 +1,4 @@
-"""The one way prompts become CLIP text embeddings (FC-CLIP, RetCLIP, training-free, label matching).
+"""The one way prompts become CLIP text embeddings (FC-CLIP, RetCLIP, training-free, labels).
 
 CLIP's text transformer is causal and pools the end-of-text (EOT) token, so the output at the EOT
 token never depends on the padding after it. Prompts are therefore tokenised once, sorted by

@@ -25,7 +25,7 @@ __all__ = ["cache_root", "load_array", "save_array"]
 
 
 def cache_root() -> Path:
-    """``$RETCLIP_CACHE``, else ``$XDG_CACHE_HOME/retclip``, else ``~/.cache/retclip`` (read now)."""
+    """``$RETCLIP_CACHE``, else ``$XDG_CACHE_HOME/retclip``, else ``~/.cache/retclip``."""
     explicit = os.environ.get("RETCLIP_CACHE", "")
     if explicit:
         return Path(os.path.expanduser(explicit))
@@ -46,7 +46,7 @@ def load_array(path: Path) -> Optional[np.ndarray]:
 
 
 def save_array(path: Path, array: np.ndarray) -> bool:
-    """Store ``array`` at ``path`` atomically; False (with a warning) if the cache is not writable."""
+    """Store ``array`` at ``path`` atomically; False (and a warning) if it cannot be written."""
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     try:

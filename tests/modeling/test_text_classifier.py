@@ -184,7 +184,7 @@ def test_other_text_weights_miss_the_cache(backbone, monkeypatch, tmp_path):
     first, _ = encode_counting(backbone, ["cat"])
     other = fresh_backbone()
     state = other.clip_model.state_dict()
-    state["text_projection"] = state["text_projection"] + torch.randn(state["text_projection"].shape)
+    state["text_projection"] += torch.randn(state["text_projection"].shape)
     other.clip_model.load_state_dict(state)
     second, calls = encode_counting(other, ["cat"])
     assert calls == 1 and not torch.allclose(first, second)
@@ -204,7 +204,9 @@ def _wrong_shape(path):
 
 
 @pytest.mark.parametrize("corrupt", [_corrupt_bytes, _pickled_object, _wrong_shape])
-def test_corrupt_entry_is_recomputed_with_warning(backbone, monkeypatch, tmp_path, caplog, corrupt):
+def test_corrupt_entry_is_recomputed_with_warning(
+    backbone, monkeypatch, tmp_path, caplog, corrupt
+):
     monkeypatch.setenv("RETCLIP_CACHE", str(tmp_path))
     names = ["lamp, light", "sky"]
     good, _ = encode_counting(backbone, names)
