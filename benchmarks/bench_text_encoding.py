@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
     encoder, build_s = timed(lambda: build_encoder(args.model))
     names = ade_names()
     prompts, _ = build_prompts(names)
-    lengths = encoder._lengths(encoder.tokenize(prompts)).float()
+    lengths = encoder.token_lengths(encoder.tokenize(prompts)).float()
     print(
         f"{args.model} (random weights) built in {build_s:.1f} s, {torch.get_num_threads()} "
         f"threads; truncation exact and used: {encoder.truncates}\n"

@@ -129,7 +129,7 @@ class CLIPTextEncoder:
         if not prompts:
             raise ValueError("no prompts to encode")
         tokens = self.tokenize(prompts)
-        lengths = self._lengths(tokens)
+        lengths = self.token_lengths(tokens)
         order = torch.argsort(lengths, stable=True)  # similar lengths share a batch
         out: Optional[Tensor] = None
         with torch.no_grad():
@@ -141,8 +141,8 @@ class CLIPTextEncoder:
                 out[idx.to(out.device)] = emb
         return out
 
-    def _lengths(self, tokens: Tensor) -> Tensor:
-        """Tokens each prompt needs: its pooled (EOT) position + 1; full length on fallback."""
+    def token_lengths(self, tokens: Tensor) -> Tensor:
+        """(P,) tokens each prompt needs: its pooled (EOT) position + 1; full length on fallback."""
         if self._tower is None:
             return torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long)
         if self._pool == "eos":
@@ -153,7 +153,7 @@ class CLIPTextEncoder:
     def encode_tokens(self, tokens: Tensor, length: Optional[int] = None) -> Tensor:
         """(B, D) embeddings of (B, context_length) tokens, run on the first ``length`` tokens.
 
-        ``length`` must cover every pooled token of the batch (see :meth:`_lengths`); ``None``
+        ``length`` must cover every pooled token of the batch (:meth:`token_lengths`); ``None``
         or a fallback tower runs open_clip's ``encode_text`` on all tokens.
         """
         tokens = tokens.to(self.device)
@@ -167,7 +167,7 @@ class CLIPTextEncoder:
         x = t.transformer(x, attn_mask=t.attn_mask[:length, :length])
         x = t.ln_final(x)
         rows = torch.arange(x.shape[0], device=x.device)
-        pooled = x[rows, self._lengths(text) - 1]
+        pooled = x[rows, self.token_lengths(text) - 1]
         proj = t.text_projection
         if proj is None:
             return pooled
