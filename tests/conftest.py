@@ -27,6 +27,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_retclip_cache(tmp_path_factory):
+    """Text-embedding (and other) caches go to a session tmp dir, never the user's cache."""
+    os.environ["RETCLIP_CACHE"] = str(tmp_path_factory.mktemp("retclip_cache"))
+    yield
+
+
 def _tree_digest(folder: str) -> str:
     """sha256 over the names and bytes of every file below ``folder``, in sorted order."""
     h = hashlib.sha256()

@@ -16,12 +16,14 @@ from .backbone import CLIP
 from .head import FCCLIPHead
 from .meta_arch import FCCLIP
 from .text_classifier import VILD_TEMPLATES, TextEmbeddingCache, encode_vocabulary
+from .text_encoder import CLIPTextEncoder
 from .vocabulary import Vocabulary, make_vocabulary, seen_class_mask, split_synonyms
 
 from .meta_arch import retclip as _retclip, training_free as _training_free  # noqa: F401,E402
 
 __all__ = [
     "CLIP",
+    "CLIPTextEncoder",
     "FCCLIP",
     "FCCLIPHead",
     "VILD_TEMPLATES",

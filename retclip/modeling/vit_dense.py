@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..retrieval.fingerprint import EncoderFingerprint
 from .backbone.clip import create_clip_model
+from .text_encoder import CLIPTextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class DenseCLIPViT(nn.Module):
         self.window = int(window)
         self.stride = int(stride)
         self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.text_encoder = CLIPTextEncoder(self.clip_model, self.tokenizer, model_name)
         self.embed_dim = int(visual.output_dim)
         self.pretrain_grid = tuple(int(g) for g in visual.grid_size)
         self._pos_cache: Dict[Tuple[int, int], Tensor] = {}
@@ -193,10 +195,8 @@ class DenseCLIPViT(nn.Module):
 
     # ---------------------------------------------------------------- text tower
     def encode_prompts(self, prompts: List[str]) -> Tensor:
-        """(P, D) un-normalised text embeddings, from open_clip's own ``encode_text``."""
-        tokens = self.tokenizer(prompts).to(self.device)
-        with torch.no_grad():
-            return self.clip_model.encode_text(tokens, normalize=False)
+        """(P, D) un-normalised text embeddings (:class:`CLIPTextEncoder`, as FC-CLIP's)."""
+        return self.text_encoder(prompts)
 
     # ---------------------------------------------------------------- image tower
     def positional_embedding(self, grid: Tuple[int, int]) -> Tensor:

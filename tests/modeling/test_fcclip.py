@@ -129,17 +129,15 @@ def test_resnet_empty_masks_give_no_nan():
     torch.testing.assert_close(mask_cls[0, 0].exp(), p_in + 1e-8, rtol=1e-5, atol=1e-6)
 
 
-def test_custom_vocabulary_and_text_cache(convnext_model):
+def test_custom_vocabulary_and_text_cache(convnext_model, monkeypatch, tmp_path):
+    monkeypatch.setenv("RETCLIP_CACHE", str(tmp_path))  # empty on-disk cache: first call encodes
     model = convnext_model
     calls = {"n": 0}
-    clip = model.backbone.clip_model
-    original = clip.encode_text
 
-    def counting(*args, **kwargs):
+    def counting(module, args):
         calls["n"] += 1
-        return original(*args, **kwargs)
 
-    clip.encode_text = counting
+    hook = model.backbone.clip_model.transformer.register_forward_pre_hook(counting)
     try:
         vocab = model.set_vocabulary(
             ["cat, kitty", "lamp", "sky"], thing_classes=["cat, kitty", "lamp"]
@@ -156,7 +154,7 @@ def test_custom_vocabulary_and_text_cache(convnext_model):
             assert model([image(20, 20, 8)])[0]["sem_seg"].shape == (1, 20, 20)
         assert calls["n"] > first
     finally:
-        clip.encode_text = original
+        hook.remove()
         model.set_metadata(model.test_metadata)
     assert len(model.vocabulary) == 8
 

@@ -2,8 +2,8 @@
 
 It holds the unchanged open_clip model as ``clip_model`` (checkpoint keys ``backbone.clip_model.*``)
 and exposes the three things FC-CLIP needs from it: multi-scale features (stem, res2..res5) plus
-the dense CLIP map ``clip_vis_dense``, the text tower (through open_clip's own ``encode_text``, so
-newer open_clip releases keep working), and the out-of-vocabulary head that turns mask-pooled
+the dense CLIP map ``clip_vis_dense``, the text tower (through open_clip's own modules, see
+:mod:`retclip.modeling.text_encoder`), and the out-of-vocabulary head that turns mask-pooled
 dense features into CLIP embeddings. Channels are read from the built modules, never from the
 model name, so any open_clip ConvNeXt (timm trunk) or ModifiedResNet works, tiny test ones too.
 """
@@ -23,6 +23,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.timm_model import TimmModel
 from torch import nn
+
+from ..text_encoder import CLIPTextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class CLIP(Backbone):
         self.model_name = model_name
         self.clip_model = create_clip_model(model_name, pretrained)
         self.text_tokenizer = open_clip.get_tokenizer(model_name)
+        self.text_encoder = CLIPTextEncoder(self.clip_model, self.text_tokenizer, model_name)
         visual = self.clip_model.visual
         if isinstance(visual, TimmModel) and hasattr(visual.trunk, "stages"):
             self.kind = "convnext"
@@ -176,10 +179,9 @@ class CLIP(Backbone):
 
     # ---------------------------------------------------------------- text tower
     def encode_prompts(self, prompts: List[str]) -> torch.Tensor:
-        """(P, D) un-normalised text embeddings, from open_clip's own ``encode_text``."""
-        tokens = self.text_tokenizer(prompts).to(self.device)
-        with torch.no_grad():
-            return self.clip_model.encode_text(tokens, normalize=False)
+        """(P, D) un-normalised text embeddings (:class:`CLIPTextEncoder`: open_clip's modules,
+        each batch run only up to its longest prompt where that is exact)."""
+        return self.text_encoder(prompts)
 
     # ---------------------------------------------------------------- out-of-vocabulary head
     def convnext_head(self, pooled: torch.Tensor) -> torch.Tensor:

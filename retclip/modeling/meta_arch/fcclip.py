@@ -106,7 +106,7 @@ class FCCLIP(nn.Module):
         self.ensemble_mode = ensemble_mode
         self.alpha, self.beta = float(alpha), float(beta)
         self.ensemble_on_valid_mask = ensemble_on_valid_mask
-        self.text_cache = TextEmbeddingCache(backbone.encode_prompts)
+        self.text_cache = TextEmbeddingCache(backbone.text_encoder)
         self._custom_vocabulary: Optional[Vocabulary] = None
         self._dataset_vocabulary: Optional[Vocabulary] = None
         # New weights make cached text embeddings stale.

@@ -91,7 +91,7 @@ class RetCLIP(FCCLIP):
     def _embed_class_texts(self, texts: List[str]) -> torch.Tensor:
         """Template-averaged CLIP text embeddings of single names, for label matching."""
         with torch.no_grad():
-            return encode_vocabulary(self.backbone.encode_prompts, texts)[0]
+            return encode_vocabulary(self.backbone.text_encoder, texts)[0]
 
     # ---------------------------------------------------------------- inference steps
     def forward(self, batched_inputs: List[Dict[str, Any]]) -> Any:

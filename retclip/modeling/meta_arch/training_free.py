@@ -140,7 +140,7 @@ class TrainingFreeRetCLIP(nn.Module):
         self.test_topk_per_image = test_topk_per_image
         self.score_with_proposal_confidence = score_with_proposal_confidence
         self.restrict_to_detected_classes = restrict_to_detected_classes
-        self.text_cache = TextEmbeddingCache(self.clip.encode_prompts)
+        self.text_cache = TextEmbeddingCache(self.clip.text_encoder)
         #: Refuses databases whose embedding recipe differs from the retrieval keys'.
         self.recipe_check = DatabaseRecipeCheck(
             segment_embedding, retrieval_head, allow_recipe_mismatch
@@ -208,7 +208,7 @@ class TrainingFreeRetCLIP(nn.Module):
     def _embed_class_texts(self, texts: List[str]) -> torch.Tensor:
         """Template-averaged CLIP text embeddings of single names, for label matching."""
         with torch.no_grad():
-            return encode_vocabulary(self.clip.encode_prompts, texts)[0]
+            return encode_vocabulary(self.clip.text_encoder, texts)[0]
 
     # ---------------------------------------------------------------- forward
     def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
