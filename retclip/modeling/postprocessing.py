@@ -175,6 +175,7 @@ def winning_queries(
     query whose score times its largest probability in a tile is below the largest score times
     smallest probability of any query cannot reach, nor tie, the winning value at any pixel of
     the tile. The others keep their order, so the argmax (values and ties) is the full one.
+    Where most queries can win most tiles (diffuse masks) the whole-image argmax is taken.
 
     Args:
         scores: (n,) scores of the competing queries; queries: (n,) ascending query indices.
@@ -187,6 +188,10 @@ def winning_queries(
     s = scores.view(-1, 1, 1)
     floor = (s * low[queries]).amax(0)
     candidates = (s * high[queries]) >= floor  # (n, th, tw)
+    if candidates.float().mean() > 0.5:  # little to skip: one whole-image argmax is cheaper
+        masks = prob[queries]
+        winner = (s * masks).argmax(0)
+        return winner, masks.gather(0, winner[None])[0] >= 0.5
     winner = torch.empty((h, w), dtype=torch.int64, device=prob.device)
     own = torch.empty((h, w), dtype=torch.bool, device=prob.device)
     for ty, tx in torch.nonzero(candidates.any(0)).tolist():

@@ -193,12 +193,12 @@ def _blob_masks(g, q, h, w, levels=None):
 @pytest.mark.parametrize("levels", [None, 2.0])
 def test_winning_queries_equal_the_full_argmax(levels):
     """The tiled winner search equals numpy's argmax of score x probability over all competing
-    queries (first maximum on ties), with pruning active and partial edge tiles."""
+    queries (first maximum on ties), with pruning active and partial edge tiles (diffuse masks,
+    where the whole-image argmax is taken, are the random cases above)."""
     import numpy as np
 
     g = torch.Generator().manual_seed(11)
     h, w = 2 * WINNER_TILE + 7, 3 * WINNER_TILE + 5
-    pruned = 0
     for trial in range(6):
         q = 40
         logits = _blob_masks(g, q, h, w, levels)
@@ -215,7 +215,7 @@ def test_winning_queries_equal_the_full_argmax(levels):
         assert np.array_equal(own.numpy(), ref_own), trial
         low, high = prob.tile_bounds
         floor = (scores[queries, None, None] * low[queries]).amax(0)
-        pruned += int(((scores[queries, None, None] * high[queries]) < floor).sum())
+        # most (query, tile) pairs are skipped, so the tiled search (not the fallback) ran
+        assert float(((scores[queries, None, None] * high[queries]) >= floor).float().mean()) < 0.5
         assert tuple(low.shape[1:]) == (3, 4)
         assert torch.equal(high[:, -1, -1], prob.prob[:, 2 * WINNER_TILE :, 3 * WINNER_TILE :].amax((1, 2)))
-    assert pruned > 0  # the search skipped some (query, tile) pairs
