@@ -69,11 +69,36 @@ class PostprocessSettings:
         )
 
 
+#: Side of the square tiles over which :class:`MaskProbabilities` keeps each query's smallest and
+#: largest mask probability (the panoptic winner search skips queries that cannot win a tile).
+WINNER_TILE = 32
+
+
+def _tile_reduce(x: torch.Tensor, reduce) -> torch.Tensor:
+    """(Q, H, W) -> (Q, th, tw): ``reduce`` over ``WINNER_TILE`` bands of rows, then columns."""
+    t = WINNER_TILE
+
+    def bands(y: torch.Tensor, dim: int) -> torch.Tensor:
+        n = y.shape[dim]
+        full = n // t * t
+        parts = []
+        if full:
+            shape = list(y.shape)
+            shape[dim : dim + 1] = [n // t, t]
+            parts.append(reduce(y.narrow(dim, 0, full).reshape(shape), dim=dim + 1))
+        if full < n:
+            parts.append(reduce(y.narrow(dim, full, n - full), dim=dim, keepdim=True))
+        return torch.cat(parts, dim)
+
+    return bands(bands(x, 1), 2)
+
+
 class MaskProbabilities:
-    """The parts of post-processing that depend on the mask logits only: their sigmoid and each
-    query's own-mask area (pixels with sigmoid >= 0.5, computed on first use). One image's
-    outputs (semantic, panoptic, instances), or a sweep's grid points over one image, share them
-    instead of recomputing whole-image passes per call."""
+    """The parts of post-processing that depend on the mask logits only: their sigmoid, each
+    query's own-mask area, per-tile probability bounds, the instance binarisation and the mean
+    probability inside it (each computed on first use). One image's outputs (semantic, panoptic,
+    instances), or a sweep's grid points over one image, share them instead of recomputing
+    whole-image passes per call: only what depends on the class scores is left per call."""
 
     def __init__(self, mask_pred: torch.Tensor) -> None:
         self.logits = mask_pred
@@ -83,6 +108,33 @@ class MaskProbabilities:
     def own_area(self) -> torch.Tensor:
         """(Q,) int32 pixels of each query's own mask."""
         return (self.prob >= 0.5).flatten(1).sum(1, dtype=torch.int32)
+
+    @cached_property
+    def tile_bounds(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(Q, th, tw) smallest and largest probability of each query over each
+        ``WINNER_TILE``-square tile (edge tiles partial)."""
+        return _tile_reduce(self.prob, torch.amin), _tile_reduce(self.prob, torch.amax)
+
+    @cached_property
+    def positive(self) -> torch.Tensor:
+        """(Q, H, W) bool: logit > 0, the instance masks."""
+        return self.logits > 0
+
+    def inside(self, queries: torch.Tensor) -> torch.Tensor:
+        """(N,) mean probability inside the instance masks of ``queries`` (the instance score
+        factor). Each query's value is computed once, alone, so it does not depend on which
+        other queries are asked for with it."""
+        if not hasattr(self, "_inside"):
+            self._inside: Dict[int, torch.Tensor] = {}
+        values = []
+        for q in queries.tolist():
+            if q not in self._inside:
+                positive = self.positive[q]
+                self._inside[q] = (self.prob[q] * positive).sum() / (positive.sum() + 1e-6)
+            values.append(self._inside[q])
+        if not values:
+            return self.prob.new_zeros(0)
+        return torch.stack(values)
 
 
 def _probabilities(
@@ -111,6 +163,46 @@ def semantic_inference(
     """
     probs = F.softmax(mask_cls, dim=-1)[..., :-1]
     return torch.einsum("qc,qhw->chw", probs, _probabilities(mask_pred, mask_prob).prob)
+
+
+def winning_queries(
+    scores: torch.Tensor, queries: torch.Tensor, mask_prob: MaskProbabilities
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel, ``(scores[:, None, None] * mask_prob.prob[queries]).argmax(0)`` (the panoptic
+    competition; ties to the lowest index) and whether the winner's own probability is >= 0.5.
+
+    Computed tile by tile over the queries that can win there: float products are monotone, so a
+    query whose score times its largest probability in a tile is below the largest score times
+    smallest probability of any query cannot reach, nor tie, the winning value at any pixel of
+    the tile. The others keep their order, so the argmax (values and ties) is the full one.
+    Where most queries can win most tiles (diffuse masks) the whole-image argmax is taken.
+
+    Args:
+        scores: (n,) scores of the competing queries; queries: (n,) ascending query indices.
+    Returns:
+        (H, W) int64 index into ``queries``, (H, W) bool.
+    """
+    prob = mask_prob.prob
+    h, w = prob.shape[-2:]
+    low, high = mask_prob.tile_bounds
+    s = scores.view(-1, 1, 1)
+    floor = (s * low[queries]).amax(0)
+    candidates = (s * high[queries]) >= floor  # (n, th, tw)
+    if candidates.float().mean() > 0.5:  # little to skip: one whole-image argmax is cheaper
+        masks = prob[queries]
+        winner = (s * masks).argmax(0)
+        return winner, masks.gather(0, winner[None])[0] >= 0.5
+    winner = torch.empty((h, w), dtype=torch.int64, device=prob.device)
+    own = torch.empty((h, w), dtype=torch.bool, device=prob.device)
+    for ty, tx in torch.nonzero(candidates.any(0)).tolist():
+        ys = slice(ty * WINNER_TILE, min(h, (ty + 1) * WINNER_TILE))
+        xs = slice(tx * WINNER_TILE, min(w, (tx + 1) * WINNER_TILE))
+        index = candidates[:, ty, tx].nonzero()[:, 0]
+        tile = prob[queries[index], ys, xs]
+        best = (s[index] * tile).argmax(0)
+        winner[ys, xs] = index[best]
+        own[ys, xs] = tile.gather(0, best[None])[0] >= 0.5
+    return winner, own
 
 
 def panoptic_inference(
@@ -142,18 +234,16 @@ def panoptic_inference(
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
     cur_scores, cur_classes = scores[keep], labels[keep]
     mask_prob = _probabilities(mask_pred, mask_prob)
-    cur_masks = mask_prob.prob[keep]
     h, w = mask_pred.shape[-2:]
     panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=mask_pred.device)
     segments_info: List[Dict] = []
-    n = cur_masks.shape[0]
+    n = cur_scores.shape[0]
     if n == 0:
         return panoptic_seg, segments_info
     # The pixels query k wins, those inside its own mask, and their intersection are disjoint
     # across queries, so their areas come from a few whole-image passes (bincounts) instead of a
     # pass per query; the decisions below then use only these counts.
-    mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
-    own_at_winner = cur_masks.gather(0, mask_ids[None])[0] >= 0.5
+    mask_ids, own_at_winner = winning_queries(cur_scores, keep.nonzero()[:, 0], mask_prob)
     won_areas = torch.bincount(mask_ids.flatten(), minlength=n).tolist()
     own_areas = mask_prob.own_area[keep].tolist()
     kept_areas = torch.bincount(mask_ids[own_at_winner], minlength=n).tolist()
@@ -216,17 +306,13 @@ def instance_inference(
         ids = torch.tensor(sorted(thing_ids), dtype=top_labels.dtype, device=top_labels.device)
         keep = torch.isin(top_labels, ids)
         top_scores, top_labels, query = top_scores[keep], top_labels[keep], query[keep]
-    masks = mask_pred[query]
-    prob = mask_prob.prob[query] if mask_prob is not None else masks.sigmoid()
+    mask_prob = _probabilities(mask_pred, mask_prob)
     result = Instances(tuple(mask_pred.shape[-2:]))
-    binary = (masks > 0).float()
-    result.pred_masks = binary
-    result.pred_boxes = Boxes(torch.zeros(masks.shape[0], 4, device=masks.device))
-    inside = (prob.flatten(1) * binary.flatten(1)).sum(1) / (
-        binary.flatten(1).sum(1) + 1e-6
-    )
-    result.scores = top_scores * inside
+    result.pred_masks = mask_prob.positive[query].float()
+    result.pred_boxes = Boxes(torch.zeros(query.shape[0], 4, device=mask_pred.device))
+    result.scores = top_scores * mask_prob.inside(query)
     result.pred_classes = top_labels
+    result.pred_queries = query  # which query each instance is (its mask is that query's)
     return result
 
 

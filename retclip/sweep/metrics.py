@@ -22,13 +22,21 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FastPanopticEvaluator", "semseg_metrics", "panoptic_average", "METRICS_BACKENDS"]
+__all__ = [
+    "FastPanopticEvaluator",
+    "QueryMaskRLEs",
+    "encode_masks",
+    "semseg_metrics",
+    "panoptic_average",
+    "METRICS_BACKENDS",
+]
 
 #: Values of ``--metrics-backend``: "hotcoco" (this module) or "reference" (the evaluators a
 #: full ``--eval-only`` run uses: panopticapi, pycocotools, detectron2's SemSegEvaluator).
@@ -49,6 +57,34 @@ def _encode(mask: np.ndarray) -> Dict[str, Any]:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+def encode_masks(masks: np.ndarray) -> List[Dict[str, Any]]:
+    """(N, H, W) uint8 0/1 masks -> COCO RLEs with str counts (how instance masks are scored)."""
+    from pycocotools import mask as mask_utils
+
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+class QueryMaskRLEs:
+    """One image's instance masks per query (``MaskProbabilities.positive``) as RLEs, each
+    encoded on first use: a sweep's grid points pick different top-k queries from the same masks,
+    so only the scores change between points. Given as ``outputs["query_rles"]`` with instances
+    that carry ``pred_queries``, :class:`FastPanopticEvaluator` takes the masks from here."""
+
+    def __init__(self, positive: torch.Tensor) -> None:
+        self.positive = positive
+        self._rles: Dict[int, Dict[str, Any]] = {}
+
+    def __call__(self, queries: Sequence[int]) -> List[Dict[str, Any]]:
+        missing = [q for q in dict.fromkeys(queries) if q not in self._rles]
+        if missing:
+            masks = self.positive[missing].numpy().astype(np.uint8)
+            self._rles.update(zip(missing, encode_masks(masks)))
+        return [self._rles[q] for q in queries]
 
 
 def _segment_annotations(
@@ -273,19 +309,19 @@ class FastPanopticEvaluator(DatasetEvaluator):
         self._panoptic[inp["image_id"]] = _segment_annotations(ids, segments, inp["image_id"], 1)
 
     def _add_instances(self, inp: Dict[str, Any], out: Dict[str, Any]) -> None:
-        from pycocotools import mask as mask_utils
-
         inst = out["instances"].to("cpu")
         if len(inst) == 0:
             return
-        masks = inst.pred_masks.numpy().astype(np.uint8)
-        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+        query_rles = out.get("query_rles")
+        if query_rles is not None and inst.has("pred_queries"):
+            rles = query_rles(inst.pred_queries.tolist())
+        else:
+            rles = encode_masks(inst.pred_masks.numpy().astype(np.uint8))
         for rle, score, cls in zip(rles, inst.scores.tolist(), inst.pred_classes.tolist()):
             if cls not in self.gt.thing_rev:
                 raise KeyError(
                     f"instance class {cls} is not a thing class of {self.dataset_name!r}"
                 )
-            rle["counts"] = rle["counts"].decode("ascii")
             self._instances.append(
                 {
                     "image_id": inp["image_id"],

@@ -30,7 +30,7 @@ from retclip.utils.errors import BadFileError
 
 from .cache import ScoreCache, StaleCacheError, compare_fingerprints
 from .grid import GridPoint
-from .metrics import METRICS_BACKENDS, FastPanopticEvaluator
+from .metrics import METRICS_BACKENDS, FastPanopticEvaluator, QueryMaskRLEs
 from retclip.ensemble import ENSEMBLE_MODES
 from retclip.utils.fileio import atomic_write_text
 
@@ -263,11 +263,15 @@ class SweepRunner:
         settings = state["settings"]
         for image in state["cache"]:
             prepared = prepare_masks(image, settings)
+            # hotcoco scores instance masks from per-query RLEs, encoded once per image
+            rles = QueryMaskRLEs(prepared.positive) if self.backend == "hotcoco" else None
             for point, evaluator in zip(points, evaluators):
                 mask_cls = combine_scores(
                     image.tensors, self.mode, point.alpha, point.beta, point.gamma
                 )
                 outputs = postprocess(mask_cls, image, settings, prepared)
+                if rles is not None:
+                    outputs["query_rles"] = rles
                 evaluator.process([image.evaluator_input], [outputs])
         rows = []
         for point, evaluator in zip(points, evaluators):

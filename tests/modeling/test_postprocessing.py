@@ -12,6 +12,8 @@ from retclip.modeling.postprocessing import (
     instance_inference,
     panoptic_inference,
     semantic_inference,
+    WINNER_TILE,
+    winning_queries,
 )
 
 P, N = 10.0, -10.0
@@ -173,3 +175,47 @@ def test_shared_mask_probabilities_give_the_same_outputs():
     assert torch.equal(a.pred_classes, b.pred_classes)
     with pytest.raises(ValueError, match=r"\(12, 20, 28\).*\(12, 10, 28\)"):
         semantic_inference(mask_cls, mask_pred[:, :10], shared)
+
+
+def _blob_masks(g, q, h, w, levels=None):
+    """Sharp blob-shaped mask logits (as a trained model's), optionally quantised to a few values
+    so that many pixels tie."""
+    centers = torch.rand(q, 2, generator=g) * torch.tensor([h, w])
+    radius = 5 + torch.rand(q, 1, 1, generator=g) * 25
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    dist = ((ys - centers[:, 0, None, None]) ** 2 + (xs - centers[:, 1, None, None]) ** 2).sqrt()
+    logits = (radius - dist) * 0.8
+    if levels is not None:
+        logits = (logits / levels).round().clamp(-3, 3) * levels
+    return logits
+
+
+@pytest.mark.parametrize("levels", [None, 2.0])
+def test_winning_queries_equal_the_full_argmax(levels):
+    """The tiled winner search equals numpy's argmax of score x probability over all competing
+    queries (first maximum on ties), with pruning active and partial edge tiles (diffuse masks,
+    where the whole-image argmax is taken, are the random cases above)."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(11)
+    h, w = 2 * WINNER_TILE + 7, 3 * WINNER_TILE + 5
+    for trial in range(6):
+        q = 40
+        logits = _blob_masks(g, q, h, w, levels)
+        logits[5] = logits[4]  # a duplicate query: ties go to the lower index
+        prob = MaskProbabilities(logits)
+        scores = torch.rand(q, generator=g).clamp(0.05)
+        scores[5] = scores[4]
+        queries = torch.nonzero(torch.rand(q, generator=g) < 0.8)[:, 0]
+        winner, own = winning_queries(scores[queries], queries, prob)
+        product = scores[queries].numpy()[:, None, None] * prob.prob[queries].numpy()
+        ref = np.argmax(product, axis=0)
+        assert np.array_equal(winner.numpy(), ref), trial
+        ref_own = np.take_along_axis(prob.prob[queries].numpy(), ref[None], 0)[0] >= 0.5
+        assert np.array_equal(own.numpy(), ref_own), trial
+        low, high = prob.tile_bounds
+        floor = (scores[queries, None, None] * low[queries]).amax(0)
+        # most (query, tile) pairs are skipped, so the tiled search (not the fallback) ran
+        assert float(((scores[queries, None, None] * high[queries]) >= floor).float().mean()) < 0.5
+        assert tuple(low.shape[1:]) == (3, 4)
+        assert torch.equal(high[:, -1, -1], prob.prob[:, 2 * WINNER_TILE :, 3 * WINNER_TILE :].amax((1, 2)))

@@ -147,3 +147,19 @@ def test_seen_mask_length_is_checked(synthetic):
     _, test, _ = synthetic
     with pytest.raises(ValueError, match="seen has 3 entries"):
         FastPanopticEvaluator(test, seen=[True, False, True])
+
+
+def test_query_rles_decode_to_the_query_masks():
+    """Per-query RLEs (encoded once per image for all grid points) decode, with pycocotools, to
+    each asked query's mask, whatever the order, repeats and earlier calls."""
+    from pycocotools import mask as mask_utils
+
+    from retclip.sweep.metrics import QueryMaskRLEs
+
+    g = torch.Generator().manual_seed(5)
+    positive = torch.randn(9, 37, 53, generator=g) > 0.3
+    rles = QueryMaskRLEs(positive)
+    for queries in ([3, 1, 3], [0, 8, 1, 2], [8]):
+        for q, rle in zip(queries, rles(queries)):
+            decoded = mask_utils.decode(dict(rle, counts=rle["counts"].encode("ascii")))
+            assert np.array_equal(decoded.astype(bool), positive[q].numpy())
