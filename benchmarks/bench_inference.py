@@ -39,7 +39,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import retclip.modeling  # noqa: E402,I001,F401  (compat steps, registration, before detectron2)
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from retclip.data.categories import ade20k_150_categories  # noqa: E402
 from retclip.retrieval import EncoderFingerprint, FeatureDatabase  # noqa: E402
