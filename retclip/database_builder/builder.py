@@ -31,6 +31,8 @@ from retclip.proposals import GroundTruthProposals, Proposals, ProposalSource
 from retclip.retrieval import FeatureDatabase
 from retclip.retrieval.database import atomic_write_json
 
+from retclip.retrieval.provenance import encode_mask_rle
+
 from .counting import ForwardCounter
 from .encoder import SegmentEncoder, masks_to_logits
 from .sources import ImageRecord, ImageSource
@@ -212,6 +214,8 @@ class DatabaseBuilder:
                 "boxes": props.boxes[valid].numpy().astype(np.float32),
                 "mask_areas": props.masks[valid].flatten(1).sum(1).numpy().astype(np.float32),
                 "scores": props.scores[valid].numpy().astype(np.float32),
+                "mask_rles": [encode_mask_rle(m) for m in props.masks[valid].numpy()],
+                "sources": [str(pending["info"]["path"])] * int(valid.sum()),
             })
         return out
 
@@ -290,6 +294,8 @@ class DatabaseBuilder:
             boxes=cat("boxes", (0, 4)),
             mask_areas=cat("mask_areas", (0,)),
             scores=cat("scores", (0,)),
+            sources=[s for p in parts for s in p["sources"]],
+            mask_rles=[r for p in parts for r in p["mask_rles"]],
             shard_prefix=chunk_prefix(chunk),
             update_manifest=False,
         )
