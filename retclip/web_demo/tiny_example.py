@@ -28,6 +28,9 @@ EXAMPLE_LABELS: Dict[str, List[str]] = {
 #: Test-time short side of the tiny example (small: the demo must run on 2 CPU cores).
 TINY_MIN_SIZE = 128
 TINY_MAX_SIZE = 256
+_ROOT = Path(__file__).resolve().parents[2]
+#: The tiny model the example runs.
+TINY_MODEL_CONFIG = _ROOT / "configs" / "tests" / "tiny_retclip_convnext.yaml"
 
 
 def example_photo(name: str) -> np.ndarray:
@@ -72,6 +75,49 @@ def _save_tiny_models(folder: Path) -> Dict[str, str]:
     return {"clip": str(clip_file), "grounding_dino": str(gdino_dir)}
 
 
+def _save_tiny_model(folder: Path, clip_file: str) -> str:
+    """A detectron2 checkpoint of the tiny RetCLIP (seed 0, so every process gets the same model).
+
+    Its weights are random except one: the void embedding points away from the decoder's mean
+    class embedding on the example photos. An untrained model otherwise calls every query void
+    and shows nothing; with it, queries take classes and the ensemble weights visibly matter.
+    """
+    import torch
+    import torch.nn.functional as F
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from retclip.config import add_retclip_config
+    from retclip.reranking import model_input
+
+    path = folder / "tiny_retclip.pth"
+    if path.is_file():
+        return str(path)
+    cfg = get_cfg()
+    add_retclip_config(cfg)
+    cfg.merge_from_file(str(TINY_MODEL_CONFIG))
+    cfg.merge_from_list(model_overrides(clip_file))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    names = sorted({n for labels in EXAMPLE_LABELS.values() for n in labels})
+    model.set_vocabulary(names, seen=[False] * len(names))
+    class_embed = dict(model.named_modules())["sem_seg_head.predictor.class_embed"]
+    seen: List[torch.Tensor] = []
+    hook = class_embed.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    try:
+        with torch.no_grad():
+            for name in EXAMPLE_PHOTOS:
+                model([model_input(example_photo(name), TINY_MIN_SIZE, TINY_MAX_SIZE)])
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        mean = torch.cat([F.normalize(e.flatten(0, -2), dim=-1) for e in seen]).mean(0, keepdim=True)
+        model.void_embedding.weight.copy_(-mean)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": state}, path)
+    return str(path)
+
+
 def model_overrides(clip_file: str) -> List[str]:
     """KEY VALUE overrides that make configs/tests/tiny_*.yaml use the example's CLIP."""
     return [
@@ -85,7 +131,8 @@ def prepare_tiny_example(folder: str, photo_size: int = 256) -> Dict[str, str]:
     """Photos, tiny models and a database under ``folder`` (re-running reuses what exists).
 
     Returns:
-        {"photos", "clip", "grounding_dino", "database"}: paths.
+        {"photos", "clip", "grounding_dino", "database", "weights"}: paths (weights: the
+        tiny RetCLIP checkpoint for MODEL.WEIGHTS).
     """
     from retclip.database_builder import run_build
 
@@ -93,7 +140,7 @@ def prepare_tiny_example(folder: str, photo_size: int = 256) -> Dict[str, str]:
     photos = _save_photos(root, photo_size)
     models = _save_tiny_models(root)
     database = root / "database"
-    config = Path(__file__).resolve().parents[2] / "configs" / "database" / "tiny_test.yaml"
+    config = _ROOT / "configs" / "database" / "tiny_test.yaml"
     run_build(str(config), [
         *model_overrides(models["clip"]),
         "DATABASE_BUILD.OUTPUT_DIR", str(database),
@@ -106,4 +153,5 @@ def prepare_tiny_example(folder: str, photo_size: int = 256) -> Dict[str, str]:
         "DATABASE_BUILD.GROUNDING_DINO.TEXT_THRESHOLD", "0.0",
         "DATABASE_BUILD.SAM.MODEL_TYPE", "tiny",
     ], progress=False)
+    models["weights"] = _save_tiny_model(root, models["clip"])
     return {"photos": str(photos), "database": str(database), **models}
