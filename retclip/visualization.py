@@ -33,6 +33,7 @@ _OVERLAY_ALPHA = 0.5
 _FONT_SIZE = 12
 _LEGEND_WIDTH = 230
 _ROW_HEIGHT = 18
+_MIN_CROP = 64
 
 
 def _font(size: int = _FONT_SIZE) -> ImageFont.ImageFont:
@@ -87,15 +88,17 @@ def draw_panoptic(
     panoptic: np.ndarray,
     segments: Sequence[Dict],
     min_area_fraction: float = LABEL_MIN_AREA_FRACTION,
+    legend: bool = True,
 ) -> np.ndarray:
-    """The image with coloured segments, outlines and labels, and a legend panel on its right.
+    """The image with coloured segments, outlines and labels, and a legend panel on its right
+    (``legend=False``: the picture alone, for pages that show the legend as a table).
 
     Args:
         image: (H, W, 3) uint8 RGB.
         panoptic: (H, W) int segment ids (0 = no segment).
         segments: dicts with "id", "class", optional "score" and "isthing", in legend order.
     Returns:
-        (max(H, legend height), W + legend width, 3) uint8 RGB.
+        (max(H, legend height), W + legend width, 3) uint8 RGB ((H, W, 3) without legend).
     """
     height, width = panoptic.shape
     canvas = image.astype(np.float32).copy()
@@ -105,8 +108,9 @@ def draw_panoptic(
         canvas[mask] = (1 - _OVERLAY_ALPHA) * canvas[mask] + _OVERLAY_ALPHA * colour
         canvas[_outline(mask)] = colour
     positions = label_positions(panoptic, [s["id"] for s in segments], min_area_fraction)
-    legend_height = _ROW_HEIGHT * (len(segments) + 1) + 8
-    out = Image.new("RGB", (width + _LEGEND_WIDTH, max(height, legend_height)), (255, 255, 255))
+    legend_height = _ROW_HEIGHT * (len(segments) + 1) + 8 if legend else 0
+    panel = _LEGEND_WIDTH if legend else 0
+    out = Image.new("RGB", (width + panel, max(height, legend_height)), (255, 255, 255))
     out.paste(Image.fromarray(canvas.clip(0, 255).astype(np.uint8)), (0, 0))
     draw = ImageDraw.Draw(out)
     font = _font()
@@ -119,14 +123,18 @@ def draw_panoptic(
         left, top, right, bottom = draw.textbbox(position, text, font=font, anchor="mm")
         draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=colour)
         draw.text(position, text, fill=_text_colour(colour), font=font, anchor="mm")
-    x0 = width + 8
+    if legend:
+        _draw_legend(draw, segments, width + 8, font)
+    return np.asarray(out)
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, segments: Sequence[Dict], x0: int, font: ImageFont.ImageFont) -> None:
     draw.text((x0, 4), "class  score  kind", fill=(0, 0, 0), font=font)
     for row, segment in enumerate(segments, start=1):
         y = 4 + row * _ROW_HEIGHT
         draw.rectangle((x0, y + 2, x0 + 12, y + 14), fill=class_colour(segment["class"]), outline=(0, 0, 0))
         kind = "" if segment.get("isthing") is None else ("thing" if segment["isthing"] else "stuff")
         draw.text((x0 + 18, y + 1), f"{_segment_text(segment)}  {kind}", fill=(0, 0, 0), font=font)
-    return np.asarray(out)
 
 
 def draw_thumbnail(
@@ -146,18 +154,19 @@ def draw_thumbnail(
     if box is None or not np.all(np.isfinite(box)):
         box = (0, 0, width, height)
     x0, y0, x1, y1 = (float(v) for v in box)
-    pad_x, pad_y = margin * max(x1 - x0, 1), margin * max(y1 - y0, 1)
+    # Context around the box: a margin, and at least _MIN_CROP pixels so tiny masks stay legible.
+    pad_x = max(margin * (x1 - x0), (_MIN_CROP - (x1 - x0)) / 2, 0)
+    pad_y = max(margin * (y1 - y0), (_MIN_CROP - (y1 - y0)) / 2, 0)
     left, top = int(max(0, x0 - pad_x)), int(max(0, y0 - pad_y))
     right, bottom = int(min(width, np.ceil(x1 + pad_x))), int(min(height, np.ceil(y1 + pad_y)))
     right, bottom = max(right, left + 1), max(bottom, top + 1)
-    crop = image[top:bottom, left:right].copy()
+    scale = size / max(bottom - top, right - left)
+    shape = (max(1, round((right - left) * scale)), max(1, round((bottom - top) * scale)))
+    thumb = np.asarray(Image.fromarray(image[top:bottom, left:right]).resize(shape, Image.BILINEAR)).copy()
     if mask is not None and mask.shape == (height, width):
-        edge = ndimage.binary_dilation(_outline(mask[top:bottom, left:right]), iterations=1)
-        crop[edge] = (255, 0, 0)
-    scale = size / max(crop.shape[:2])
-    thumb = Image.fromarray(crop).resize(
-        (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))), Image.BILINEAR
-    )
+        small = Image.fromarray(mask[top:bottom, left:right].astype(np.uint8) * 255).resize(shape, Image.NEAREST)
+        thumb[_outline(np.asarray(small) > 127)] = (255, 0, 0)
+    thumb = Image.fromarray(thumb)
     font = _font(11)
     lines: List[str] = [str(c) for c in caption]
     out = Image.new("RGB", (size, thumb.height + 14 * len(lines) + 4), (255, 255, 255))
