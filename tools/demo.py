@@ -20,6 +20,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from retclip.demo import DemoPredictor, list_images, parse_vocabulary  # noqa: E402
+from retclip.vocabulary_syntax import split_kinds  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, help="a configs/fcclip or configs/retclip YAML")
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     parser.add_argument("--vocabulary", required=True,
-                        help="comma-separated classes, synonyms joined by ';' (\"cat, sofa;couch\"), or a file")
+                        help="comma-separated classes, synonyms joined by ';', ':stuff' after a stuff class "
+                             "(\"cat, sofa;couch, sky:stuff\"), or a file")
     parser.add_argument("--database", default=None, help="feature database (sets MODEL.RETCLIP.DATABASE)")
     parser.add_argument("--output", required=True, help="folder for pictures and JSON")
     parser.add_argument("--top-neighbours", type=int, default=5, help="neighbours listed per segment")
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     setup_logger(name="retclip")
     logger = logging.getLogger("retclip.demo")
     cfg = setup_cfg(args)
-    classes = parse_vocabulary(args.vocabulary)
+    classes, things = split_kinds(parse_vocabulary(args.vocabulary))
     images = list_images(args.input)
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     else:
         logger.warning("MODEL.WEIGHTS is empty: the model has random weights (predictions are meaningless)")
     predictor = DemoPredictor(model, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, args.top_neighbours)
-    predictor.set_vocabulary(classes)
+    predictor.set_vocabulary(classes, things)
     from pathlib import Path
 
     output = Path(args.output).expanduser()

@@ -9,6 +9,8 @@
 """
 import argparse
 import json
+import math
+import os
 import sys
 
 import retclip  # noqa: F401  (compat steps before detectron2)
@@ -60,16 +62,44 @@ def _merge(args) -> None:
 
 
 def _thumbnails(args) -> None:
-    from retclip.database_builder.manage import class_thumbnails
+    """Labelled crops of one class: the segment's box with context, its mask outlined when the
+    database records it (else the box), class, image id and row underneath."""
+    import numpy as np
+    from PIL import Image
 
-    n = class_thumbnails(
-        FeatureDatabase.open(args.database),
-        args.class_name,
-        args.output,
-        max_items=args.max,
-        size=args.size,
-    )
-    print(f"{args.output}: {n} crops of {args.class_name!r}")
+    from retclip.database_builder.manage import image_paths
+    from retclip.retrieval.provenance import ProvenanceReader, decode_mask_rle
+    from retclip.visualization import draw_thumbnail
+
+    db = FeatureDatabase.open(args.database)
+    names = [n.lower() for n in db.class_names]
+    if args.class_name.lower() not in names:
+        raise KeyError(f"class {args.class_name!r} is not in {db.path}; classes: {db.class_names}")
+    label = names.index(args.class_name.lower())
+    reader, recorded = ProvenanceReader(db), None
+    cells = []
+    for row in np.flatnonzero(db.load_all().labels == label).tolist():
+        if len(cells) >= args.max:
+            break
+        prov = reader.row(row)
+        if prov["source"] is None:  # built before provenance: the build records know the paths
+            recorded = image_paths(str(db.path)) if recorded is None else recorded
+            prov["source"] = recorded.get(prov["image_id"])
+        if prov["source"] is None or not os.path.isfile(prov["source"]):
+            continue
+        with Image.open(prov["source"]) as img:
+            image = np.asarray(img.convert("RGB"))
+        mask = decode_mask_rle(prov["mask_rle"]) if prov["mask_rle"] else None
+        caption = [db.class_names[label].split(",")[0], f"{prov['image_id']}"[:24], f"row {row}"]
+        cells.append(draw_thumbnail(image, prov["box"], mask, caption, size=args.size))
+    cols = max(1, math.ceil(math.sqrt(len(cells))))
+    height = max([c.shape[0] for c in cells] or [args.size])
+    grid = Image.new("RGB", (cols * args.size, max(1, math.ceil(len(cells) / cols)) * height), (255, 255, 255))
+    for i, cell in enumerate(cells):
+        grid.paste(Image.fromarray(cell), ((i % cols) * args.size, (i // cols) * height))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    grid.save(args.output)
+    print(f"{args.output}: {len(cells)} crops of {args.class_name!r}")
 
 
 def parser() -> argparse.ArgumentParser:
