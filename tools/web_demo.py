@@ -33,23 +33,26 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _demo_tool():
+    """tools/demo.py as a module (``tools`` is not a package, and detectron2 ships one named so)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("retclip_tools_demo", os.path.join(os.path.dirname(__file__), "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_session(args: argparse.Namespace):
     """Config -> model (weights loaded) -> :class:`WebDemoSession`."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     from retclip.retrieval import EncoderFingerprint, RetrievalConfig
     from retclip.web_demo.session import WebDemoSession
-
-    cfg = get_cfg()
-    retclip.add_retclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if args.database is not None:
-        if cfg.MODEL.META_ARCHITECTURE != "RetCLIP":
-            raise UserError(f"--database needs a RetCLIP config; {args.config_file} builds {cfg.MODEL.META_ARCHITECTURE}")
-        cfg.MODEL.RETCLIP.DATABASE = os.path.abspath(os.path.expanduser(args.database))
-    cfg.freeze()
+    try:
+        cfg = _demo_tool().setup_cfg(args)  # one config recipe for both demos
+    except ValueError as e:
+        raise UserError(str(e)) from e
     try:
         model = build_model(cfg)
     except (ValueError, FileNotFoundError) as e:
