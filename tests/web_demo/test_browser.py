@@ -1,7 +1,7 @@
 """The web demo in a real headless Chromium (OS package), driven by Playwright: upload, run,
 legend rows; γ relabels a segment exactly as a full inference at that γ; a click shows labelled
-neighbour thumbnails; an empty vocabulary shows an error in the page. Screenshots are kept in
-pytest's temporary directory (the path is printed)."""
+neighbour thumbnails; an empty vocabulary shows an error in the page. Screenshots are kept
+(see the ``screenshots`` fixture; the path is printed)."""
 import json
 import os
 import shutil
@@ -86,8 +86,12 @@ def server(tiny_example, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def screenshots(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("screenshots")
+def screenshots():
+    """Screenshots go to $RETCLIP_TEST_ARTIFACTS/web_demo, default output/test_artifacts/web_demo
+    (ignored by git; pytest's own temporary folders are pruned after three runs)."""
+    root = os.environ.get("RETCLIP_TEST_ARTIFACTS") or str(ROOT / "output" / "test_artifacts")
+    folder = Path(root) / "web_demo"
+    folder.mkdir(parents=True, exist_ok=True)
     print(f"\nweb demo screenshots in {folder}")
     return folder
 
