@@ -121,6 +121,11 @@ def draw_panoptic(
         colour = class_colour(segment["class"])
         text = segment["class"].split(",")[0].strip()
         left, top, right, bottom = draw.textbbox(position, text, font=font, anchor="mm")
+        # Keep the label inside the picture (a segment's inmost pixel can lie near the border).
+        dx = max(0, 2 - left) - max(0, right + 2 - width)
+        dy = max(0, 1 - top) - max(0, bottom + 1 - height)
+        position = (position[0] + dx, position[1] + dy)
+        left, top, right, bottom = left + dx, top + dy, right + dx, bottom + dy
         draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=colour)
         draw.text(position, text, fill=_text_colour(colour), font=font, anchor="mm")
     if legend:
