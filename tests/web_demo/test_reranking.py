@@ -94,3 +94,36 @@ def test_unusable_query_lists_no_neighbours(tiny_retclip):
     queries.outputs["valid"][:] = False  # as if every mask were empty at CLIP resolution
     segments = SegmentExplainer(tiny_retclip).explain(queries, result)
     assert segments and all(s["neighbours"] == [] and not s["retrieval_usable"] for s in segments)
+
+
+def test_cli_demo_json_and_picture(tiny_example, tmp_path):
+    """tools/demo.py on the example: ':stuff' makes wall a stuff class, every segment has its
+    scores, neighbours name their database class, and the picture carries a legend."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .conftest import overrides
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("retclip_tools_demo", root / "tools" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    out = tmp_path / "out"
+    assert demo.main(["--config-file", str(root / "configs/tests/tiny_retclip_convnext.yaml"),
+                      "--input", str(Path(tiny_example["photos"]) / "chelsea.png"), "--vocabulary", VOCABULARY,
+                      "--output", str(out), *overrides(tiny_example, database=False),
+                      "MODEL.RETCLIP.DATABASE", tiny_example["database"], "MODEL.RETCLIP.GAMMA", "0.95"]) == 0
+    payload = json.loads((out / "chelsea_segments.json").read_text())
+    assert payload["weights"]["gamma"] == pytest.approx(0.95)
+    classes = [s["class"] for s in payload["segments"]]
+    assert "wall" in classes  # γ 0.95 shows the wall (see the browser test)
+    for s in payload["segments"]:
+        assert s["isthing"] == (s["class"] != "wall")
+        assert 0 < s["score"] <= 1 and s["s_iv"] is not None and s["s_clip"] is not None
+        for n in s["neighbours"]:
+            assert n["database_class"] and n["mapped_class"] == s["class"]
+    image = Image.open(Path(tiny_example["photos"]) / "chelsea.png")
+    assert Image.open(out / "chelsea_panoptic.png").width > image.width
