@@ -60,6 +60,10 @@ setup(
     extras_require={
         # faiss-gpu pulls ~1.3 GB of CUDA libraries: only for clusters.
         "gpu": ["faiss-gpu>=1.8"],
+        # tools/web_demo.py, and the browser tests that drive it (with the OS's Chromium).
+        "web": ["gradio>=5", "playwright>=1.40"],
+        # webdataset tar shards as a database source (DATABASE_BUILD.SOURCE.TYPE webdataset).
+        "scale": ["webdataset>=0.2"],
         "dev": ["pytest>=8"],
     },
 )

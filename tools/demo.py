@@ -29,8 +29,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, help="a configs/fcclip or configs/retclip YAML")
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     parser.add_argument("--vocabulary", required=True,
-                        help="comma-separated classes, synonyms joined by ';' (\"cat, sofa;couch\"), or a "
-                             "file (one class per line; a value with '/' or a .txt/.csv suffix must exist)")
+                        help="comma-separated classes, synonyms joined by ';', ':stuff' after a stuff class "
+                             "(\"cat, sofa;couch, sky:stuff\"), or a file (one class per line; a value with "
+                             "'/' or a .txt/.csv suffix must exist)")
     parser.add_argument("--database", default=None, help="feature database (sets MODEL.RETCLIP.DATABASE)")
     parser.add_argument("--output", required=True, help="folder for pictures and JSON")
     parser.add_argument("--top-neighbours", type=int_at_least(0), default=5, help="neighbours listed per segment (>= 0)")
@@ -57,7 +58,7 @@ def setup_cfg(args: argparse.Namespace):
     return cfg
 
 
-def _build_predictor(cfg, args: argparse.Namespace, classes):
+def _build_predictor(cfg, args: argparse.Namespace, classes, things):
     from detectron2.modeling import build_model
 
     from retclip.checkpoint import load_model_weights
@@ -70,7 +71,7 @@ def _build_predictor(cfg, args: argparse.Namespace, classes):
         logging.getLogger("retclip.demo").warning(
             "MODEL.WEIGHTS is empty: the model has random weights (predictions are meaningless)")
     predictor = DemoPredictor(model, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, args.top_neighbours)
-    predictor.set_vocabulary(classes)
+    predictor.set_vocabulary(classes, things)
     return predictor
 
 
@@ -78,7 +79,9 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     from retclip.demo_inputs import list_images, output_stems, parse_vocabulary
 
-    classes = parse_vocabulary(args.vocabulary)
+    from retclip.vocabulary_syntax import split_kinds
+
+    classes, things = split_kinds(parse_vocabulary(args.vocabulary))
     images = list_images(args.input)
     stems = output_stems(images)
     output = Path(args.output).expanduser()
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
     from retclip.utils.image_io import ImageReadError
 
     setup_logger(name="retclip")
-    predictor = _build_predictor(cfg, args, classes)
+    predictor = _build_predictor(cfg, args, classes, things)
     failed = []
     for path in images:
         try:

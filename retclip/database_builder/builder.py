@@ -36,6 +36,8 @@ from retclip.utils.image_io import ImageReadError, read_image
 
 from retclip.modeling.segment_embedding import SegmentEmbedding
 
+from retclip.retrieval.provenance import encode_mask_rle
+
 from .counting import ForwardCounter
 from retclip.retrieval.labels import write_label_array
 
@@ -266,6 +268,8 @@ class DatabaseBuilder:
                 "boxes": props.boxes[valid].numpy().astype(np.float32),
                 "mask_areas": props.masks[valid].flatten(1).sum(1).numpy().astype(np.float32),
                 "scores": props.scores[valid].numpy().astype(np.float32),
+                "mask_rles": [encode_mask_rle(m) for m in props.masks[valid].numpy()],
+                "sources": [str(pending["info"]["path"])] * int(valid.sum()),
             })
         return out
 
@@ -349,6 +353,8 @@ class DatabaseBuilder:
             boxes=cat("boxes", (0, 4)),
             mask_areas=cat("mask_areas", (0,)),
             scores=cat("scores", (0,)),
+            sources=[s for p in parts for s in p["sources"]],
+            mask_rles=[r for p in parts for r in p["mask_rles"]],
             shard_prefix=chunk_prefix(chunk),
             update_manifest=False,
         )

@@ -328,6 +328,15 @@ class FeatureDatabase:
             raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
         return arr
 
+    @staticmethod
+    def _provenance(values: Optional[Sequence[Any]], n: int, name: str) -> Optional[List[Any]]:
+        if values is None:
+            return None
+        values = list(values)
+        if len(values) != n:
+            raise ValueError(f"{name} must have one entry per row ({n}), got {len(values)}")
+        return values
+
     def append(
         self,
         features: np.ndarray,
@@ -337,6 +346,8 @@ class FeatureDatabase:
         boxes: Optional[np.ndarray] = None,
         mask_areas: Optional[np.ndarray] = None,
         scores: Optional[np.ndarray] = None,
+        sources: Optional[Sequence[Optional[str]]] = None,
+        mask_rles: Optional[Sequence[Optional[Dict[str, Any]]]] = None,
         shard_prefix: str = "shard",
         update_manifest: bool = True,
     ) -> str:
@@ -347,6 +358,9 @@ class FeatureDatabase:
             labels: (N,) database class indices.
             image_ids: N ids of the source image of each row (str or int; stored as str).
             boxes: optional (N, 4) boxes; mask_areas, scores: optional (N,).
+            sources, mask_rles: optional provenance for thumbnails: N source image paths and N
+                COCO RLE masks ({"size": [h, w], "counts": str}); rows of one image id share
+                one source path.
             shard_prefix: letters/digits/underscore; one per writer (e.g. "rank0").
             update_manifest: list the shard in the manifest now. Writers running in parallel
                 pass False and one process calls :meth:`refresh_manifest` at the end.
@@ -372,6 +386,8 @@ class FeatureDatabase:
             self._optional(boxes, (n, 4), "boxes"),
             self._optional(mask_areas, (n,), "mask_areas"),
             self._optional(scores, (n,), "scores"),
+            sources=self._provenance(sources, n, "sources"),
+            mask_rles=self._provenance(mask_rles, n, "mask_rles"),
         )
         atomic_write_bytes(self.path / SHARD_DIR / (name + SHARD_SUFFIX), data)
         if update_manifest:
@@ -570,6 +586,8 @@ class FeatureDatabase:
                         shard.features[rows], remap[shard.labels[rows]],
                         [i for i, r in zip(shard.image_ids, rows) if r], shard.boxes[rows],
                         shard.mask_areas[rows], shard.scores[rows],
+                        sources=_rows_of(shard.sources, rows),
+                        mask_rles=_rows_of(shard.mask_rles, rows),
                     )
                     out._append_shard(sub, sub.labels)
         return FeatureDatabase.open(path)
@@ -577,9 +595,15 @@ class FeatureDatabase:
     def _append_shard(self, shard: ShardData, labels: np.ndarray) -> None:
         self.append(
             shard.features, labels, shard.image_ids, boxes=shard.boxes,
-            mask_areas=shard.mask_areas, scores=shard.scores,
+            mask_areas=shard.mask_areas, scores=shard.scores, sources=shard.sources,
+            mask_rles=shard.mask_rles,
         )
 
     def delete(self) -> None:
         """Remove the database directory (used by tests and rebuilds)."""
         shutil.rmtree(self.path)
+
+
+def _rows_of(values: Optional[List[Any]], rows: np.ndarray) -> Optional[List[Any]]:
+    """The kept rows of an optional per-row list (None stays None)."""
+    return None if values is None else [v for v, keep in zip(values, rows.tolist()) if keep]

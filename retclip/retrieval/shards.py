@@ -4,11 +4,17 @@ A shard holds features (N, D), labels (N,) int64, image_index (N,) int64 into th
 shard's image ids (JSON in the safetensors header metadata, since safetensors stores only
 numeric tensors), boxes (N, 4), mask_areas (N,) and scores (N,) float32. safetensors cannot
 execute code on load, unlike pickle.
+
+Optional provenance (what a thumbnail needs; shards written before it simply lack it): the source
+image path of each image id ("image_sources" JSON in the metadata, aligned with "image_ids") and
+each row's mask as COCO RLE: "mask_rle_bytes" (uint8, the RLE count strings concatenated),
+"mask_rle_offsets" (N+1,) int64 into them and "mask_rle_size" (N, 2) int64 (height, width;
+0, 0 for a row without a mask).
 """
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from safetensors import SafetensorError
@@ -43,6 +49,7 @@ __all__ = [
 ]
 
 _TENSORS = ("features", "labels", "image_index", "boxes", "mask_areas", "scores")
+_PROVENANCE_TENSORS = ("mask_rle_bytes", "mask_rle_offsets", "mask_rle_size")
 
 
 class CorruptShardError(ValueError):
@@ -60,6 +67,8 @@ class ShardData:
         boxes: (N, 4) float32, NaN when not recorded.
         mask_areas: (N,) float32, NaN when not recorded.
         scores: (N,) float32 detector scores, NaN when not recorded.
+        sources: optional N source image paths (None where unknown).
+        mask_rles: optional N COCO RLE dicts {"size": [h, w], "counts": str} (None: no mask).
     """
 
     features: np.ndarray
@@ -68,6 +77,8 @@ class ShardData:
     boxes: np.ndarray
     mask_areas: np.ndarray
     scores: np.ndarray
+    sources: Optional[List[Optional[str]]] = None
+    mask_rles: Optional[List[Optional[Dict[str, Any]]]] = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -93,10 +104,14 @@ def encode_shard(
     boxes: np.ndarray,
     mask_areas: np.ndarray,
     scores: np.ndarray,
+    sources: Optional[Sequence[Optional[str]]] = None,
+    mask_rles: Optional[Sequence[Optional[Dict[str, Any]]]] = None,
 ) -> bytes:
-    """safetensors bytes of one shard (arrays already validated and of matching length)."""
+    """safetensors bytes of one shard (arrays already validated and of matching length);
+    ``sources`` / ``mask_rles`` add the optional provenance (see the module doc)."""
     unique_ids = sorted(set(image_ids))
     position = {img: j for j, img in enumerate(unique_ids)}
+    metadata = {"image_ids": json.dumps(unique_ids)}
     tensors = {
         "features": np.ascontiguousarray(features),
         "labels": np.ascontiguousarray(labels, dtype=np.int64),
@@ -105,7 +120,41 @@ def encode_shard(
         "mask_areas": np.ascontiguousarray(mask_areas, dtype=np.float32),
         "scores": np.ascontiguousarray(scores, dtype=np.float32),
     }
-    return st_save(tensors, metadata={"image_ids": json.dumps(unique_ids)})
+    if sources is not None:
+        by_image = dict(zip(image_ids, sources))
+        metadata["image_sources"] = json.dumps([by_image[i] for i in unique_ids])
+    if mask_rles is not None:
+        tensors.update(_encode_rles(mask_rles))
+    return st_save(tensors, metadata=metadata)
+
+
+def _encode_rles(mask_rles: Sequence[Optional[Dict[str, Any]]]) -> Dict[str, np.ndarray]:
+    chunks = [b"" if r is None else _rle_counts(r) for r in mask_rles]
+    offsets = np.zeros(len(chunks) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(c) for c in chunks])
+    sizes = np.asarray([(0, 0) if r is None else tuple(r["size"]) for r in mask_rles], np.int64)
+    return {
+        "mask_rle_bytes": np.frombuffer(b"".join(chunks), np.uint8).copy(),
+        "mask_rle_offsets": offsets,
+        "mask_rle_size": sizes.reshape(len(chunks), 2),
+    }
+
+
+def _rle_counts(rle: Dict[str, Any]) -> bytes:
+    counts = rle["counts"]
+    return counts if isinstance(counts, bytes) else str(counts).encode()
+
+
+def _decode_rles(tensors: Dict[str, np.ndarray]) -> Optional[List[Optional[Dict[str, Any]]]]:
+    if not all(k in tensors for k in _PROVENANCE_TENSORS):
+        return None
+    raw, offsets, sizes = (tensors[k] for k in _PROVENANCE_TENSORS)
+    out: List[Optional[Dict[str, Any]]] = []
+    for i in range(len(sizes)):
+        h, w = (int(v) for v in sizes[i])
+        counts = raw[offsets[i] : offsets[i + 1]].tobytes().decode()
+        out.append({"size": [h, w], "counts": counts} if h > 0 and w > 0 else None)
+    return out
 
 
 def decode_shard(where: Path, data: bytes) -> ShardData:
@@ -119,6 +168,11 @@ def decode_shard(where: Path, data: bytes) -> ShardData:
         if missing:
             raise KeyError(f"missing tensors {sorted(missing)}")
         ids = [unique_ids[i] for i in tensors["image_index"].tolist()]
+        sources = None
+        if "image_sources" in meta:
+            by_index = json.loads(meta["image_sources"])
+            sources = [by_index[i] for i in tensors["image_index"].tolist()]
+        mask_rles = _decode_rles(tensors)
     except (SafetensorError, KeyError, IndexError, ValueError) as e:
         raise CorruptShardError(f"shard {where} is truncated or corrupt: {e}") from e
     bad = non_finite_rows(tensors["features"])
@@ -134,7 +188,16 @@ def decode_shard(where: Path, data: bytes) -> ShardData:
         boxes=tensors["boxes"],
         mask_areas=tensors["mask_areas"],
         scores=tensors["scores"],
+        sources=sources,
+        mask_rles=mask_rles,
     )
+
+
+def _concat_optional(parts: List[ShardData], name: str) -> Optional[List[Any]]:
+    """Row lists of an optional field; None when no part has it, None rows where one lacks it."""
+    if all(getattr(p, name) is None for p in parts):
+        return None
+    return [v for p in parts for v in (getattr(p, name) or [None] * len(p))]
 
 
 def concat_shards(parts: List[ShardData], dim: int, dtype: Any) -> ShardData:
@@ -151,4 +214,6 @@ def concat_shards(parts: List[ShardData], dim: int, dtype: Any) -> ShardData:
         boxes=np.concatenate([p.boxes for p in parts]),
         mask_areas=np.concatenate([p.mask_areas for p in parts]),
         scores=np.concatenate([p.scores for p in parts]),
+        sources=_concat_optional(parts, "sources"),
+        mask_rles=_concat_optional(parts, "mask_rles"),
     )
