@@ -6,7 +6,9 @@ numeric tensors), boxes (N, 4), mask_areas (N,) and scores (N,) float32. safeten
 execute code on load, unlike pickle.
 
 Optional provenance (what a thumbnail needs; shards written before it simply lack it): the source
-image path of each image id ("image_sources" JSON in the metadata, aligned with "image_ids") and
+image path of each image id ("image_sources_json": uint8, the UTF-8 JSON list aligned with
+"image_ids"; a tensor, not a second metadata key, because safetensors writes its metadata map in
+no fixed order and shards must be byte-identical however the build ran) and
 each row's mask as COCO RLE: "mask_rle_bytes" (uint8, the RLE count strings concatenated),
 "mask_rle_offsets" (N+1,) int64 into them and "mask_rle_size" (N, 2) int64 (height, width;
 0, 0 for a row without a mask).
@@ -122,7 +124,8 @@ def encode_shard(
     }
     if sources is not None:
         by_image = dict(zip(image_ids, sources))
-        metadata["image_sources"] = json.dumps([by_image[i] for i in unique_ids])
+        listed = json.dumps([by_image[i] for i in unique_ids]).encode("utf-8")
+        tensors["image_sources_json"] = np.frombuffer(listed, np.uint8).copy()
     if mask_rles is not None:
         tensors.update(_encode_rles(mask_rles))
     return st_save(tensors, metadata=metadata)
@@ -169,8 +172,8 @@ def decode_shard(where: Path, data: bytes) -> ShardData:
             raise KeyError(f"missing tensors {sorted(missing)}")
         ids = [unique_ids[i] for i in tensors["image_index"].tolist()]
         sources = None
-        if "image_sources" in meta:
-            by_index = json.loads(meta["image_sources"])
+        if "image_sources_json" in tensors:
+            by_index = json.loads(tensors["image_sources_json"].tobytes().decode("utf-8"))
             sources = [by_index[i] for i in tensors["image_index"].tolist()]
         mask_rles = _decode_rles(tensors)
     except (SafetensorError, KeyError, IndexError, ValueError) as e:
