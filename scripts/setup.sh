@@ -59,7 +59,7 @@ say "using $PY (Python $PYVER)"
 VPY="$VENV/bin/python"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ] && [ -x "$VPY" ]; then
     step "verify the existing environment"
-    if "$VPY" -c 'import retclip, detectron2, open_clip, faiss, torch, segment_anything, panopticapi, pycocotools' 2>/dev/null; then
+    if "$VPY" -c 'import retclip.modeling, detectron2, open_clip, faiss, torch, segment_anything, panopticapi, pycocotools' 2>/dev/null; then
         say "environment at $VENV is complete and up to date; nothing to do ($((SECONDS - START_TIME)) s)"
         exit 0
     fi
@@ -124,7 +124,7 @@ step "check that everything imports"
 "$VPY" - <<'PYCHECK' || fail "an import failed (see the traceback above)"
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import retclip  # applies the compatibility steps, then registers with detectron2
+import retclip.modeling  # applies the compatibility steps, then registers with detectron2
 import detectron2, open_clip, faiss, torch, segment_anything, transformers, panopticapi, pycocotools
 from detectron2.modeling import META_ARCH_REGISTRY
 print(f"[setup] torch {torch.__version__}, detectron2 {detectron2.__version__} ({os.path.dirname(detectron2.__file__)}), "
