@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from detectron2.config import get_cfg
 
-from retclip import add_retclip_config
+from retclip.testing.database import TINY_BUILD_CONFIG, tiny_build_cfg
 from retclip.database_builder import (
     FolderSource,
     WebDatasetSource,
@@ -22,7 +21,7 @@ from retclip.retrieval import FeatureDatabase
 from retclip.retrieval.labels import LABELS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "database" / "tiny_test.yaml"
+CONFIG = TINY_BUILD_CONFIG
 
 
 def _cfg(out, clip_file, **extra):
@@ -35,11 +34,7 @@ def _cfg(out, clip_file, **extra):
         "DATABASE_BUILD.SHARD_SIZE": "1",
     }
     opts.update({k: str(v) for k, v in extra.items()})
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.merge_from_list([x for kv in opts.items() for x in kv])
-    return cfg
+    return tiny_build_cfg([x for kv in opts.items() for x in kv])
 
 
 def _build(cfg):
