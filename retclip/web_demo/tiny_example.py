@@ -84,19 +84,15 @@ def _save_tiny_model(folder: Path, clip_file: str) -> str:
     """
     import torch
     import torch.nn.functional as F
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from retclip.config import add_retclip_config
+    from retclip.config import load_config
     from retclip.reranking import model_input
 
     path = folder / "tiny_retclip.pth"
     if path.is_file():
         return str(path)
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(str(TINY_MODEL_CONFIG))
-    cfg.merge_from_list(model_overrides(clip_file))
+    cfg = load_config(str(TINY_MODEL_CONFIG), model_overrides(clip_file), freeze=False)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     names = sorted({n for labels in EXAMPLE_LABELS.values() for n in labels})
@@ -144,7 +140,7 @@ def prepare_tiny_example(folder: str, photo_size: int = 256) -> Dict[str, str]:
     run_build(str(config), [
         *model_overrides(models["clip"]),
         "DATABASE_BUILD.OUTPUT_DIR", str(database),
-        "DATABASE_BUILD.PROPOSALS", "GroundingDinoSamProposals",
+        "DATABASE_BUILD.PROPOSALS", "grounding_dino_sam",
         "DATABASE_BUILD.SOURCE.TYPE", "folder",
         "DATABASE_BUILD.SOURCE.IMAGE_DIR", str(photos),
         "DATABASE_BUILD.SOURCE.LABELS_FILE", str(root / "labels.json"),

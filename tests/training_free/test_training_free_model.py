@@ -178,7 +178,7 @@ def test_every_source_and_mode_gives_detectron2_outputs(
     assert set(inst.pred_classes.tolist()) <= model.vocabulary.thing_ids
     if mode == "clip":  # softmax over K classes: a pixel's scores sum to its number of proposals
         covered = out["sem_seg"].sum(0)
-        assert torch.allclose(covered, covered.round(), atol=1e-4) and covered.max() >= 1
+        assert torch.allclose(covered, covered.round(), atol=1e-4) and covered.max() >= 1 - 1e-4
 
 
 def test_no_proposals_gives_empty_outputs(dataset, gdino_dirs, tmp_path):
