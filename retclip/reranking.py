@@ -11,6 +11,10 @@ shows (tests/retclip/test_reranking.py pins it) for a few percent of a forward p
 """
 from __future__ import annotations
 
+from retclip import compat as _compat
+
+_compat.apply_all()  # before detectron2 is first imported
+
 import contextlib
 import dataclasses
 import logging
