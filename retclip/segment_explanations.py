@@ -105,7 +105,7 @@ class SegmentExplainer:
         for e in entries:
             d, row = int(e.get("database", 0)), int(e["id"])
             retriever = retrievers[d]
-            db_label = int(retriever.labels[row])
+            db_label = int(retriever._labels[row])
             mapped = int(matching.mappings[d][db_label])
             prov = self.provenance(d).row(row) or {}
             out.append({

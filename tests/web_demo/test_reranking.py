@@ -115,7 +115,7 @@ def test_cli_demo_json_and_picture(tiny_example, tmp_path):
     assert demo.main(["--config-file", str(root / "configs/tests/tiny_retclip_convnext.yaml"),
                       "--input", str(Path(tiny_example["photos"]) / "chelsea.png"), "--vocabulary", VOCABULARY,
                       "--output", str(out), *overrides(tiny_example, database=False),
-                      "MODEL.RETCLIP.DATABASE", tiny_example["database"], "MODEL.RETCLIP.GAMMA", "0.95"]) == 0
+                      "MODEL.RETCLIP.DATABASE", tiny_example["database"], "MODEL.ENSEMBLE.GAMMA", "0.95"]) == 0
     payload = json.loads((out / "chelsea_segments.json").read_text())
     assert payload["weights"]["gamma"] == pytest.approx(0.95)
     classes = [s["class"] for s in payload["segments"]]
