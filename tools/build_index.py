@@ -27,19 +27,10 @@ from retclip.utils.cli import UserError, run_tool  # noqa: E402
 
 
 def _index_config(args):
-    from detectron2.config import get_cfg
-
-    from retclip.config import add_retclip_config
+    from retclip.config import load_config
     from retclip.retrieval import IndexConfig
 
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    try:
-        cfg.merge_from_list(list(args.opts))
-    except (KeyError, AssertionError, ValueError) as e:
-        raise UserError(f"bad KEY VALUE override {list(args.opts)}: {e}") from e
+    cfg = load_config(args.config_file or None, list(args.opts), freeze=False)
     return IndexConfig.from_cfg(cfg)
 
 
