@@ -12,15 +12,13 @@ row came from (image, box, mask) when the database records it. Works for FC-CLIP
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .reranking import QueryOutputs
-from .retrieval.provenance import ProvenanceReader, decode_mask_rle
-from .visualization import draw_thumbnail
+from .retrieval.provenance import ProvenanceReader, row_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +141,4 @@ def neighbour_caption(n: Dict[str, Any]) -> List[str]:
 
 def neighbour_thumbnail(prov: Optional[Dict[str, Any]], caption: Sequence[str], size: int = 160) -> Optional[np.ndarray]:
     """A crop of the row's source image with its mask outlined, or None without a readable source."""
-    if not prov or not prov.get("source") or not Path(prov["source"]).is_file():
-        return None
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(prov["source"]) as img:
-            image = np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as e:
-        logger.warning("cannot read %s for a thumbnail: %s", prov["source"], e)
-        return None
-    mask = decode_mask_rle(prov["mask_rle"]) if prov.get("mask_rle") else None
-    return draw_thumbnail(image, prov.get("box"), mask, caption, size=size)
+    return row_thumbnail(prov, caption, size)

@@ -18,7 +18,9 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
 
 echo "[try_demo] 1/4 photos, tiny models and a database under $OUT"
-mapfile -t OPTS < <("$PY" - "$OUT" <<'PYEOF'
+mkdir -p "$OUT"
+# written to a file first: a failure here stops the script (set -e does not see into "< <(...)")
+"$PY" - "$OUT" > "$OUT/overrides.txt" <<'PYEOF'
 import logging, sys
 logging.basicConfig(level=logging.WARNING)
 import retclip  # noqa: F401
@@ -27,7 +29,7 @@ paths = prepare_tiny_example(sys.argv[1])
 for item in model_overrides(paths["clip"]) + ["MODEL.WEIGHTS", paths["weights"]]:
     print(item)
 PYEOF
-)
+mapfile -t OPTS < "$OUT/overrides.txt"
 CONFIG="$ROOT/configs/tests/tiny_retclip_convnext.yaml"
 
 echo "[try_demo] 2/4 CLI demo -> $OUT/demo"

@@ -3,6 +3,7 @@ merge two databases, and a thumbnail grid of one class's segments for people to 
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -14,8 +15,9 @@ import numpy as np
 from PIL import Image
 
 from retclip.retrieval import FeatureDatabase
+from retclip.retrieval.provenance import row_provenance, row_thumbnail
 from retclip.retrieval.safedir import DatabaseLock, exchange_directories
-from retclip.utils.image_io import ImageReadError, read_image
+from retclip.utils.fileio import atomic_write_bytes
 
 from .report import image_paths, read_json_record
 
@@ -123,40 +125,41 @@ def class_thumbnails(
     size: int = 96,
     paths: Optional[Dict[str, str]] = None,
 ) -> int:
-    """Write a PNG grid of crops (stored boxes) of one class's segments; returns the crop count.
+    """Write a PNG grid of one class's segments, each a crop of its source image around its box
+    with its mask outlined and a caption (class, image, detector score); returns the crop count.
 
     Args:
         db: the database; class_name: a class's first name (case-insensitive).
-        output: PNG path. max_items: at most this many crops, in database order.
-        size: side of each square cell in pixels.
-        paths: image id -> image path (default: the database's build records).
+        output: PNG path (written atomically). max_items: at most this many crops, in database order.
+        size: width of each cell in pixels.
+        paths: image id -> image path for shards without provenance (default: the build records).
     """
     names = [n.lower() for n in db.class_names]
     if class_name.lower() not in names:
         raise KeyError(f"class {class_name!r} is not in {db.path}; classes: {db.class_names}")
     label = names.index(class_name.lower())
     paths = image_paths(str(db.path)) if paths is None else paths
-    crops = []
+    shown = db.class_names[label].split(",")[0]
+    cells: List[np.ndarray] = []
     for shard in db.iter_shards():
         for row in np.flatnonzero(shard.labels == label):
-            if len(crops) >= max_items:
+            if len(cells) >= max_items:
                 break
-            box = shard.boxes[row]
-            path = paths.get(shard.image_ids[row])
-            if path is None or not np.isfinite(box).all():
-                continue
-            try:
-                crop = Image.fromarray(read_image(path)).crop(tuple(int(round(v)) for v in box))
-            except ImageReadError as e:
-                logger.warning("thumbnail: cannot read %s: %s", path, e)
-                continue
-            crop.thumbnail((size, size))
-            crops.append(crop)
-    cols = max(1, math.ceil(math.sqrt(len(crops))))
-    rows = max(1, math.ceil(len(crops) / cols))
-    grid = Image.new("RGB", (cols * size, rows * size), (255, 255, 255))
-    for i, crop in enumerate(crops):
-        grid.paste(crop, ((i % cols) * size, (i // cols) * size))
+            prov = row_provenance(shard, int(row), paths.get(shard.image_ids[row]))
+            caption = [shown, str(prov["image_id"])[: size // 6], f"score {float(shard.scores[row]):.2f}"]
+            cell = row_thumbnail(prov, caption, size)
+            if cell is not None:
+                cells.append(cell)
+        if len(cells) >= max_items:
+            break
+    cols = max(1, math.ceil(math.sqrt(len(cells))))
+    rows = max(1, math.ceil(len(cells) / cols))
+    height = max((c.shape[0] for c in cells), default=size)
+    grid = Image.new("RGB", (cols * (size + 4), rows * (height + 4)), (255, 255, 255))
+    for i, cell in enumerate(cells):
+        grid.paste(Image.fromarray(cell), ((i % cols) * (size + 4), (i // cols) * (height + 4)))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    grid.save(output)
-    return len(crops)
+    atomic_write_bytes(output, buffer.getvalue())
+    return len(cells)

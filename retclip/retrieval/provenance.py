@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -17,7 +17,13 @@ from .shards import ShardData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProvenanceReader", "decode_mask_rle", "encode_mask_rle"]
+__all__ = [
+    "ProvenanceReader",
+    "decode_mask_rle",
+    "encode_mask_rle",
+    "row_provenance",
+    "row_thumbnail",
+]
 
 
 def encode_mask_rle(mask: np.ndarray) -> Dict[str, Any]:
@@ -35,6 +41,40 @@ def decode_mask_rle(rle: Dict[str, Any]) -> np.ndarray:
     counts = rle["counts"]
     coded = {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
     return mask_utils.decode(coded).astype(bool)
+
+
+def row_provenance(shard: ShardData, i: int, source: Optional[str] = None) -> Dict[str, Any]:
+    """{"image_id", "source" (path or None), "box" (x0, y0, x1, y1) or None, "mask_rle" or None,
+    "label"} of row ``i`` of a shard; ``source`` is used when the shard records no paths (a
+    database built before provenance: its build records may still know the image's path)."""
+    box = shard.boxes[i]
+    return {
+        "image_id": shard.image_ids[i],
+        "source": shard.sources[i] if shard.sources is not None else source,
+        "box": [float(v) for v in box] if np.all(np.isfinite(box)) else None,
+        "mask_rle": shard.mask_rles[i] if shard.mask_rles is not None else None,
+        "label": int(shard.labels[i]),
+    }
+
+
+def row_thumbnail(
+    prov: Optional[Dict[str, Any]], caption: Sequence[str], size: int = 160
+) -> Optional[np.ndarray]:
+    """A crop of a row's source image around its box with its mask outlined and ``caption``
+    underneath (the web demo's neighbours, ``inspect_database.py thumbnails``); None when the
+    source is unknown or unreadable (said in the log)."""
+    from retclip.utils.image_io import ImageReadError, read_image
+    from retclip.visualization import draw_thumbnail
+
+    if not prov or not prov.get("source"):
+        return None
+    try:
+        image = read_image(prov["source"])
+    except ImageReadError as e:
+        logger.warning("no thumbnail for row of %s: %s", prov.get("image_id"), e)
+        return None
+    mask = decode_mask_rle(prov["mask_rle"]) if prov.get("mask_rle") else None
+    return draw_thumbnail(image, prov.get("box"), mask, caption, size=size)
 
 
 class ProvenanceReader:
@@ -62,13 +102,4 @@ class ProvenanceReader:
         if not 0 <= row < self._total:
             return None
         position = int(np.searchsorted(self._starts, row, side="right")) - 1
-        shard = self._read(position)
-        i = row - self._starts[position]
-        box = shard.boxes[i]
-        return {
-            "image_id": shard.image_ids[i],
-            "source": shard.sources[i] if shard.sources is not None else None,
-            "box": [float(v) for v in box] if np.all(np.isfinite(box)) else None,
-            "mask_rle": shard.mask_rles[i] if shard.mask_rles is not None else None,
-            "label": int(shard.labels[i]),
-        }
+        return row_provenance(self._read(position), row - self._starts[position])

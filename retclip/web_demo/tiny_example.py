@@ -62,7 +62,9 @@ def _save_tiny_models(folder: Path) -> Dict[str, str]:
     import torch
 
     from retclip.proposals.testing import build_tiny_grounding_dino
+    from retclip.testing.clip_configs import register_tiny_clip_models
 
+    register_tiny_clip_models()  # the tiny architectures are not in open_clip's registry otherwise
     clip_file = folder / "tiny_clip.pt"
     if not clip_file.is_file():
         torch.manual_seed(0)

@@ -111,11 +111,17 @@ def test_thumbnails_grid(small_db, tmp_path):
         )
         == 0
     )
-    grid = np.asarray(Image.open(out))
+    grid = np.asarray(Image.open(out).convert("RGB"))
     n = min(4, max(db.class_counts))
     cols = int(np.ceil(np.sqrt(n)))
-    assert grid.shape[1] == cols * 32 and grid.shape[0] == int(np.ceil(n / cols)) * 32
+    rows = int(np.ceil(n / cols))
+    assert grid.shape[1] == cols * (32 + 4)  # cells of --size plus a gutter
+    assert grid.shape[0] % rows == 0 and grid.shape[0] // rows > 3 * 14 + 8  # crop + 3 caption lines
     assert grid.std() > 0  # real crops, not an empty canvas
+    # the mask outline (pure red) and black caption text under the first crop
+    assert ((grid == (255, 0, 0)).all(-1)).any()
+    cell = grid[: grid.shape[0] // rows, :32]
+    assert (cell[-(3 * 14 + 8) :].max(-1) < 60).any()
     assert (
         _tool(["thumbnails", str(small_db), "--class", "unicorn", "--output", str(out)]) == 2
     )
