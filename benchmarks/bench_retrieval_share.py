@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import retclip.modeling  # noqa: E402  (compat steps, then registration, before detectron2)
-from detectron2.config import get_cfg  # noqa: E402
+from retclip.config_file import load_config  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from retclip.retrieval import EncoderFingerprint, FeatureDatabase  # noqa: E402
@@ -30,9 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cfg(db: str, index: str, device: str):
-    cfg = get_cfg()
-    retclip.add_retclip_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs/retclip/retclip_convnext_large_ade20k.yaml"))
+    cfg = load_config(os.path.join(ROOT, "configs/retclip/retclip_convnext_large_ade20k.yaml"), freeze=False)
     cfg.MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS = ""
     cfg.MODEL.RETCLIP.DATABASE = db
     cfg.MODEL.RETCLIP.FALLBACK_DATABASE = ""

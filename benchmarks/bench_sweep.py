@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import retclip.modeling  # noqa: E402  (compat steps, then registration, before detectron2)
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
+from retclip.config_file import load_config  # noqa: E402
 from detectron2.data import build_detection_test_loader  # noqa: E402
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -48,9 +48,7 @@ CONFIGS = {
 
 
 def build_cfg(args, work, train, test):
-    cfg = get_cfg()
-    retclip.add_retclip_config(cfg)
-    cfg.merge_from_file(CONFIGS[args.size])
+    cfg = load_config(CONFIGS[args.size], freeze=False)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS = ""

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import retclip  # noqa: E402,F401  (compat steps before detectron2)
+import retclip  # noqa: E402,F401  (light: the detectron2-facing modules, imported after parsing, apply the compat steps)
 from retclip.utils.cli import UserError, run_tool  # noqa: E402
 
 

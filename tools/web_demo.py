@@ -16,7 +16,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import retclip  # noqa: E402  (compat steps before detectron2)
+import retclip  # noqa: E402  (light: the detectron2-facing modules, imported after parsing, apply the compat steps)
 from retclip.utils.cli import UserError, run_tool  # noqa: E402
 
 

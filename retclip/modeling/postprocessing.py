@@ -165,6 +165,22 @@ def semantic_inference(
     return torch.einsum("qc,qhw->chw", probs, _probabilities(mask_pred, mask_prob).prob)
 
 
+def _first_argmax(scores: torch.Tensor, prob: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """``(scores[:, None, None] * prob[queries]).argmax(0)``, ties to the lowest index, as a
+    running maximum over the queries: the same float products and comparisons, but one pass per
+    query over contiguous memory (several times faster on CPU than ``argmax`` over dim 0, and no
+    (n, H, W) temporary)."""
+    rows = queries.tolist()
+    best = prob[rows[0]] * scores[0]
+    winner = torch.zeros(best.shape, dtype=torch.int32, device=prob.device)
+    value = torch.empty_like(best)
+    for k in range(1, len(rows)):
+        torch.mul(prob[rows[k]], scores[k], out=value)
+        winner.masked_fill_(value > best, k)  # strictly greater: a tie keeps the lower index
+        torch.maximum(best, value, out=best)
+    return winner.long()
+
+
 def winning_queries(
     scores: torch.Tensor, queries: torch.Tensor, mask_prob: MaskProbabilities
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -188,10 +204,10 @@ def winning_queries(
     s = scores.view(-1, 1, 1)
     floor = (s * low[queries]).amax(0)
     candidates = (s * high[queries]) >= floor  # (n, th, tw)
-    if candidates.float().mean() > 0.5:  # little to skip: one whole-image argmax is cheaper
-        masks = prob[queries]
-        winner = (s * masks).argmax(0)
-        return winner, masks.gather(0, winner[None])[0] >= 0.5
+    if candidates.float().mean() > 0.5:  # little to skip: one whole-image pass is cheaper
+        winner = _first_argmax(scores, prob, queries)
+        at_winner = prob.flatten(1).gather(0, queries[winner].view(1, -1)).view(h, w)
+        return winner, at_winner >= 0.5
     winner = torch.empty((h, w), dtype=torch.int64, device=prob.device)
     own = torch.empty((h, w), dtype=torch.bool, device=prob.device)
     for ty, tx in torch.nonzero(candidates.any(0)).tolist():
