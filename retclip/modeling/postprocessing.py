@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import AbstractSet, Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import AbstractSet, Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -106,8 +106,12 @@ class MaskProbabilities:
 
     @cached_property
     def own_area(self) -> torch.Tensor:
-        """(Q,) int32 pixels of each query's own mask."""
-        return (self.prob >= 0.5).flatten(1).sum(1, dtype=torch.int32)
+        """(Q,) int32 pixels of each query's own mask (counted query by query: one mask at a
+        time stays in cache, which is faster on CPU than one pass over (Q, H, W))."""
+        if self.prob.is_cuda:  # one kernel; a per-query loop would synchronise per query
+            return (self.prob >= 0.5).flatten(1).sum(1, dtype=torch.int32)
+        counts = [int((mask >= 0.5).sum()) for mask in self.prob]
+        return torch.tensor(counts, dtype=torch.int32)
 
     @cached_property
     def tile_bounds(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -165,20 +169,25 @@ def semantic_inference(
     return torch.einsum("qc,qhw->chw", probs, _probabilities(mask_pred, mask_prob).prob)
 
 
-def _first_argmax(scores: torch.Tensor, prob: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """``(scores[:, None, None] * prob[queries]).argmax(0)``, ties to the lowest index, as a
-    running maximum over the queries: the same float products and comparisons, but one pass per
-    query over contiguous memory (several times faster on CPU than ``argmax`` over dim 0, and no
-    (n, H, W) temporary)."""
-    rows = queries.tolist()
-    best = prob[rows[0]] * scores[0]
-    winner = torch.zeros(best.shape, dtype=torch.int32, device=prob.device)
-    value = torch.empty_like(best)
-    for k in range(1, len(rows)):
-        torch.mul(prob[rows[k]], scores[k], out=value)
+def first_argmax(rows: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(rows).argmax(0)`` (ties to the lowest index) as a running maximum: the same
+    comparisons, one pass per row over contiguous memory, several times faster on CPU than
+    ``argmax`` over dim 0. ``rows`` yields equally shaped tensors; each is read before the next
+    is asked for, so a generator may reuse one buffer. Values must not be NaN."""
+    rows = iter(rows)
+    best = next(rows).clone()
+    winner = torch.zeros(best.shape, dtype=torch.int32, device=best.device)
+    for k, value in enumerate(rows, start=1):
         winner.masked_fill_(value > best, k)  # strictly greater: a tie keeps the lower index
         torch.maximum(best, value, out=best)
     return winner.long()
+
+
+def _first_argmax(scores: torch.Tensor, prob: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """``(scores[:, None, None] * prob[queries]).argmax(0)`` without the (n, H, W) product."""
+    rows = queries.tolist()
+    buffer = torch.empty(prob.shape[1:], dtype=prob.dtype, device=prob.device)
+    return first_argmax(torch.mul(prob[r], scores[k], out=buffer) for k, r in enumerate(rows))
 
 
 def winning_queries(
@@ -298,6 +307,7 @@ def instance_inference(
     thing_ids: AbstractSet[int],
     things_only: bool,
     mask_prob: Optional[MaskProbabilities] = None,
+    mask_tensors: bool = True,
 ) -> Instances:
     """Top-k (query, class) pairs as instances (boxes are zeros, as in FC-CLIP: no box AP).
 
@@ -307,6 +317,8 @@ def instance_inference(
         thing_ids: contiguous ids of thing classes.
         things_only: keep only thing classes (FC-CLIP does when panoptic output is on).
         mask_prob: ``MaskProbabilities(mask_pred)`` if already computed.
+        mask_tensors: give ``pred_masks``; a sweep scoring masks from per-query RLEs (each
+            instance's mask is its query's, ``pred_queries``) skips these (N, H, W) floats.
     Returns:
         ``Instances`` of size (H, W) with pred_masks (N, H, W) float 0/1, pred_boxes (zeros),
         scores = class probability · mean sigmoid inside the mask, pred_classes (N,) int64.
@@ -324,7 +336,8 @@ def instance_inference(
         top_scores, top_labels, query = top_scores[keep], top_labels[keep], query[keep]
     mask_prob = _probabilities(mask_pred, mask_prob)
     result = Instances(tuple(mask_pred.shape[-2:]))
-    result.pred_masks = mask_prob.positive[query].float()
+    if mask_tensors:
+        result.pred_masks = mask_prob.positive[query].float()
     result.pred_boxes = Boxes(torch.zeros(query.shape[0], 4, device=mask_pred.device))
     result.scores = top_scores * mask_prob.inside(query)
     result.pred_classes = top_labels
@@ -355,8 +368,20 @@ def output_mask_logits(
         mask_logits[None], size=tuple(padded_size), mode="bilinear", align_corners=False
     )[0]
     if settings.sem_seg_postprocess_before_inference:
-        masks = retry_if_cuda_oom(sem_seg_postprocess)(masks, tuple(image_size), height, width)
+        masks = retry_if_cuda_oom(crop_and_resize)(masks, tuple(image_size), height, width)
     return masks
+
+
+def crop_and_resize(
+    result: torch.Tensor, image_size: Tuple[int, int], height: int, width: int
+) -> torch.Tensor:
+    """detectron2's ``sem_seg_postprocess`` (crop the image out of the padded input, resize
+    bilinearly to the output size), with the resize skipped when the sizes already agree: a
+    bilinear resize to the same size reads each pixel with weight 1, so it is an exact copy
+    (returned as a view of ``result``: later steps read it once, copying it would cost as much)."""
+    if tuple(image_size) == (height, width):
+        return result[:, :height, :width]
+    return sem_seg_postprocess(result, tuple(image_size), height, width)
 
 
 def image_outputs(
@@ -367,6 +392,7 @@ def image_outputs(
     height: int,
     width: int,
     mask_prob: Optional[MaskProbabilities] = None,
+    instance_mask_tensors: bool = True,
 ) -> Dict[str, Any]:
     """One image's outputs ("sem_seg", "panoptic_seg", "instances") as FC-CLIP makes them: the
     model's forward and a sweep's recombined scores both end here.
@@ -378,6 +404,7 @@ def image_outputs(
         image_size: the image's size inside the padded input (before the resize to the output).
         mask_prob: ``MaskProbabilities(masks)`` if already computed (else computed once here
             for all three outputs).
+        instance_mask_tensors: see :func:`instance_inference` (``mask_tensors``).
     """
     if mask_prob is None:
         mask_prob = MaskProbabilities(masks)
@@ -406,5 +433,6 @@ def image_outputs(
             thing_ids=settings.thing_ids,
             things_only=settings.panoptic_on,
             mask_prob=mask_prob,
+            mask_tensors=instance_mask_tensors,
         )
     return result

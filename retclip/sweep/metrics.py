@@ -27,6 +27,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from PIL import Image
 
+from retclip.modeling.postprocessing import first_argmax
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -284,7 +286,7 @@ class FastPanopticEvaluator(DatasetEvaluator):
             if "segm" in self.tasks:
                 self._add_instances(inp, out)
             if "sem_seg" in self.tasks:
-                pred = out["sem_seg"].argmax(dim=0).cpu().numpy().astype(np.int64)
+                pred = first_argmax(out["sem_seg"].cpu()).numpy()
                 self._sem.update(self.gt.semantic(inp["file_name"]), pred)
 
     def _add_panoptic(self, inp: Dict[str, Any], out: Dict[str, Any]) -> None:

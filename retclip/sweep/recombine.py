@@ -75,12 +75,15 @@ def postprocess(
     image: CachedImage,
     settings: PostprocessSettings,
     prepared: Optional[MaskProbabilities] = None,
+    instance_mask_tensors: bool = True,
 ) -> Dict[str, Any]:
     """One image's outputs ("sem_seg", "panoptic_seg", "instances") from its class
     log-probabilities (Q, K+1) and cached mask logits, as ``FCCLIP._postprocess``.
 
     Args:
         prepared: :func:`prepare_masks` of the image, if already computed.
+        instance_mask_tensors: False when the metrics take instance masks from per-query RLEs
+            (:class:`retclip.sweep.metrics.QueryMaskRLEs`): no ``pred_masks`` then.
     """
     if prepared is None:
         prepared = prepare_masks(image, settings)
@@ -92,6 +95,7 @@ def postprocess(
         image.info["height"],
         image.info["width"],
         mask_prob=prepared,
+        instance_mask_tensors=instance_mask_tensors,
     )
 
 

@@ -269,7 +269,9 @@ class SweepRunner:
                 mask_cls = combine_scores(
                     image.tensors, self.mode, point.alpha, point.beta, point.gamma
                 )
-                outputs = postprocess(mask_cls, image, settings, prepared)
+                outputs = postprocess(
+                    mask_cls, image, settings, prepared, instance_mask_tensors=rles is None
+                )
                 if rles is not None:
                     outputs["query_rles"] = rles
                 evaluator.process([image.evaluator_input], [outputs])

@@ -219,3 +219,42 @@ def test_winning_queries_equal_the_full_argmax(levels):
         assert float(((scores[queries, None, None] * high[queries]) >= floor).float().mean()) < 0.5
         assert tuple(low.shape[1:]) == (3, 4)
         assert torch.equal(high[:, -1, -1], prob.prob[:, 2 * WINNER_TILE :, 3 * WINNER_TILE :].amax((1, 2)))
+
+
+def test_first_argmax_equals_numpy_argmax_with_ties():
+    import numpy as np
+
+    from retclip.modeling.postprocessing import first_argmax
+
+    g = torch.Generator().manual_seed(3)
+    for shape in [(1, 5, 7), (9, 31, 17), (40, 8, 8)]:
+        values = torch.randint(0, 4, shape, generator=g).float()  # many exact ties
+        assert np.array_equal(first_argmax(values).numpy(), np.argmax(values.numpy(), axis=0))
+        values = torch.randn(shape, generator=g)
+        assert np.array_equal(first_argmax(iter(values)).numpy(), np.argmax(values.numpy(), axis=0))
+
+
+@pytest.mark.parametrize("sizes", [((30, 41), 30, 41), ((30, 41), 45, 61), ((30, 41), 20, 27)])
+def test_crop_and_resize_equals_detectron2(sizes):
+    """The same-size shortcut is exact: it equals detectron2's sem_seg_postprocess bit for bit."""
+    from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+    from retclip.modeling.postprocessing import crop_and_resize
+
+    image_size, height, width = sizes
+    logits = torch.randn(6, 32, 48, generator=torch.Generator().manual_seed(5)) * 30
+    got = crop_and_resize(logits, image_size, height, width)
+    assert torch.equal(got, sem_seg_postprocess(logits, image_size, height, width))
+
+
+def test_instances_without_mask_tensors_keep_everything_else():
+    g = torch.Generator().manual_seed(8)
+    mask_cls, mask_pred = torch.randn(12, 6, generator=g), torch.randn(12, 20, 24, generator=g)
+    kwargs = dict(topk=10, thing_ids={0, 2, 3}, things_only=True)
+    full = instance_inference(mask_cls, mask_pred, **kwargs)
+    light = instance_inference(mask_cls, mask_pred, mask_tensors=False, **kwargs)
+    assert not light.has("pred_masks") and full.has("pred_masks")
+    for field in ("scores", "pred_classes", "pred_queries"):
+        assert torch.equal(getattr(full, field), getattr(light, field))
+    # each instance's mask is its query's own positive mask
+    assert torch.equal(full.pred_masks.bool(), mask_pred[light.pred_queries] > 0)
