@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--height", type=int, default=96)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = p.parse_args()
     setup_logger(name="retclip", output=None).setLevel("WARNING")
     torch.set_num_threads(args.threads)
@@ -101,6 +102,9 @@ def main() -> None:
             width=args.width,
         )
         cfg = build_cfg(args, work, train, test)
+        # Seeded: with random weights the masks, and so how many queries compete for pixels in
+        # the panoptic step (all of them when the masks are diffuse), depend on the draw.
+        torch.manual_seed(args.seed)
         t_build, model = timed(lambda: build_model(cfg).eval())
         loader = build_detection_test_loader(cfg, test)
         with torch.no_grad():
@@ -150,7 +154,8 @@ def main() -> None:
         q = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
         print(
             f"RetCLIP {args.size} (Q={q}, K=8 synthetic classes, random weights), {args.images} images of "
-            f"{args.height}x{args.width}, CPU, {args.threads} thread(s); model build {t_build:.1f} s"
+            f"{args.height}x{args.width}, CPU, {args.threads} thread(s), weights seed {args.seed}; "
+            f"model build {t_build:.1f} s"
         )
         cpu_full = CPU["full"]
         print(
