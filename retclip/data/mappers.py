@@ -1,4 +1,5 @@
-"""Training dataset mappers, chosen by ``INPUT.DATASET_MAPPER_NAME`` through a registry.
+"""Dataset mappers: training ones chosen by ``INPUT.DATASET_MAPPER_NAME`` through a registry, and
+the evaluation mapper :class:`TestDatasetMapper`.
 
 ``coco_panoptic_lsj`` is the COCO panoptic large-scale-jitter mapper FC-CLIP trains with:
 horizontal flip, resize by a random factor in [MIN_SCALE, MAX_SCALE] of IMAGE_SIZE, then a fixed
@@ -27,6 +28,7 @@ __all__ = [
     "register_dataset_mapper",
     "build_dataset_mapper",
     "COCOPanopticLSJDatasetMapper",
+    "TestDatasetMapper",
     "read_image_checked",
     "read_panoptic_ids",
 ]
@@ -84,6 +86,33 @@ def read_panoptic_ids(path: str, segments_info: List[Dict[str, Any]]) -> np.ndar
             f"segments_info in the JSON (known ids: {sorted(known)[:10]}...)"
         )
     return rgb
+
+
+class TestDatasetMapper:
+    """Evaluation inputs as detectron2's ``DatasetMapper(cfg, is_train=False)`` makes them (the
+    image resized by ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST), "height"/"width" kept for
+    the output size, annotations dropped; the ground-truth "sem_seg" it also decodes is not read:
+    evaluators load ground truth themselves), but read with the project's one image reader, so an
+    evaluation image that is 16-bit, palette or EXIF-rotated is converted as in training and in
+    the demos, and an unreadable one is named."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.augmentation = T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice"
+        )
+        self.image_format = cfg.INPUT.FORMAT
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image_checked(dataset_dict["file_name"], self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        aug_input = T.AugInput(image)
+        self.augmentation(aug_input)
+        image = aug_input.image
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        dataset_dict.pop("annotations", None)  # as detectron2's test mapper: evaluators read
+        dataset_dict.pop("sem_seg_file_name", None)  # the ground truth themselves
+        return dataset_dict
 
 
 @register_dataset_mapper("coco_panoptic_lsj")

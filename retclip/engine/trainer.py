@@ -15,12 +15,17 @@ import os
 from typing import Any, Dict, List, Optional
 
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.utils import comm
 
 from retclip.checkpoint import CLASS_COUNT_KEYS, RetCLIPCheckpointer
-from retclip.data.mappers import build_dataset_mapper
+from retclip.data.mappers import TestDatasetMapper, build_dataset_mapper
 from retclip.evaluation import build_evaluator
 from retclip.utils.device import resolve_device  # noqa: F401  (re-exported: one CPU fallback for every tool)
 from retclip.utils.fileio import atomic_write_text
@@ -114,6 +119,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: Any) -> Any:
         return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg: Any, dataset_name: str) -> Any:
+        return build_detection_test_loader(cfg, dataset_name, mapper=TestDatasetMapper(cfg))
 
     @classmethod
     def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: Optional[str] = None) -> Any:

@@ -93,7 +93,8 @@ def build_app(session: WebDemoSession, example_paths: List[str]) -> Any:
                 legend = gr.HTML(elem_id="legend")
                 segment = gr.Dropdown(choices=[], label="segment (or click it in the picture)", elem_id="segment")
                 scores = gr.HTML(elem_id="scores")
-                gallery = gr.Gallery(label="retrieved neighbours", columns=5, height="auto", elem_id="neighbours")
+                gallery = gr.Gallery(label="retrieved neighbours", columns=5, height="auto", object_fit="contain",
+                                     elem_id="neighbours")  # contain: captions under the crops stay whole
         _wire(session, state, image, vocabulary, preset, database, run, (alpha, beta, gamma),
               status, overlay, legend, segment, scores, gallery)
     return app

@@ -108,3 +108,48 @@ def test_unknown_mapper_name_lists_known():
     cfg.INPUT.DATASET_MAPPER_NAME = "nope"
     with pytest.raises(KeyError, match="coco_panoptic_lsj"):
         build_dataset_mapper(cfg)
+
+
+def _test_cfg(min_size=48, max_size=96):
+    cfg = get_cfg()
+    retclip.add_retclip_config(cfg)
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = min_size, max_size
+    return cfg
+
+
+def test_test_mapper_equals_detectron2_on_8bit_images(tmp_path):
+    from detectron2.data import DatasetMapper
+
+    from retclip.data.mappers import TestDatasetMapper
+
+    _, test = make_and_register_synthetic(str(tmp_path), prefix="testmapper", num_train=1, num_test=3, seed=2)
+    cfg = _test_cfg()
+    ours, theirs = TestDatasetMapper(cfg), DatasetMapper(cfg, is_train=False)
+    for record in DatasetCatalog.get(test):
+        a, b = ours(record), theirs(record)
+        # detectron2 also decodes the ground-truth "sem_seg" for inputs; no model or evaluator
+        # here reads it (evaluators load ground truth themselves), so ours skips that read
+        assert sorted(a) == sorted(k for k in b if k != "sem_seg")
+        assert a["image"].dtype == b["image"].dtype and torch.equal(a["image"], b["image"])
+        assert (a["height"], a["width"]) == (b["height"], b["width"])
+
+
+def test_test_mapper_reads_16bit_images_with_the_project_reader(tmp_path):
+    """detectron2's reader turns a 16-bit grayscale PNG into a near-white image; evaluation now
+    reads it as training and the demos do (scaled by its range)."""
+    from detectron2.data import DatasetMapper
+
+    from retclip.data.mappers import TestDatasetMapper
+    from retclip.utils.image_io import read_image
+
+    raw = np.random.default_rng(0).integers(1000, 60000, size=(48, 64), dtype=np.uint16)
+    path = tmp_path / "depth16.png"
+    Image.fromarray(raw).save(path)
+    record = {"file_name": str(path), "height": 48, "width": 64, "image_id": 0}
+    cfg = _test_cfg(48, 64)  # no resize: the mapper's pixels are the reader's
+    got = TestDatasetMapper(cfg)(record)["image"]
+    expected = read_image(path, format=cfg.INPUT.FORMAT)
+    assert torch.equal(got, torch.from_numpy(expected.transpose(2, 0, 1).copy()))
+    assert got.float().std() > 30  # the range is kept, not saturated
+    detectron2_image = DatasetMapper(cfg, is_train=False)(record)["image"]
+    assert not torch.equal(got, detectron2_image)
