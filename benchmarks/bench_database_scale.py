@@ -13,8 +13,10 @@ then runs each phase in its own child process so their peaks do not mix:
   (computed in a third child, streaming the shards).
 
 Peak RSS is each child's VmHWM from /proc/self/status. Reported twice: absolute, and above the
-child's RSS after its imports (torch + detectron2 alone take ~0.7-1 GB whatever the database
-size). Ratios are to the raw feature bytes (N x dim x 2). Targets (issue 16): open <= 0.25x,
+child's RSS after its imports. The build and open phases import only the retrieval package (no
+torch, no detectron2: as ``tools/build_index.py``'s build and ``inspect_database.py`` run); the
+search phase imports torch for its results (~0.5 GB resident whatever the database size), as the
+model's process has it anyway. Ratios are to the raw feature bytes (N x dim x 2). Targets (issue 16): open <= 0.25x,
 build <= 1.5x.
 """
 import argparse
@@ -67,13 +69,13 @@ def _make(args, root: Path) -> None:
 
 
 def _phase(args, root: Path) -> dict:
+    import faiss
     import numpy as np
-    import torch
 
     from retclip.retrieval import DatabaseRetriever, FeatureDatabase
     from retclip.retrieval.index_build import build_database_index, save_cached_index
 
-    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     db = FeatureDatabase.open(root / "db")
     base = _status("VmRSS")
     start = time.perf_counter()
@@ -82,8 +84,6 @@ def _phase(args, root: Path) -> dict:
         index = build_database_index(db, _config(args))
         save_cached_index(index, db.path / "index", db, _config(args))
     elif args.phase == "truth":
-        import faiss
-
         q = np.load(root / "queries.npy")
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         best_d = np.full((len(q), 10), -np.inf, np.float32)
@@ -100,6 +100,9 @@ def _phase(args, root: Path) -> dict:
     else:
         retriever = DatabaseRetriever(db, _config(args))
         if args.phase == "search":
+            import torch  # the search phase only: results are torch tensors
+
+            torch.set_num_threads(1)
             queries = torch.from_numpy(np.load(root / "queries.npy"))
             truth = np.load(root / "truth.npy")
             out["recall_at_10"] = {}
@@ -111,7 +114,8 @@ def _phase(args, root: Path) -> dict:
                 if factor == args.rerank:  # the peak line reports the configured factor
                     out["peak_configured"] = _status("VmHWM")
     peak = out.pop("peak_configured", None) or _status("VmHWM")
-    out.update(seconds=time.perf_counter() - start, baseline=base, peak=peak)
+    out.update(seconds=time.perf_counter() - start, baseline=base, peak=peak,
+               torch="torch" in sys.modules)
     return out
 
 
@@ -157,7 +161,7 @@ def main() -> None:
         grown = r["peak"] - r["baseline"]
         print(f"{phase:7s} {r['seconds']:7.1f} s  peak RSS {r['peak'] / 2**30:5.2f} GiB "
               f"({r['peak'] / raw:.2f}x raw); above imports {grown / 2**30:5.2f} GiB "
-              f"({grown / raw:.3f}x raw)")
+              f"({grown / raw:.3f}x raw); torch {'imported' if r['torch'] else 'not imported'}")
     index_bytes = (root / "db" / "index" / "ivfpq.faiss").stat().st_size
     print(f"index file {index_bytes / 2**30:.2f} GiB ({index_bytes / raw:.2f}x raw); "
           f"nlist {args.nlist}, pq_m {args.pq_m}, nprobe {args.nprobe}, "

@@ -20,15 +20,22 @@ Search contract (every backend): ``search(queries (N, D), k)`` returns ``(scores
 descending, ids int64 row numbers of the added features. Slots without a neighbour (k larger than
 the index, or an approximate index that found fewer than k candidates) hold id -1 and score -inf.
 
-Plain NumPy/PyTorch/FAISS: no detectron2 import.
+Plain NumPy/PyTorch/FAISS: no detectron2 import. torch is imported on first use (``exact`` index,
+search results), so building and opening a FAISS index runs in a process without torch (its import
+alone is ~0.5 GB of resident memory: tools/build_index.py, inspect_database.py).
 """
+from __future__ import annotations
+
 import logging
+import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple, Union
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +53,19 @@ __all__ = [
     "training_rows",
 ]
 
-ArrayLike = Union[np.ndarray, Tensor]
+ArrayLike = Union[np.ndarray, "Tensor"]
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (none exists before it is)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 @dataclass
@@ -126,8 +145,8 @@ def training_rows(num_rows: int, train_size: int, seed: int) -> np.ndarray:
 
 def normalize_rows(x: ArrayLike) -> np.ndarray:
     """(N, D) float32 C-contiguous NumPy copy with unit-norm rows (zero rows stay zero)."""
-    if isinstance(x, Tensor):
-        x = x.detach().to("cpu", torch.float32).numpy()
+    if is_tensor(x):
+        x = x.detach().to("cpu", _torch().float32).numpy()
     x = np.array(x, dtype=np.float32, order="C", copy=True)
     if x.ndim != 2:
         raise ValueError(f"expected an (N, D) array, got shape {x.shape}")
@@ -137,6 +156,7 @@ def normalize_rows(x: ArrayLike) -> np.ndarray:
 
 
 def _finish(scores: np.ndarray, ids: np.ndarray, device: torch.device) -> Tuple[Tensor, Tensor]:
+    torch = _torch()
     scores = scores.astype(np.float32, copy=True)
     ids = ids.astype(np.int64, copy=False)
     scores[ids < 0] = -np.inf
@@ -188,7 +208,8 @@ class FeatureIndex:
             scores (N, k) float32 and ids (N, k) int64, on the queries' device.
         """
         self._check_search(queries, k)
-        device = queries.device if isinstance(queries, Tensor) else torch.device("cpu")
+        torch = _torch()
+        device = queries.device if is_tensor(queries) else torch.device("cpu")
         if queries.shape[0] == 0:
             empty = torch.zeros(0, k, device=device)
             return empty, torch.zeros(0, k, dtype=torch.long, device=device)
@@ -201,6 +222,7 @@ class ExactIndex(FeatureIndex):
 
     def __init__(self, config: IndexConfig, dim: int):
         super().__init__(config, dim)
+        torch = _torch()
         self.device = torch.device(config.device)
         self.features = torch.zeros(0, dim, device=self.device)
 
@@ -209,6 +231,7 @@ class ExactIndex(FeatureIndex):
         return int(self.features.shape[0])
 
     def add(self, features: ArrayLike) -> None:
+        torch = _torch()
         rows = torch.from_numpy(normalize_rows(features)).to(self.device)
         if rows.shape[1] != self.dim:
             raise ValueError(f"features must have {self.dim} columns, got {rows.shape[1]}")
@@ -216,7 +239,8 @@ class ExactIndex(FeatureIndex):
 
     def search(self, queries: ArrayLike, k: int) -> Tuple[Tensor, Tensor]:
         self._check_search(queries, k)
-        out_device = queries.device if isinstance(queries, Tensor) else torch.device("cpu")
+        torch = _torch()
+        out_device = queries.device if is_tensor(queries) else torch.device("cpu")
         q = torch.as_tensor(queries).to(self.device, torch.float32)
         q = torch.nn.functional.normalize(q, dim=1)
         kk = min(k, self.ntotal)

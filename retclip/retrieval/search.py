@@ -10,18 +10,22 @@ time, in parallel if asked). With a valid cached index, opening reads only the i
 when ``IndexConfig.mmap``) and the compact label array (:mod:`.labels`): no feature shard. A
 missing, stale or unreadable index file is rebuilt shard by shard, and the log says so and why.
 
-Plain NumPy/PyTorch/FAISS: no detectron2 import.
+Plain NumPy/PyTorch/FAISS: no detectron2 import; torch is imported at the first search (or when
+an ``exact`` index is built), so opening a database over a cached FAISS index does not load it.
 """
+from __future__ import annotations
+
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from .database import FeatureDatabase
 from .fingerprint import EncoderFingerprint
@@ -60,6 +64,8 @@ def concat_queries(per_image: Sequence[Tensor]) -> Tuple[Tensor, List[int]]:
 
     One search over all queries of a batch amortises the index scan (and GPU launch costs).
     """
+    import torch
+
     if not per_image:
         raise ValueError("concat_queries needs at least one (Q, D) tensor")
     return torch.cat(list(per_image)), [int(q.shape[0]) for q in per_image]
@@ -102,6 +108,8 @@ class DatabaseRetriever:
         self._image_ids: Optional[List[str]] = None
         self.index = self._load_or_build()
         if self.config.type == "exact":
+            import torch
+
             self._labels = torch.from_numpy(np.asarray(self._labels, dtype=np.int64)).to(
                 torch.device(config.device)
             )
@@ -145,8 +153,10 @@ class DatabaseRetriever:
 
     def search(self, queries: Tensor, k: int) -> RetrievalResult:
         """Top-k neighbours of (N, D) queries, with their database labels (-1 where missing)."""
+        import torch
+
         scores, ids = self.index.search(queries, k)
-        if isinstance(self._labels, Tensor):
+        if isinstance(self._labels, torch.Tensor):
             labels = self._labels.to(ids.device)[ids.clamp_min(0)]
         else:  # memory-mapped int32: gather only the neighbours' entries
             rows = ids.clamp_min(0).cpu().numpy()
