@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "build_database_index",
+    "read_index_config",
     "cache_paths",
     "cache_problem",
     "estimate_index_bytes",
@@ -51,6 +52,42 @@ __all__ = [
     "shard_slices",
     "suggest_ivfpq_params",
 ]
+
+
+# ---------------------------------------------------------------------------------- config
+def _index_config_fields(config_file: str, opts: Sequence[str]) -> Dict[str, Any]:
+    """Child process: the config's ``MODEL.RETCLIP.INDEX`` as IndexConfig fields, or the user's
+    mistake as {"error": message}."""
+    from dataclasses import asdict
+
+    from retclip.config_file import load_config
+    from retclip.utils.cli import UserError
+
+    try:
+        cfg = load_config(config_file or None, list(opts), freeze=False)
+    except (UserError, OSError) as e:
+        detail = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e)
+        return {"error": detail}
+    return asdict(IndexConfig.from_cfg(cfg))
+
+
+def read_index_config(config_file: str, opts: Sequence[str] = ()) -> IndexConfig:
+    """``IndexConfig.from_cfg(load_config(config_file, opts))``, read in a short-lived child
+    process: the config reader imports detectron2 and torch (~0.6 GB resident), which an index
+    build does not need, so the process that builds never holds them.
+
+    Raises:
+        UserError: the config file or an override is wrong (the message names it).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from retclip.utils.cli import UserError
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        fields = pool.submit(_index_config_fields, config_file, list(opts)).result()
+    if "error" in fields:
+        raise UserError(fields["error"])
+    return IndexConfig(**fields)
 
 
 # ---------------------------------------------------------------------------------- cache

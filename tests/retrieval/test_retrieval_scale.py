@@ -159,6 +159,24 @@ def test_build_index_tool_reports_budget_and_bad_input(tmp_path):
     exact = subprocess.run(tool + ["MODEL.RETCLIP.INDEX.TYPE", "exact"], capture_output=True,
                            text=True, timeout=300)
     assert exact.returncode == 2 and "'exact' is not cached" in exact.stderr
+    bad_key = subprocess.run(tool + ["MODEL.RETCLIP.INDEX.NO_SUCH_KEY", "1"], capture_output=True,
+                             text=True, timeout=300)
+    assert bad_key.returncode == 2 and "NO_SUCH_KEY" in bad_key.stderr
+    params = ["IVF_NLIST", "16", "PQ_M", "4", "IVF_NPROBE", "4", "TRAIN_SIZE", "1500", "TRAIN_SEED", "3"]
+    built = subprocess.run(
+        tool + ["MODEL.RETCLIP.INDEX.TYPE", "ivfpq"]
+        + [v if i % 2 else f"MODEL.RETCLIP.INDEX.{v}" for i, v in enumerate(params)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    summary = json.loads(built.stdout)
+    # the config was read in a child process: the building process never loaded torch
+    assert summary["torch_loaded"] is False and summary["peak_rss_bytes"] > 0
+    assert summary["rows"] == 2400 and Path(summary["index"]).is_file()
+    # the model's retriever (same parameters) opens that index as valid: no rebuild
+    from retclip.retrieval.index_build import cache_problem
+
+    assert cache_problem(db.path / "index", FeatureDatabase.open(db.path), IVF) is None
 
 
 def test_index_memory_estimate_matches_faiss_and_budget_rule(tmp_path):
