@@ -85,6 +85,7 @@ def main(argv) -> int:
     p.add_argument("opts", nargs="*", default=[], help="KEY VALUE config overrides")
     args = p.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "no AVX2 build" probing
 
     from pathlib import Path
 
