@@ -206,8 +206,9 @@ def test_training_lowers_the_loss_on_fixed_data(one_thread):
     from retclip.engine import Trainer
 
     torch.manual_seed(0)
-    cfg = _cfg()
-    cfg.merge_from_file(TINY)
+    from retclip.config_file import load_config
+
+    cfg = load_config(TINY, freeze=False)
     cfg.INPUT.IMAGE_SIZE = 64
     cfg.INPUT.MIN_SCALE = cfg.INPUT.MAX_SCALE = 1.0
     cfg.INPUT.RANDOM_FLIP = "none"

@@ -5,15 +5,14 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-from retclip import add_retclip_config
 from retclip.database_builder.factory import build_encoder, run_build, setup_build_config
 from retclip.modeling.segment_embedding import ViTSegmentEmbedding
 from retclip.retrieval import FeatureDatabase
+from retclip.config_file import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,9 +46,7 @@ def test_database_from_the_builder_serves_the_training_free_model(vit_file, tmp_
     run_build(CONFIG, _vit_opts(vit_file) + ["DATABASE_BUILD.OUTPUT_DIR", str(db_dir)], progress=False)
     db = FeatureDatabase.open(db_dir)
     assert len(db) > 0
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(str(ROOT / "configs/tests/tiny_training_free_gt.yaml"))
+    cfg = load_config(str(ROOT / "configs/tests/tiny_training_free_gt.yaml"), freeze=False)
     cfg.merge_from_list(["MODEL.TRAINING_FREE.CLIP_PRETRAINED_WEIGHTS", vit_file,
                          "MODEL.TRAINING_FREE.MODE", "retrieval", "MODEL.RETCLIP.DATABASE", str(db_dir)])
     model = build_model(cfg).eval()  # refuses a database from another encoder

@@ -12,12 +12,11 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from retclip.config import add_retclip_config
 from retclip.database_builder import run_build
 from retclip.retrieval import EncoderFingerprint, FeatureDatabase
+from retclip.config_file import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +55,7 @@ def databases(tmp_path_factory):
 
 
 def _model(weights: str, database: str, allow: bool = False):
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(MODEL_CONFIG)
+    cfg = load_config(MODEL_CONFIG, freeze=False)
     cfg.merge_from_list(["MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS", weights, "MODEL.DEVICE", "cpu",
                          "MODEL.RETCLIP.DATABASE", database,
                          "MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH", str(allow),

@@ -21,16 +21,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper
 from detectron2.modeling import build_model
 
-from retclip.config import add_retclip_config
 from retclip.database_builder import build_database_builder, build_source, setup_build_config
 from retclip.database_builder.factory import read_database_config
 from retclip.proposals import GroundTruthProposals
 from retclip.retrieval import FeatureDatabase
 from retclip.utils.cli import UserError
+from retclip.config_file import load_config
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +58,7 @@ def _configs(folder: str) -> List[Path]:
 
 @functools.lru_cache(maxsize=None)
 def model_cfg(path: str, *opts: str):
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(path)
+    cfg = load_config(path, freeze=False)
     cfg.merge_from_list(list(opts))
     cfg.freeze()
     return cfg

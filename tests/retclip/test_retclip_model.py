@@ -6,24 +6,21 @@ import copy
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from PIL import Image
 
-from retclip import add_retclip_config
 from retclip.modeling.postprocessing import panoptic_inference
 from retclip.retrieval import EncoderFingerprint, FeatureDatabase
 from retclip.testing.synthetic import make_and_register_synthetic
+from retclip.config_file import load_config
 
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs"
 
 
 def _cfg(name, *opts):
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(str(CONFIGS / "tests" / name))
+    cfg = load_config(str(CONFIGS / "tests" / name), freeze=False)
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"
     return cfg

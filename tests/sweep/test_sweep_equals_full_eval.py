@@ -8,14 +8,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.data.detection_utils import read_image
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 from PIL import Image
 
-from retclip import add_retclip_config
 from retclip.engine import evaluate_checkpoint
 from retclip.ensemble import ENSEMBLE_MODES
 from retclip.evaluation import build_evaluator
@@ -25,6 +23,7 @@ from retclip.sweep.grid import GridPoint
 from retclip.sweep.hooks import score_cache_dir
 from retclip.sweep.runner import SweepRunner
 from retclip.testing.synthetic import make_and_register_synthetic
+from retclip.config_file import load_config
 
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs" / "tests"
 POINTS = [GridPoint(0.4, 0.7, 0.3), GridPoint(1.0, 1.0, 0.0), GridPoint(0.2, 0.9, 0.8)]
@@ -33,9 +32,7 @@ pytestmark = pytest.mark.slow
 
 
 def _cfg(root, train, test, *opts):
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(str(CONFIGS / "tiny_retclip_convnext.yaml"))
+    cfg = load_config(str(CONFIGS / "tiny_retclip_convnext.yaml"), freeze=False)
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), (test,)

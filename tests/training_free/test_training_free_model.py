@@ -7,13 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.data.detection_utils import read_image
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
-from retclip import add_retclip_config
 from retclip.evaluation.build import build_evaluator
 from retclip.modeling.meta_arch.training_free import TrainingFreeRetCLIP
 from retclip.proposals import HFSamBoxSegmenter, Proposals, ProposalSource
@@ -21,6 +19,7 @@ from retclip.proposals.ground_truth import read_panoptic_segments
 from retclip.proposals.testing import build_tiny_grounding_dino, build_tiny_hf_sam
 from retclip.retrieval import FeatureDatabase
 from retclip.testing.synthetic import make_and_register_synthetic
+from retclip.config_file import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tests"
 
@@ -48,9 +47,7 @@ def gdino_dirs(tmp_path_factory):
 
 
 def make_cfg(dataset, tmp_path, config="tiny_training_free_gt.yaml", **opts):
-    cfg = get_cfg()
-    add_retclip_config(cfg)
-    cfg.merge_from_file(str(CONFIGS / config))
+    cfg = load_config(str(CONFIGS / config), freeze=False)
     cfg.DATASETS.TEST = (dataset,)
     cfg.OUTPUT_DIR = str(tmp_path)
     cfg.merge_from_list([x for kv in opts.items() for x in kv])

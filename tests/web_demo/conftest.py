@@ -3,6 +3,7 @@ session: the demo tests all run on it."""
 import pytest
 import torch
 
+from retclip.config_file import load_config
 from retclip.web_demo.tiny_example import (
     TINY_MAX_SIZE,
     TINY_MIN_SIZE,
@@ -30,14 +31,11 @@ def overrides(example, database=True):
 def build_tiny_model(example, meta_architecture="RetCLIP", database=True):
     """The example's tiny model with its checkpoint loaded (FCCLIP: same weights, no retrieval)."""
     import retclip
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     from retclip.checkpoint import RetCLIPCheckpointer
 
-    cfg = get_cfg()
-    retclip.add_retclip_config(cfg)
-    cfg.merge_from_file(str(TINY_MODEL_CONFIG))
+    cfg = load_config(str(TINY_MODEL_CONFIG), freeze=False)
     cfg.merge_from_list(overrides(example, database) + ["MODEL.META_ARCHITECTURE", meta_architecture])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
