@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Un
 
 import numpy as np
 
-from .fingerprint import RECIPE_FIELDS, EmbeddingRecipe, EncoderFingerprint, describe_differences
+from .fingerprint import RECIPE_FIELDS, EmbeddingRecipe, EncoderFingerprint
 from .safedir import staged_directory
 from .shards import (
     CorruptShardError,
@@ -198,39 +198,11 @@ class FeatureDatabase:
         allow_mismatch: bool = False,
         fields: Sequence[str] = RECIPE_FIELDS,
     ) -> List[Tuple[str, Any, Any]]:
-        """Refuse rows embedded another way than ``recipe``, naming every differing field.
+        """Refuse rows embedded another way than ``recipe`` (see
+        :func:`retclip.retrieval.recipe_check.check_database_recipe`)."""
+        from .recipe_check import check_database_recipe
 
-        A database without a recorded recipe (built before recipes were) gets a warning saying
-        what cannot be checked, and its encoder fingerprint is checked as before.
-        ``allow_mismatch`` (MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH, for ablations) turns a refusal
-        into a warning; a different embedding dimension is always an error.
-
-        Returns:
-            The differences found (field, model value, database value).
-        """
-        if self.recipe is None:
-            logger.warning(
-                "feature database %s records no embedding recipe (built before recipes were "
-                "recorded): its resize, mean/std, padding, dense map, pooling and weights hash "
-                "cannot be checked against the model's; rebuild it to have them checked", self.path,
-            )
-            if not allow_mismatch or recipe.embed_dim != self.embed_dim:
-                self.check_encoder(recipe.fingerprint)
-            return []
-        diffs = recipe.differences(self.recipe, fields)
-        if not diffs:
-            return []
-        message = (
-            f"feature database {self.path} was embedded with another recipe than the model's: "
-            f"{describe_differences(diffs)}"
-        )
-        if not allow_mismatch or recipe.embed_dim != self.recipe.embed_dim:
-            raise ValueError(
-                f"{message}. Rebuild it from the model's config (DATABASE_BUILD.MODEL_CONFIG), "
-                "or set MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH True for an ablation"
-            )
-        logger.warning("%s (allowed by MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH)", message)
-        return diffs
+        return check_database_recipe(self, recipe, allow_mismatch=allow_mismatch, fields=fields)
 
     # ------------------------------------------------------------------ properties
     @property
