@@ -127,7 +127,7 @@ class SegmentExplainer:
         source image for the row: databases built before provenance, or a moved image)."""
         out: List[Optional[np.ndarray]] = []
         for n in segment["neighbours"]:
-            out.append(neighbour_thumbnail(self.provenance(n["database"]).row(n["row"]), neighbour_caption(n), size))
+            out.append(row_thumbnail(self.provenance(n["database"]).row(n["row"]), neighbour_caption(n), size))
         return out
 
 
@@ -137,8 +137,3 @@ def neighbour_caption(n: Dict[str, Any]) -> List[str]:
     db_class = n["database_class"].split(",")[0]
     arrow = db_class if mapped.split(",")[0] == db_class else f"{db_class} -> {mapped.split(',')[0]}"
     return [arrow, f"sim {n['similarity']:.3f}  w {n['weight']:.2f}"]
-
-
-def neighbour_thumbnail(prov: Optional[Dict[str, Any]], caption: Sequence[str], size: int = 160) -> Optional[np.ndarray]:
-    """A crop of the row's source image with its mask outlined, or None without a readable source."""
-    return row_thumbnail(prov, caption, size)

@@ -61,13 +61,12 @@ def _index_config_fields(config_file: str, opts: Sequence[str]) -> Dict[str, Any
     from dataclasses import asdict
 
     from retclip.config_file import load_config
-    from retclip.utils.cli import UserError
+    from retclip.utils.cli import UserError, describe_error
 
     try:
         cfg = load_config(config_file or None, list(opts), freeze=False)
     except (UserError, OSError) as e:
-        detail = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e)
-        return {"error": detail}
+        return {"error": describe_error(e)}
     return asdict(IndexConfig.from_cfg(cfg))
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, List, Optional, Sequence
 
-__all__ = ["UserError", "run_tool", "EXIT_USER_ERROR", "pop_debug_flag", "int_at_least"]
+__all__ = ["UserError", "run_tool", "EXIT_USER_ERROR", "pop_debug_flag", "int_at_least", "describe_error"]
 
 #: Exit status of a tool stopped by a user mistake (argparse uses 2 for bad arguments too).
 EXIT_USER_ERROR = 2
@@ -30,7 +30,8 @@ def pop_debug_flag(argv: Sequence[str]) -> "tuple[List[str], bool]":
     return [a for a in args if a != "--debug"], debug
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """The one-line message a tool prints for a user mistake (an OSError as "reason: file")."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.strerror}: {exc.filename}"
     return str(exc) or exc.__class__.__name__
@@ -58,7 +59,7 @@ def run_tool(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
     except (UserError, OSError) as exc:
         if debug:
             raise
-        print(f"{prog}: error: {_describe(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {describe_error(exc)}", file=sys.stderr)
         print(f"{prog}: (run again with --debug for the traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
     return int(code or 0)
