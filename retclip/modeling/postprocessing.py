@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import AbstractSet, Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+from typing import (
+    AbstractSet,
+    Any,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import torch
 import torch.nn.functional as F
@@ -93,16 +104,64 @@ def _tile_reduce(x: torch.Tensor, reduce) -> torch.Tensor:
     return bands(bands(x, 1), 2)
 
 
+class PostprocessBuffers:
+    """Memory that post-processing's whole-image tensors (upsampled mask logits, their resize to
+    the output size, mask probabilities) are written into, reused from image to image.
+
+    A sweep post-processes every cached image in one process. On CPU a fresh tensor of that size
+    (ConvNeXt-L, 250 queries at 800 x 1088: 0.87 GB) costs more in first-touch page faults than
+    the operator itself: the upsample takes 0.97 s into fresh memory and 0.41 s into touched
+    memory, the sigmoid 0.74 s and 0.25 s. The same operators write into the buffers (their
+    ``out=`` forms), so the values are those of fresh tensors. A tensor handed out stays valid
+    until its name is asked for again, i.e. until the next image.
+    """
+
+    def __init__(self) -> None:
+        self._flat: Dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """A contiguous tensor of ``shape`` with ``like``'s dtype and device (contents undefined),
+        in the memory kept under ``name`` (grown when too small)."""
+        numel = 1
+        for n in shape:
+            numel *= int(n)
+        flat = self._flat.get(name)
+        if (
+            flat is None
+            or flat.numel() < numel
+            or flat.dtype != like.dtype
+            or flat.device != like.device
+        ):
+            flat = self._flat[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return flat[:numel].view(tuple(int(n) for n in shape))
+
+
 class MaskProbabilities:
     """The parts of post-processing that depend on the mask logits only: their sigmoid, each
-    query's own-mask area, per-tile probability bounds, the instance binarisation and the mean
-    probability inside it (each computed on first use). One image's outputs (semantic, panoptic,
-    instances), or a sweep's grid points over one image, share them instead of recomputing
-    whole-image passes per call: only what depends on the class scores is left per call."""
+    query's own-mask area, per-tile probability bounds, the instance binarisations and the mean
+    probability inside them (each computed on first use, binarisations query by query). One
+    image's outputs (semantic, panoptic, instances), or a sweep's grid points over one image,
+    share them instead of recomputing whole-image passes per call: only what depends on the class
+    scores is left per call.
 
-    def __init__(self, mask_pred: torch.Tensor) -> None:
+    Args:
+        mask_pred: (Q, H, W) mask logits.
+        buffers: write the probabilities into these (a sweep's, reused per image) instead of
+            fresh memory; the values are the same.
+    """
+
+    def __init__(
+        self, mask_pred: torch.Tensor, buffers: Optional[PostprocessBuffers] = None
+    ) -> None:
         self.logits = mask_pred
-        self.prob = mask_pred.sigmoid()
+        if buffers is None:
+            self.prob = mask_pred.sigmoid()
+        else:
+            self.prob = torch.sigmoid(
+                mask_pred, out=buffers.take("probabilities", mask_pred.shape, mask_pred)
+            )
+        self._positive: Dict[int, torch.Tensor] = {}
+        self._inside: Dict[int, torch.Tensor] = {}
 
     @cached_property
     def own_area(self) -> torch.Tensor:
@@ -119,21 +178,71 @@ class MaskProbabilities:
         ``WINNER_TILE``-square tile (edge tiles partial)."""
         return _tile_reduce(self.prob, torch.amin), _tile_reduce(self.prob, torch.amax)
 
-    @cached_property
-    def positive(self) -> torch.Tensor:
-        """(Q, H, W) bool: logit > 0, the instance masks."""
-        return self.logits > 0
+    def positive(self, queries: Sequence[int]) -> torch.Tensor:
+        """(N, H, W) bool: logit > 0, the instance masks of ``queries``. Each query's mask is
+        made once, on first use: instance output and a sweep's grid points ask for the top-k
+        queries only, which are usually far fewer than Q."""
+        queries = [int(q) for q in queries]
+        if self.logits.is_cuda:  # one kernel
+            return self.logits[queries] > 0
+        for q in queries:
+            if q not in self._positive:
+                self._positive[q] = self.logits[q] > 0
+        if not queries:
+            return torch.zeros((0, *self.logits.shape[1:]), dtype=torch.bool)
+        return torch.stack([self._positive[q] for q in queries])
+
+    def summaries(self, instances: bool) -> Dict[str, torch.Tensor]:
+        """The per-query values post-processing derives from whole-image passes, for a score
+        cache to keep (a sweep then skips those passes; :meth:`restore` takes them back):
+        "own_area" (Q,) int32, "tile_low" / "tile_high" (Q, th, tw) and "tile_size" (the
+        :attr:`tile_bounds`), and with ``instances`` "inside" (Q,): :meth:`inside` of every
+        query, each computed alone as instance output computes it."""
+        low, high = self.tile_bounds
+        out = {
+            "own_area": self.own_area,
+            "tile_low": low,
+            "tile_high": high,
+            "tile_size": torch.tensor(WINNER_TILE),
+        }
+        if instances:
+            out["inside"] = self.inside(torch.arange(self.prob.shape[0]))
+        return out
+
+    def restore(self, summaries: Mapping[str, torch.Tensor], where: str = "summaries") -> None:
+        """Take back values of :meth:`summaries` (of these masks) instead of computing them.
+        Tile bounds of another ``WINNER_TILE`` are left to be recomputed; a value of the wrong
+        shape is a ValueError naming ``where`` and the field."""
+        q, h, w = self.prob.shape
+        th, tw = -(-h // WINNER_TILE), -(-w // WINNER_TILE)
+        expected = {"own_area": (q,), "inside": (q,)}
+        if "tile_size" in summaries and int(summaries["tile_size"]) == WINNER_TILE:
+            expected.update({"tile_low": (q, th, tw), "tile_high": (q, th, tw)})
+        for name, shape in expected.items():
+            if name in summaries and tuple(summaries[name].shape) != shape:
+                raise ValueError(
+                    f"{where}: {name} has shape {tuple(summaries[name].shape)}, masks of shape "
+                    f"{(q, h, w)} need {shape}"
+                )
+        device = self.prob.device
+        if "own_area" in summaries:
+            self.__dict__["own_area"] = summaries["own_area"].to(device)
+        if "tile_low" in expected and "tile_low" in summaries and "tile_high" in summaries:
+            self.__dict__["tile_bounds"] = (
+                summaries["tile_low"].to(device),
+                summaries["tile_high"].to(device),
+            )
+        if "inside" in summaries:
+            self._inside.update(enumerate(summaries["inside"].to(device).unbind(0)))
 
     def inside(self, queries: torch.Tensor) -> torch.Tensor:
         """(N,) mean probability inside the instance masks of ``queries`` (the instance score
         factor). Each query's value is computed once, alone, so it does not depend on which
         other queries are asked for with it."""
-        if not hasattr(self, "_inside"):
-            self._inside: Dict[int, torch.Tensor] = {}
         values = []
         for q in queries.tolist():
             if q not in self._inside:
-                positive = self.positive[q]
+                positive = self.positive([q])[0]
                 self._inside[q] = (self.prob[q] * positive).sum() / (positive.sum() + 1e-6)
             values.append(self._inside[q])
         if not values:
@@ -337,7 +446,7 @@ def instance_inference(
     mask_prob = _probabilities(mask_pred, mask_prob)
     result = Instances(tuple(mask_pred.shape[-2:]))
     if mask_tensors:
-        result.pred_masks = mask_prob.positive[query].float()
+        result.pred_masks = mask_prob.positive(query.tolist()).float()
     result.pred_boxes = Boxes(torch.zeros(query.shape[0], 4, device=mask_pred.device))
     result.scores = top_scores * mask_prob.inside(query)
     result.pred_classes = top_labels
@@ -352,6 +461,7 @@ def output_mask_logits(
     height: int,
     width: int,
     settings: PostprocessSettings,
+    buffers: Optional[PostprocessBuffers] = None,
 ) -> torch.Tensor:
     """One image's decoder-resolution mask logits as :func:`image_outputs` takes them.
 
@@ -363,25 +473,49 @@ def output_mask_logits(
         mask_logits: (Q, h, w) mask logits at the decoder's resolution of the padded input.
         padded_size: (Hp, Wp) of the padded input; image_size: (h, w) of the image inside it.
         height, width: the output size.
+        buffers: write the resized masks into these (see :class:`PostprocessBuffers`).
     """
-    masks = F.interpolate(
-        mask_logits[None], size=tuple(padded_size), mode="bilinear", align_corners=False
-    )[0]
+    masks = _resize_bilinear(mask_logits, tuple(padded_size), buffers, "upsampled")
     if settings.sem_seg_postprocess_before_inference:
-        masks = retry_if_cuda_oom(crop_and_resize)(masks, tuple(image_size), height, width)
+        masks = retry_if_cuda_oom(crop_and_resize)(
+            masks, tuple(image_size), height, width, buffers
+        )
     return masks
 
 
+def _resize_bilinear(
+    x: torch.Tensor,
+    size: Tuple[int, int],
+    buffers: Optional[PostprocessBuffers],
+    name: str,
+) -> torch.Tensor:
+    """(C, h, w) -> (C, *size): ``F.interpolate(x[None], size, mode="bilinear",
+    align_corners=False)[0]``; with ``buffers``, the same operator's ``out=`` form into them."""
+    if buffers is None:
+        return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    out = buffers.take(name, (1, x.shape[0], *size), x)
+    torch.ops.aten.upsample_bilinear2d.out(x[None], list(size), False, None, None, out=out)
+    return out[0]
+
+
 def crop_and_resize(
-    result: torch.Tensor, image_size: Tuple[int, int], height: int, width: int
+    result: torch.Tensor,
+    image_size: Tuple[int, int],
+    height: int,
+    width: int,
+    buffers: Optional[PostprocessBuffers] = None,
 ) -> torch.Tensor:
     """detectron2's ``sem_seg_postprocess`` (crop the image out of the padded input, resize
     bilinearly to the output size), with the resize skipped when the sizes already agree: a
     bilinear resize to the same size reads each pixel with weight 1, so it is an exact copy
-    (returned as a view of ``result``: later steps read it once, copying it would cost as much)."""
-    if tuple(image_size) == (height, width):
+    (returned as a view of ``result``: later steps read it once, copying it would cost as much).
+    With ``buffers`` the resize writes into them (see :class:`PostprocessBuffers`)."""
+    h, w = image_size
+    if (h, w) == (height, width):
         return result[:, :height, :width]
-    return sem_seg_postprocess(result, tuple(image_size), height, width)
+    if buffers is None:
+        return sem_seg_postprocess(result, (h, w), height, width)
+    return _resize_bilinear(result[:, :h, :w], (height, width), buffers, "resized")
 
 
 def image_outputs(

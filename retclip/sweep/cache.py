@@ -18,7 +18,11 @@ naming the entries that differ. The writer is :class:`retclip.sweep.writer.Score
 Size: mask logits are kept at the decoder's resolution, Q x H/4 x W/4 of the padded input (the
 sweep upsamples them exactly as the model's post-processing does). At ADE20k-150 val settings
 (2000 images resized to 800 on the short side, padded to about 800 x 1088, Q = 250) that is
-~54 MB per image in float32, ~110 GB for the split. ``mask_dtype="float16"`` halves it; metrics
+~54 MB per image in float32, ~110 GB for the split. Next to them the writer stores per-query
+values derived from the full-resolution masks (``SUMMARY_TENSOR_FIELDS``: own-mask areas, tile
+bounds, instance scores' mask factor and the instance masks' RLEs), so that a sweep point does
+not recompute them per image: ~4 MB per image at that size with random weights' diffuse masks,
+less for a trained model's. ``mask_dtype="float16"`` halves the logits; metrics
 then match a full
 evaluation to ~1e-3 (PQ / mIoU points) instead of exactly (measured on synthetic scores: at most
 0.0009, mask AP unchanged).
@@ -42,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SUMMARY_TENSOR_FIELDS",
     "TENSOR_FIELDS",
     "CachedImage",
     "ScoreCache",
@@ -63,8 +68,22 @@ TENSOR_FIELDS = (
     "mask_logits",
 )
 REQUIRED_TENSOR_FIELDS = ("in_vocab_logits", "clip_logits", "seen", "mask_logits")
+#: Per-query values the writer derives from the full-resolution masks so that a sweep skips
+#: those whole-image passes (:func:`retclip.sweep.recombine.mask_summaries`): own-mask areas and
+#: tile bounds (panoptic), mean probability inside the instance masks and the instance masks'
+#: RLEs (instance output). Optional: a cache without them is read, the sweep computes them.
+SUMMARY_TENSOR_FIELDS = (
+    "mask_own_area",
+    "mask_tile_low",
+    "mask_tile_high",
+    "mask_tile_size",
+    "mask_inside",
+    "mask_rle_counts",
+    "mask_rle_offsets",
+)
 #: The manifest's "model" entry (``RetCLIP.score_cache_manifest()``).
 MODEL_MANIFEST_FIELDS = ("ensemble_mode", "weights", "class_names", "postprocess")
+_STORED_FIELDS = TENSOR_FIELDS + SUMMARY_TENSOR_FIELDS
 _MASK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _SHARD_RE = re.compile(r"^r(\d+)-(\d+)\.safetensors$")
 
@@ -97,7 +116,8 @@ class CachedImage:
             image size inside the padded batch and the padded size.
         tensors: ``TENSOR_FIELDS`` -> tensors (in_vocab_logits / clip_logits (Q, K+1),
             retrieval_scores (Q, K), retrieval_available / seen (K,) bool, valid (Q,) bool or
-            absent, mask_logits (Q, Hp/4, Wp/4) float32 (float16 caches are cast back)).
+            absent, mask_logits (Q, Hp/4, Wp/4) float32 (float16 caches are cast back)), and
+            the ``SUMMARY_TENSOR_FIELDS`` when the writer stored them.
     """
 
     info: Dict[str, Any]
@@ -230,7 +250,7 @@ class ScoreCache:
         path, i, info = self._index[image_id]
         with safe_open(path, framework="pt") as f:
             keys = set(f.keys())
-            tensors = {k: f.get_tensor(f"{i}.{k}") for k in TENSOR_FIELDS if f"{i}.{k}" in keys}
+            tensors = {k: f.get_tensor(f"{i}.{k}") for k in _STORED_FIELDS if f"{i}.{k}" in keys}
         tensors["mask_logits"] = tensors["mask_logits"].float()
         return CachedImage(info=dict(info), tensors=tensors)
 
@@ -243,7 +263,7 @@ class ScoreCache:
                 keys = set(f.keys())
                 for i, info in items:
                     tensors = {
-                        k: f.get_tensor(f"{i}.{k}") for k in TENSOR_FIELDS if f"{i}.{k}" in keys
+                        k: f.get_tensor(f"{i}.{k}") for k in _STORED_FIELDS if f"{i}.{k}" in keys
                     }
                     tensors["mask_logits"] = tensors["mask_logits"].float()
                     yield CachedImage(info=dict(info), tensors=tensors)

@@ -19,11 +19,13 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from retclip.utils.errors import BadFileError
 from detectron2.evaluation import DatasetEvaluator
 from PIL import Image
 
@@ -72,19 +74,67 @@ def encode_masks(masks: np.ndarray) -> List[Dict[str, Any]]:
 
 
 class QueryMaskRLEs:
-    """One image's instance masks per query (``MaskProbabilities.positive``) as RLEs, each
-    encoded on first use: a sweep's grid points pick different top-k queries from the same masks,
-    so only the scores change between points. Given as ``outputs["query_rles"]`` with instances
-    that carry ``pred_queries``, :class:`FastPanopticEvaluator` takes the masks from here."""
+    """One image's instance masks per query as RLEs, each encoded on first use: a sweep's grid
+    points pick different top-k queries from the same masks, so only the scores change between
+    points. Given as ``outputs["query_rles"]`` with instances that carry ``pred_queries``,
+    :class:`FastPanopticEvaluator` takes the masks from here.
 
-    def __init__(self, positive: torch.Tensor) -> None:
+    Args:
+        positive: (Q, H, W) bool masks, or a function from query indices to their (N, H, W)
+            masks (``MaskProbabilities.positive``, which binarises only the queries asked for).
+    """
+
+    def __init__(
+        self, positive: Union[torch.Tensor, Callable[[Sequence[int]], torch.Tensor]]
+    ) -> None:
+        if isinstance(positive, torch.Tensor):
+            masks = positive
+            positive = lambda queries: masks[list(queries)]  # noqa: E731
         self.positive = positive
         self._rles: Dict[int, Dict[str, Any]] = {}
+
+    def pack(self, num_queries: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Every query's RLE as two tensors (how a score cache stores them): the ASCII counts
+        strings end to end, (L,) uint8, and where each starts, (Q + 1,) int64."""
+        rles = self(list(range(num_queries)))
+        data = b"".join(r["counts"].encode("ascii") for r in rles)
+        lengths = torch.tensor([0] + [len(r["counts"]) for r in rles], dtype=torch.int64)
+        counts = torch.tensor(list(data), dtype=torch.uint8)
+        return counts, lengths.cumsum(0)
+
+    @classmethod
+    def unpack(
+        cls, counts: torch.Tensor, offsets: torch.Tensor, size: Sequence[int], where: str
+    ) -> "QueryMaskRLEs":
+        """The RLEs of :meth:`pack` for masks of ``size`` (H, W); inconsistent offsets are a
+        BadFileError naming ``where``."""
+        ends = offsets.tolist()
+        if (
+            offsets.ndim != 1
+            or not ends
+            or ends[0] != 0
+            or ends[-1] != counts.numel()
+            or any(b < a for a, b in zip(ends, ends[1:]))
+        ):
+            raise BadFileError(
+                f"{where}: instance mask RLE offsets do not index the {counts.numel()} stored "
+                "bytes; the cache is damaged: write it again"
+            )
+
+        def missing(queries: Sequence[int]) -> torch.Tensor:
+            raise KeyError(f"{where}: queries {list(queries)} have no stored instance mask RLE")
+
+        rles = cls(missing)
+        data = counts.numpy().tobytes()
+        height, width = (int(x) for x in size)
+        for q, (a, b) in enumerate(zip(ends, ends[1:])):
+            rles._rles[q] = {"size": [height, width], "counts": data[a:b].decode("ascii")}
+        return rles
 
     def __call__(self, queries: Sequence[int]) -> List[Dict[str, Any]]:
         missing = [q for q in dict.fromkeys(queries) if q not in self._rles]
         if missing:
-            masks = self.positive[missing].numpy().astype(np.uint8)
+            masks = self.positive(missing).cpu().numpy().astype(np.uint8)
             self._rles.update(zip(missing, encode_masks(masks)))
         return [self._rles[q] for q in queries]
 

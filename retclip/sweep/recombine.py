@@ -20,15 +20,19 @@ import torch
 from retclip.ensemble import ensemble_log_probabilities
 from retclip.modeling.postprocessing import (
     MaskProbabilities,
+    PostprocessBuffers,
     PostprocessSettings,
     image_outputs,
     output_mask_logits,
 )
 
-from .cache import CachedImage
+from .cache import SUMMARY_TENSOR_FIELDS, CachedImage
+from .metrics import QueryMaskRLEs
 
 __all__ = [
     "combine_scores",
+    "instance_rles",
+    "mask_summaries",
     "postprocess",
     "postprocess_settings",
     "prepare_masks",
@@ -54,10 +58,19 @@ def combine_scores(
     return ensemble_log_probabilities(mode, tensors, alpha, beta, gamma)
 
 
-def prepare_masks(image: CachedImage, settings: PostprocessSettings) -> MaskProbabilities:
+def prepare_masks(
+    image: CachedImage,
+    settings: PostprocessSettings,
+    buffers: Optional[PostprocessBuffers] = None,
+) -> MaskProbabilities:
     """The cached mask logits as post-processing uses them, with their sigmoid. They do not
     depend on the ensemble weights, so a pass over several grid points computes them once per
-    image."""
+    image.
+
+    Args:
+        buffers: memory reused from image to image (a sweep's): the result is valid until the
+            next call with the same buffers.
+    """
     info = image.info
     masks = output_mask_logits(
         image.tensors["mask_logits"],
@@ -66,8 +79,55 @@ def prepare_masks(image: CachedImage, settings: PostprocessSettings) -> MaskProb
         info["height"],
         info["width"],
         settings,
+        buffers,
     )
-    return MaskProbabilities(masks)
+    prepared = MaskProbabilities(masks, buffers)
+    stored = {
+        field[len(_SUMMARY_PREFIX) :]: image.tensors[field]
+        for field in SUMMARY_TENSOR_FIELDS
+        if field in image.tensors and not field.startswith("mask_rle_")
+    }
+    if stored:
+        prepared.restore(stored, where=f"score cache image {info.get('image_id')}")
+    return prepared
+
+
+#: ``SUMMARY_TENSOR_FIELDS`` are ``MaskProbabilities.summaries()`` names with this prefix.
+_SUMMARY_PREFIX = "mask_"
+
+
+def mask_summaries(
+    image: CachedImage,
+    settings: PostprocessSettings,
+    buffers: Optional[PostprocessBuffers] = None,
+) -> Dict[str, torch.Tensor]:
+    """What the cache writer stores next to an image's mask logits (the
+    :data:`~retclip.sweep.cache.SUMMARY_TENSOR_FIELDS`): :meth:`MaskProbabilities.summaries` of
+    :func:`prepare_masks`, and with instance output every query's instance-mask RLE. Computed by
+    the sweep's own functions from the logits as stored, so a sweep reading them gets the values
+    it would compute."""
+    prepared = prepare_masks(image, settings, buffers)
+    out = {
+        _SUMMARY_PREFIX + name: value.cpu()
+        for name, value in prepared.summaries(settings.instance_on).items()
+    }
+    if settings.instance_on:
+        counts, offsets = QueryMaskRLEs(prepared.positive).pack(prepared.prob.shape[0])
+        out["mask_rle_counts"], out["mask_rle_offsets"] = counts, offsets
+    return out
+
+
+def instance_rles(image: CachedImage, prepared: MaskProbabilities) -> QueryMaskRLEs:
+    """The image's instance masks per query as RLEs: those the cache stores, else encoded from
+    ``prepared`` on first use."""
+    if "mask_rle_counts" in image.tensors and "mask_rle_offsets" in image.tensors:
+        return QueryMaskRLEs.unpack(
+            image.tensors["mask_rle_counts"],
+            image.tensors["mask_rle_offsets"],
+            prepared.prob.shape[-2:],
+            where=f"score cache image {image.info['image_id']}",
+        )
+    return QueryMaskRLEs(prepared.positive)
 
 
 def postprocess(

@@ -14,6 +14,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from safetensors.torch import save_file
 
+from retclip.modeling.postprocessing import PostprocessBuffers, PostprocessSettings
 from retclip.utils.fileio import atomic_path, atomic_write_json
 
 from .cache import (
@@ -31,6 +32,7 @@ from .cache import (
     _shard_infos,
     compare_fingerprints,
 )
+from .recombine import mask_summaries
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ class ScoreCacheWriter(DatasetEvaluator):
         self.mask_dtype = mask_dtype
         self.shard_bytes = int(shard_mb * 2**20)
         self.max_images_per_shard = int(max_images_per_shard)
+        self._settings = PostprocessSettings.from_dict(self.model_manifest["postprocess"])
+        self._buffers = PostprocessBuffers()
         self._done: set = set()
         self._pending: List[CachedImage] = []
         self._pending_bytes = 0
@@ -196,6 +200,17 @@ class ScoreCacheWriter(DatasetEvaluator):
             "image_size": [h, w],
             "padded_size": [hp, wp],
         }
+        # The per-query values a sweep would otherwise recompute per image at full resolution,
+        # from the logits as stored (float16 ones cast back, as the reader does), on the
+        # model's device (reused buffers on CPU only: CUDA's allocator already caches memory).
+        stored = ens["mask_logits"].detach().to(_MASK_DTYPES[self.mask_dtype]).float()
+        tensors.update(
+            mask_summaries(
+                CachedImage(info=info, tensors={"mask_logits": stored}),
+                self._settings,
+                self._buffers if stored.device.type == "cpu" else None,
+            )
+        )
         return CachedImage(info=info, tensors=tensors)
 
     def _flush(self) -> None:

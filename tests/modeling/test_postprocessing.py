@@ -258,3 +258,49 @@ def test_instances_without_mask_tensors_keep_everything_else():
         assert torch.equal(getattr(full, field), getattr(light, field))
     # each instance's mask is its query's own positive mask
     assert torch.equal(full.pred_masks.bool(), mask_pred[light.pred_queries] > 0)
+
+
+def test_buffers_give_the_values_of_fresh_tensors_image_after_image():
+    """A sweep reuses one PostprocessBuffers for every image: the upsample, the resize to the
+    output size and the sigmoid written into it equal fresh tensors bit for bit, also when a
+    larger image follows a smaller one (the memory grows) and a smaller one a larger one."""
+    from retclip.modeling.postprocessing import (
+        PostprocessBuffers,
+        PostprocessSettings,
+        output_mask_logits,
+    )
+
+    settings = PostprocessSettings(
+        semantic_on=True,
+        panoptic_on=True,
+        instance_on=True,
+        object_mask_threshold=0.0,
+        overlap_threshold=0.8,
+        sem_seg_postprocess_before_inference=True,
+        topk=10,
+        thing_ids=frozenset({0, 1}),
+    )
+    g = torch.Generator().manual_seed(11)
+    buffers = PostprocessBuffers()
+    # (decoder size, padded size, image size, output size): same-size crop, up- and down-resize
+    cases = [
+        ((8, 12), (32, 48), (30, 41), (30, 41)),
+        ((16, 16), (64, 64), (60, 57), (90, 85)),
+        ((8, 12), (32, 48), (29, 47), (20, 31)),
+    ]
+    pointers = []
+    for low, padded, image, (height, width) in cases:
+        logits = torch.randn(7, *low, generator=g) * 8
+        fresh = output_mask_logits(logits, padded, image, height, width, settings)
+        reused = output_mask_logits(logits, padded, image, height, width, settings, buffers)
+        assert torch.equal(reused, fresh)
+        fresh_prob = MaskProbabilities(fresh)
+        reused_prob = MaskProbabilities(reused, buffers)
+        assert torch.equal(reused_prob.prob, fresh_prob.prob)
+        assert torch.equal(reused_prob.positive([3, 0, 3]), fresh_prob.positive([3, 0, 3]))
+        assert torch.equal(reused_prob.positive([3, 0, 3]), fresh[[3, 0, 3]] > 0)
+        queries = torch.tensor([6, 2])
+        assert torch.equal(reused_prob.inside(queries), fresh_prob.inside(queries))
+        pointers.append(reused_prob.prob.data_ptr())
+    # the third image is smaller than the second: it reuses the second's memory
+    assert pointers[2] == pointers[1] != pointers[0]

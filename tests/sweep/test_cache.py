@@ -131,7 +131,11 @@ def test_float16_masks_halve_the_size(dataset, full_cache, tmp_path):
     size = lambda d: sum(
         os.path.getsize(os.path.join(d, "shards", f)) for f in os.listdir(os.path.join(d, "shards"))
     )
-    assert size(str(tmp_path)) < 0.6 * size(cache_dir)
+    # the mask logits take half the bytes; the rest of the cache (scores, mask summaries) is alike
+    mask_bytes = sum(
+        p[1]["ensemble_inputs"]["mask_logits"].numel() * 4 for p in pairs
+    )
+    assert size(cache_dir) - size(str(tmp_path)) >= 0.45 * mask_bytes
     img = ScoreCache(str(tmp_path)).load(pairs[0][0]["image_id"])
     ref = pairs[0][1]["ensemble_inputs"]["mask_logits"]
     assert img.tensors["mask_logits"].dtype == torch.float32
@@ -256,3 +260,93 @@ def test_parallel_workers_give_the_same_rows(full_cache, tmp_path):
     key = lambda r: (r["alpha"], r["beta"], r["gamma"])
     for a, b in zip(sorted(serial, key=key), sorted(parallel, key=key)):
         assert json.dumps(a["results"], sort_keys=True) == json.dumps(b["results"], sort_keys=True)
+
+
+def test_stored_mask_summaries_equal_what_the_sweep_computes(full_cache):
+    """The writer stores per-query values derived from the full-resolution masks (own areas, tile
+    bounds, mean probability inside the instance masks, the instance masks' RLEs); each equals
+    what the sweep computes from the cached logits when they are absent, bit for bit (the RLEs
+    decoded with pycocotools against the binarised masks)."""
+    from pycocotools import mask as mask_utils
+
+    from retclip.sweep.cache import SUMMARY_TENSOR_FIELDS, CachedImage
+    from retclip.sweep.recombine import instance_rles, postprocess_settings, prepare_masks
+
+    cache_dir, _ = full_cache
+    cache = ScoreCache(cache_dir)
+    settings = postprocess_settings(cache.manifest)
+    for image in cache:
+        assert set(SUMMARY_TENSOR_FIELDS) <= set(image.tensors)
+        info = image.info
+        bare = {k: v for k, v in image.tensors.items() if k not in SUMMARY_TENSOR_FIELDS}
+        fresh = prepare_masks(CachedImage(info=info, tensors=bare), settings)  # computes all
+        restored = prepare_masks(image, settings)
+        # taken from the cache, not computed: already there before first use
+        assert {"own_area", "tile_bounds"} <= set(vars(restored)) and restored._inside
+        assert torch.equal(restored.own_area, fresh.own_area)
+        assert torch.equal(image.tensors["mask_own_area"], fresh.own_area)
+        for got, want in zip(restored.tile_bounds, fresh.tile_bounds):
+            assert torch.equal(got, want)
+        queries = torch.arange(Q)
+        assert torch.equal(restored.inside(queries), fresh.inside(queries))
+        assert torch.equal(image.tensors["mask_inside"], fresh.inside(queries))
+        rles = instance_rles(image, restored)(list(range(Q)))
+        decoded = mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+        assert decoded.shape == (Q, info["height"], info["width"])
+        assert torch.equal(torch.from_numpy(decoded), fresh.logits > 0)
+
+
+def test_cache_without_mask_summaries_sweeps_to_the_same_rows(full_cache, tmp_path):
+    """A cache written before the summaries existed (or stripped of them) is still read; the
+    sweep computes them and its rows equal those from the cache that stores them."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from retclip.sweep.cache import SUMMARY_TENSOR_FIELDS
+
+    cache_dir, _ = full_cache
+    bare = tmp_path / "bare"
+    shutil.copytree(cache_dir, bare)
+    for name in os.listdir(bare / "shards"):
+        path = str(bare / "shards" / name)
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata()
+            kept = {
+                k: f.get_tensor(k)
+                for k in f.keys()
+                if k.split(".", 1)[1] not in SUMMARY_TENSOR_FIELDS
+            }
+        save_file(kept, path, metadata=metadata)
+    assert not set(SUMMARY_TENSOR_FIELDS) & set(next(iter(ScoreCache(str(bare)))).tensors)
+    points = [GridPoint(0.3, 0.6, 0.2), GridPoint(0.8, 0.1, 0.9)]
+    rows = {}
+    for label, directory in (("stored", cache_dir), ("bare", str(bare))):
+        runner = SweepRunner(directory, str(tmp_path / label), mode="arithmetic")
+        rows[label] = [r["results"] for r in runner.run(points)]
+    # (as JSON: classes without ground truth are NaN on both sides)
+    assert json.dumps(rows["stored"], sort_keys=True) == json.dumps(rows["bare"], sort_keys=True)
+    assert any(r["segm"] for r in rows["stored"])  # instance masks were scored
+
+
+def test_damaged_mask_summaries_are_named(full_cache):
+    """A stored summary of the wrong shape, or RLE offsets that do not index the stored bytes,
+    is an error naming the image and the field, not masks silently taken from elsewhere."""
+    from retclip.sweep.recombine import instance_rles, postprocess_settings, prepare_masks
+    from retclip.utils.errors import BadFileError
+
+    cache_dir, _ = full_cache
+    cache = ScoreCache(cache_dir)
+    settings = postprocess_settings(cache.manifest)
+    image = next(iter(cache))
+    image_id = image.info["image_id"]
+    wrong = dict(image.tensors, mask_own_area=image.tensors["mask_own_area"][:-1])
+    with pytest.raises(ValueError, match=rf"image {image_id}: own_area has shape"):
+        prepare_masks(type(image)(info=image.info, tensors=wrong), settings)
+    prepared = prepare_masks(image, settings)
+    offsets = image.tensors["mask_rle_offsets"].clone()
+    offsets[-1] += 5
+    torn = type(image)(info=image.info, tensors=dict(image.tensors, mask_rle_offsets=offsets))
+    with pytest.raises(BadFileError, match=rf"image {image_id}: instance mask RLE offsets"):
+        instance_rles(torn, prepared)
