@@ -237,6 +237,7 @@ class ScoreCacheWriter(DatasetEvaluator):
 
     def evaluate(self) -> None:
         self._flush()
+        self._buffers = PostprocessBuffers()  # give the masks' memory back
         comm.synchronize()
         if comm.is_main_process():
             cache = ScoreCache(self.cache_dir)
