@@ -99,7 +99,7 @@ class QueryMaskRLEs:
         rles = self(list(range(num_queries)))
         data = b"".join(r["counts"].encode("ascii") for r in rles)
         lengths = torch.tensor([0] + [len(r["counts"]) for r in rles], dtype=torch.int64)
-        counts = torch.tensor(list(data), dtype=torch.uint8)
+        counts = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
         return counts, lengths.cumsum(0)
 
     @classmethod
