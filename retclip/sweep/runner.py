@@ -279,7 +279,8 @@ class SweepRunner:
             # the evaluators read each image's outputs in process(), so the masks' memory can
             # be reused for the next image
             prepared = prepare_masks(image, settings, state["buffers"])
-            # hotcoco scores instance masks from per-query RLEs, encoded once per image
+            # hotcoco scores instance masks from per-query RLEs: the cached ones, or encoded
+            # once per image
             rles = instance_rles(image, prepared) if self.backend == "hotcoco" else None
             for point, evaluator in zip(points, evaluators):
                 mask_cls = combine_scores(
