@@ -30,12 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
+from retclip.utils.memory import process_memory_bytes  # noqa: E402  (no torch, no detectron2)
 
 
 def _config(args):
@@ -77,7 +72,7 @@ def _phase(args, root: Path) -> dict:
 
     faiss.omp_set_num_threads(1)
     db = FeatureDatabase.open(root / "db")
-    base = _status("VmRSS")
+    base = process_memory_bytes("VmRSS")
     start = time.perf_counter()
     out = {}
     if args.phase == "build":
@@ -112,8 +107,8 @@ def _phase(args, root: Path) -> dict:
                 out["recall_at_10"][factor] = float(np.mean(
                     [len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]))
                 if factor == args.rerank:  # the peak line reports the configured factor
-                    out["peak_configured"] = _status("VmHWM")
-    peak = out.pop("peak_configured", None) or _status("VmHWM")
+                    out["peak_configured"] = process_memory_bytes("VmHWM")
+    peak = out.pop("peak_configured", None) or process_memory_bytes("VmHWM")
     out.update(seconds=time.perf_counter() - start, baseline=base, peak=peak,
                torch="torch" in sys.modules)
     return out

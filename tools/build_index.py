@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import retclip  # noqa: E402,F401  (light: the detectron2-facing modules, imported after parsing, apply the compat steps)
 from retclip.utils.cli import UserError, run_tool  # noqa: E402
+from retclip.utils.memory import process_memory_bytes  # noqa: E402
 
 
 def _index_config(args):
@@ -59,18 +60,6 @@ def _check_budget(config, rows: int, dim: int, budget_text: str) -> dict:
         f"the {config.type} index of {rows} rows x {dim} needs about {need / 2**30:.2f} GiB, over "
         f"--max-index-memory {budget_text}{hint}"
     )
-
-
-def _peak_rss() -> int:
-    """This process's peak resident memory in bytes (VmHWM; 0 where /proc is missing)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def main(argv) -> int:
@@ -120,7 +109,7 @@ def main(argv) -> int:
     open_label_array(db)  # written now if missing, so the first open reads no shard
     summary.update({"index": str(path), "index_bytes": path.stat().st_size,
                     "seconds": round(time.perf_counter() - start, 2), "workers": args.workers,
-                    "peak_rss_bytes": _peak_rss(), "torch_loaded": "torch" in sys.modules})
+                    "peak_rss_bytes": process_memory_bytes("VmHWM"), "torch_loaded": "torch" in sys.modules})
     print(json.dumps(summary, indent=1))
     return 0
 
