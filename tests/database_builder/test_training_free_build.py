@@ -46,9 +46,10 @@ def test_database_from_the_builder_serves_the_training_free_model(vit_file, tmp_
     run_build(CONFIG, _vit_opts(vit_file) + ["DATABASE_BUILD.OUTPUT_DIR", str(db_dir)], progress=False)
     db = FeatureDatabase.open(db_dir)
     assert len(db) > 0
-    cfg = load_config(str(ROOT / "configs/tests/tiny_training_free_gt.yaml"), freeze=False)
-    cfg.merge_from_list(["MODEL.TRAINING_FREE.CLIP_PRETRAINED_WEIGHTS", vit_file,
-                         "MODEL.TRAINING_FREE.MODE", "retrieval", "MODEL.RETCLIP.DATABASE", str(db_dir)])
+    cfg = load_config(str(ROOT / "configs/tests/tiny_training_free_gt.yaml"),
+                      ["MODEL.TRAINING_FREE.CLIP_PRETRAINED_WEIGHTS", vit_file,
+                       "MODEL.TRAINING_FREE.MODE", "retrieval", "MODEL.RETCLIP.DATABASE", str(db_dir)],
+                      freeze=False)
     model = build_model(cfg).eval()  # refuses a database from another encoder
     record = DatasetCatalog.get("retclip_synthetic_test")[0]
     image = read_image(record["file_name"], format="RGB")

@@ -55,12 +55,11 @@ def databases(tmp_path_factory):
 
 
 def _model(weights: str, database: str, allow: bool = False):
-    cfg = load_config(MODEL_CONFIG, freeze=False)
-    cfg.merge_from_list(["MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS", weights, "MODEL.DEVICE", "cpu",
-                         "MODEL.RETCLIP.DATABASE", database,
-                         "MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH", str(allow),
-                         "DATASETS.TRAIN", "('retclip_synthetic_train',)",
-                         "DATASETS.TEST", "('retclip_synthetic_test',)"])
+    cfg = load_config(MODEL_CONFIG, ["MODEL.FC_CLIP.CLIP_PRETRAINED_WEIGHTS", weights, "MODEL.DEVICE", "cpu",
+                                     "MODEL.RETCLIP.DATABASE", database,
+                                     "MODEL.RETCLIP.ALLOW_RECIPE_MISMATCH", str(allow),
+                                     "DATASETS.TRAIN", "('retclip_synthetic_train',)",
+                                     "DATASETS.TEST", "('retclip_synthetic_test',)"], freeze=False)
     return build_model(cfg).eval()
 
 

@@ -58,10 +58,7 @@ def _configs(folder: str) -> List[Path]:
 
 @functools.lru_cache(maxsize=None)
 def model_cfg(path: str, *opts: str):
-    cfg = load_config(path, freeze=False)
-    cfg.merge_from_list(list(opts))
-    cfg.freeze()
-    return cfg
+    return load_config(path, opts)
 
 
 def _databases_named(cfg) -> set:

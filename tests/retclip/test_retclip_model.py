@@ -20,8 +20,7 @@ CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs"
 
 
 def _cfg(name, *opts):
-    cfg = load_config(str(CONFIGS / "tests" / name), freeze=False)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(str(CONFIGS / "tests" / name), opts, freeze=False)
     cfg.MODEL.DEVICE = "cpu"
     return cfg
 

@@ -32,8 +32,7 @@ pytestmark = pytest.mark.slow
 
 
 def _cfg(root, train, test, *opts):
-    cfg = load_config(str(CONFIGS / "tiny_retclip_convnext.yaml"), freeze=False)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(str(CONFIGS / "tiny_retclip_convnext.yaml"), opts, freeze=False)
     cfg.MODEL.DEVICE = "cpu"
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), (test,)
     cfg.OUTPUT_DIR = root

@@ -47,10 +47,9 @@ def gdino_dirs(tmp_path_factory):
 
 
 def make_cfg(dataset, tmp_path, config="tiny_training_free_gt.yaml", **opts):
-    cfg = load_config(str(CONFIGS / config), freeze=False)
+    cfg = load_config(str(CONFIGS / config), [x for kv in opts.items() for x in kv], freeze=False)
     cfg.DATASETS.TEST = (dataset,)
     cfg.OUTPUT_DIR = str(tmp_path)
-    cfg.merge_from_list([x for kv in opts.items() for x in kv])
     return cfg
 
 

@@ -30,13 +30,15 @@ def overrides(example, database=True):
 
 def build_tiny_model(example, meta_architecture="RetCLIP", database=True):
     """The example's tiny model with its checkpoint loaded (FCCLIP: same weights, no retrieval)."""
-    import retclip
     from detectron2.modeling import build_model
 
     from retclip.checkpoint import RetCLIPCheckpointer
 
-    cfg = load_config(str(TINY_MODEL_CONFIG), freeze=False)
-    cfg.merge_from_list(overrides(example, database) + ["MODEL.META_ARCHITECTURE", meta_architecture])
+    cfg = load_config(
+        str(TINY_MODEL_CONFIG),
+        overrides(example, database) + ["MODEL.META_ARCHITECTURE", meta_architecture],
+        freeze=False,
+    )
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     RetCLIPCheckpointer(model).load(example["weights"])
