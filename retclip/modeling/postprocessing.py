@@ -7,6 +7,7 @@ as ``mask_cls``; a softmax of it gives back the ensembled probabilities.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import (
@@ -122,9 +123,8 @@ class PostprocessBuffers:
     def take(self, name: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
         """A contiguous tensor of ``shape`` with ``like``'s dtype and device (contents undefined),
         in the memory kept under ``name`` (grown when too small)."""
-        numel = 1
-        for n in shape:
-            numel *= int(n)
+        shape = tuple(int(n) for n in shape)
+        numel = math.prod(shape)
         flat = self._flat.get(name)
         if (
             flat is None
@@ -133,7 +133,7 @@ class PostprocessBuffers:
             or flat.device != like.device
         ):
             flat = self._flat[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
-        return flat[:numel].view(tuple(int(n) for n in shape))
+        return flat[:numel].view(shape)
 
 
 class MaskProbabilities:
@@ -192,19 +192,21 @@ class MaskProbabilities:
             return torch.zeros((0, *self.logits.shape[1:]), dtype=torch.bool)
         return torch.stack([self._positive[q] for q in queries])
 
-    def summaries(self, instances: bool) -> Dict[str, torch.Tensor]:
+    def summaries(self, panoptic: bool, instances: bool) -> Dict[str, torch.Tensor]:
         """The per-query values post-processing derives from whole-image passes, for a score
-        cache to keep (a sweep then skips those passes; :meth:`restore` takes them back):
-        "own_area" (Q,) int32, "tile_low" / "tile_high" (Q, th, tw) and "tile_size" (the
-        :attr:`tile_bounds`), and with ``instances`` "inside" (Q,): :meth:`inside` of every
-        query, each computed alone as instance output computes it."""
-        low, high = self.tile_bounds
-        out = {
-            "own_area": self.own_area,
-            "tile_low": low,
-            "tile_high": high,
-            "tile_size": torch.tensor(WINNER_TILE),
-        }
+        cache to keep (a sweep then skips those passes; :meth:`restore` takes them back): with
+        ``panoptic`` "own_area" (Q,) int32, "tile_low" / "tile_high" (Q, th, tw) and
+        "tile_size" (the :attr:`tile_bounds`), with ``instances`` "inside" (Q,): :meth:`inside`
+        of every query, each computed alone as instance output computes it."""
+        out: Dict[str, torch.Tensor] = {}
+        if panoptic:
+            low, high = self.tile_bounds
+            out.update(
+                own_area=self.own_area,
+                tile_low=low,
+                tile_high=high,
+                tile_size=torch.tensor(WINNER_TILE),
+            )
         if instances:
             out["inside"] = self.inside(torch.arange(self.prob.shape[0]))
         return out

@@ -109,7 +109,7 @@ def mask_summaries(
     prepared = prepare_masks(image, settings, buffers)
     out = {
         _SUMMARY_PREFIX + name: value.cpu()
-        for name, value in prepared.summaries(settings.instance_on).items()
+        for name, value in prepared.summaries(settings.panoptic_on, settings.instance_on).items()
     }
     if settings.instance_on:
         counts, offsets = QueryMaskRLEs(prepared.positive).pack(prepared.prob.shape[0])
