@@ -115,6 +115,13 @@ WEIGHT_CASES = [
          names=["{tmp}/in/model_final.pkl", "--allow-pickle"],
          prepare=_pickled_payload("model_final.pkl"), protect=["{tmp}/in"],
          absent=[PWNED, "{tmp}/out.pth"]),
+    # --allow-pickle says the user trusts the file; a file that calls anything but numpy's
+    # array reconstruction is refused all the same, naming what it asked for
+    Case(id="convert-checkpoint-refuses-a-payload-even-allowed", tool="convert_checkpoint.py",
+         args=["--allow-pickle", "{tmp}/in/model_final.pkl", "{tmp}/out.pth"],
+         names=["{tmp}/in/model_final.pkl", "posix.system"],
+         prepare=_pickled_payload("model_final.pkl"), protect=["{tmp}/in"],
+         absent=[PWNED, "{tmp}/out.pth"]),
 ]
 
 
