@@ -3,7 +3,7 @@
 Each :class:`Case` runs one tool in a subprocess and asserts three things: the exit code, that the
 message names the offending file, key or class, and that nothing already on disk changed
 (``protect`` folders are digested before and after). Test modules in this folder list cases per
-tool and call :func:`check_case`.
+tool and assert that :func:`case_problems` finds none.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools"
@@ -78,9 +78,12 @@ def _fill(value: str, tmp: Path) -> str:
     return value.replace("{tmp}", str(tmp))
 
 
-def check_case(case: Case, tmp: Path, runner: Callable[..., subprocess.CompletedProcess] = run_tool
-               ) -> subprocess.CompletedProcess:
-    """Run ``case`` in ``tmp`` and assert exit code, named culprit and untouched files.
+def case_problems(case: Case, tmp: Path,
+                  runner: Callable[..., subprocess.CompletedProcess] = run_tool,
+                  ) -> Tuple[subprocess.CompletedProcess, List[str]]:
+    """Run ``case`` in ``tmp``; every way it misses its contract (exit code, named culprit, no
+    traceback for a user mistake, protected folders unchanged, files that must not appear), all
+    of them, not only the first. A test asserts the list is empty.
 
     ``runner(tool, args, env, timeout)`` runs the tool: a subprocess by default; cases that stop
     before any model is built may pass ``in_process.run_in_process`` (same checks, no start-up).
@@ -92,14 +95,22 @@ def check_case(case: Case, tmp: Path, runner: Callable[..., subprocess.Completed
     proc = runner(case.tool, [_fill(a, tmp) for a in case.args],
                   {k: _fill(v, tmp) for k, v in case.env.items()}, case.timeout)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == case.code, (
-        f"{case.id}: exit {proc.returncode}, expected {case.code}\n{out[-4000:]}")
-    for name in case.names:
-        assert _fill(name, tmp) in out, f"{case.id}: output does not name {name!r}\n{out[-4000:]}"
-    if case.code == 2:
-        assert "Traceback" not in out, f"{case.id}: a user mistake printed a traceback\n{out[-4000:]}"
-    for p in protect:
-        assert tree_digest(p) == before[p], f"{case.id}: {p} changed on disk"
-    for a in case.absent:
-        assert not Path(_fill(a, tmp)).exists(), f"{case.id}: {_fill(a, tmp)} exists afterwards"
+    problems = []
+    if proc.returncode != case.code:
+        problems.append(f"exit {proc.returncode}, expected {case.code}")
+    problems += [f"output does not name {_fill(n, tmp)!r}" for n in case.names if _fill(n, tmp) not in out]
+    if case.code == 2 and "Traceback" in out:
+        problems.append("a user mistake printed a traceback")
+    problems += [f"{p} changed on disk" for p in protect if tree_digest(p) != before[p]]
+    problems += [f"{_fill(a, tmp)} exists afterwards" for a in case.absent if Path(_fill(a, tmp)).exists()]
+    if problems:
+        problems = [f"{case.id}: {p}" for p in problems] + [f"output tail:\n{out[-4000:]}"]
+    return proc, problems
+
+
+def check_case(case: Case, tmp: Path, runner: Callable[..., subprocess.CompletedProcess] = run_tool
+               ) -> subprocess.CompletedProcess:
+    """:func:`case_problems`, asserting there are none (for tests that go on to use ``proc``)."""
+    proc, problems = case_problems(case, tmp, runner)
+    assert not problems, "\n".join(problems)
     return proc

@@ -3,7 +3,7 @@
 A tool started as a subprocess spends most of its time importing torch and detectron2; cases that
 end at an argument, file or config check are run here instead, through the same
 :func:`retclip.utils.cli.run_tool` the tool's ``__main__`` calls, with stdout and stderr captured.
-The result looks like a finished subprocess, so :func:`harness.check_case` asserts the same things.
+The result looks like a finished subprocess, so :func:`harness.case_problems` checks the same things.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import Case, check_case
+from .harness import Case, case_problems
 from .in_process import run_in_process
 from .inputs import (
     NO_DATASETS,
@@ -113,16 +113,19 @@ SLOW = [
 
 @pytest.mark.parametrize("case", CHEAP, ids=lambda c: c.id)
 def test_demo_mistake_before_the_model(case, tmp_path):
-    check_case(case, tmp_path, runner=run_in_process)
+    _, problems = case_problems(case, tmp_path, runner=run_in_process)
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", SLOW, ids=lambda c: c.id)
 def test_demo_images_and_outputs(case, tmp_path):
-    check_case(case, tmp_path)
+    _, problems = case_problems(case, tmp_path)
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.slow
 def test_demo_cheap_case_as_a_real_process(tmp_path):
     """The in-process runner answers as the real command does (one case, as a subprocess)."""
-    check_case(CHEAP[0], tmp_path)
+    _, problems = case_problems(CHEAP[0], tmp_path)
+    assert not problems, "\n".join(problems)

@@ -2,7 +2,7 @@
 the database does not have, an output that exists. The database must not change."""
 import pytest
 
-from .harness import Case, check_case
+from .harness import Case, case_problems
 from .in_process import run_in_process
 from .inputs import TINY_DB, tiny_database
 
@@ -33,4 +33,5 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_inspect_database_mistake(case, tmp_path):
-    check_case(case, tmp_path, runner=run_in_process)
+    _, problems = case_problems(case, tmp_path, runner=run_in_process)
+    assert not problems, "\n".join(problems)

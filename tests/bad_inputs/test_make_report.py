@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from .harness import Case, check_case
+from .harness import Case, case_problems
 from .in_process import run_in_process
 from .inputs import TABLE1, sweep_rows
 
@@ -52,4 +52,5 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_make_report_mistake(case, tmp_path):
-    check_case(case, tmp_path, runner=run_in_process)
+    _, problems = case_problems(case, tmp_path, runner=run_in_process)
+    assert not problems, "\n".join(problems)

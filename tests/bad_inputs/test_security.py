@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import REPO, Case, check_case
+from .harness import REPO, Case, case_problems
 
 TINY = str(REPO / "configs" / "tests" / "tiny_fcclip_synthetic.yaml")
 PWNED = "{tmp}/pwned"
@@ -153,16 +153,19 @@ WRONG_SHAPE = Case(
 
 @pytest.mark.parametrize("case", YAML_CASES, ids=lambda c: c.id)
 def test_yaml_payload_is_refused_naming_the_file(case, tmp_path):
-    check_case(case, tmp_path)
+    _, problems = case_problems(case, tmp_path)
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", WEIGHT_CASES, ids=lambda c: c.id)
 def test_pickled_weights_are_refused(case, tmp_path):
-    check_case(case, tmp_path)
+    _, problems = case_problems(case, tmp_path)
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.slow
 def test_wrong_shape_checkpoint_fails_before_any_metric(tmp_path):
-    check_case(WRONG_SHAPE, tmp_path)
+    _, problems = case_problems(WRONG_SHAPE, tmp_path)
+    assert not problems, "\n".join(problems)
     assert not list((tmp_path / "out").glob("metrics*.json"))

@@ -2,7 +2,7 @@
 fingerprints, config overrides, a truncated cache shard. Nothing is written to --output-dir."""
 import pytest
 
-from .harness import Case, check_case
+from .harness import Case, case_problems
 from .in_process import run_in_process
 from .inputs import fake_score_cache
 
@@ -28,4 +28,5 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_sweep_ensemble_mistake(case, tmp_path):
-    check_case(case, tmp_path, runner=run_in_process)
+    _, problems = case_problems(case, tmp_path, runner=run_in_process)
+    assert not problems, "\n".join(problems)

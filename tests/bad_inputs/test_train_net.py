@@ -3,7 +3,7 @@ files, keys and values, datasets, weights, and DETECTRON2_DATASETS unset."""
 import pytest
 import torch
 
-from .harness import Case, check_case
+from .harness import Case, case_problems
 from .in_process import run_in_process
 from .inputs import TINY_FCCLIP, TINY_TRAIN
 
@@ -45,15 +45,18 @@ SLOW = [
 
 @pytest.mark.parametrize("case", CHEAP, ids=lambda c: c.id)
 def test_train_net_mistake_before_any_worker(case, tmp_path):
-    check_case(case, tmp_path, runner=run_in_process)
+    _, problems = case_problems(case, tmp_path, runner=run_in_process)
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", SLOW, ids=lambda c: c.id)
 def test_train_net_dataset_root(case, tmp_path):
-    check_case(case, tmp_path)
+    _, problems = case_problems(case, tmp_path)
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.slow
 def test_train_net_gpu_count_as_a_real_process(tmp_path):
-    check_case(CHEAP[0], tmp_path)
+    _, problems = case_problems(CHEAP[0], tmp_path)
+    assert not problems, "\n".join(problems)
